@@ -1,0 +1,939 @@
+//! The generic event loop (asyncio's `base_events.BaseEventLoop`), written
+//! once over any [`Driver`].
+//!
+//! Everything that is not the OS mechanism lives here: the FIFO ready queue,
+//! the timer heap, run/stop/close, the cross-thread queue, exception
+//! handling, debug checks, the default executor, readiness callbacks and
+//! Unix signals.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::IntoFuture;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::contextvars::Context;
+use crate::driver::{Driver, IoEvent, Notify};
+use crate::events::{
+    self, AbstractEventLoop, Callback, EventLoopExt, ExceptionContext, ExceptionHandler, Handle,
+    LocalBoxFuture, Loop, RawFd, RemoteLoop, RepeatCallback, SendCallback, Step, ThreadsafeCaller,
+    TimerHandle,
+};
+use crate::exceptions::{Error, Result};
+use crate::executor::{Executor, Job, ThreadPoolExecutor};
+use crate::futures::Future;
+use crate::log::{self, Level};
+use crate::tasks::{self, Task, TaskFactory, TaskOptions};
+
+/// The poll timeout is capped at one day, as asyncio's `MAXIMUM_SELECT_TIMEOUT`.
+pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// Purge cancelled timers once there are more than this many timers...
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+/// ...and more than this fraction of them is cancelled.
+const MIN_CANCELLED_TIMER_HANDLES_FRACTION: f64 = 0.5;
+/// Environment variable that turns debug mode on for new loops (any
+/// non-empty value), as `PYTHONASYNCIODEBUG` does.
+pub const DEBUG_ENV: &str = "RUST_ASYNCIO_DEBUG";
+
+/// The loop clock's origin, shared by every loop of the process.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn next_loop_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+enum Ready {
+    Handle(Handle),
+    Step(Rc<dyn Step>),
+}
+
+struct TimerEntry {
+    when: f64,
+    seq: u64,
+    handle: TimerHandle,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == CmpOrdering::Equal
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for TimerEntry {
+    /// Reversed, so that `BinaryHeap` pops the earliest deadline first, and
+    /// equal deadlines in scheduling order.
+    fn cmp(&self, o: &Self) -> CmpOrdering {
+        o.when
+            .total_cmp(&self.when)
+            .then_with(|| o.seq.cmp(&self.seq))
+    }
+}
+
+/// The cross-thread side: `call_soon_threadsafe` pushes here and notifies.
+struct Remote {
+    loop_id: u64,
+    queue: Mutex<VecDeque<SendCallback>>,
+    /// True while a notification is on its way; saves a syscall per call
+    /// when many arrive between two iterations.
+    notified: AtomicBool,
+    closed: AtomicBool,
+    notify: Arc<dyn Notify>,
+}
+
+impl ThreadsafeCaller for Remote {
+    fn call_soon_threadsafe(&self, callback: SendCallback) -> Result<()> {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked under the lock: close() drains under it, so nothing
+            // pushed after the drain can be lost silently.
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::loop_closed());
+            }
+            q.push_back(callback);
+        }
+        // Pushed before this swap, so the loop, which clears the flag before
+        // it drains, either sees the callback or gets notified.
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.notify.notify()?;
+        }
+        Ok(())
+    }
+
+    fn loop_id(&self) -> u64 {
+        self.loop_id
+    }
+}
+
+impl Remote {
+    fn drain(&self) -> VecDeque<SendCallback> {
+        self.notified.store(false, Ordering::Release);
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The generic event loop over driver `D`. Backends wrap it:
+/// `pub type SelectEventLoop = BaseEventLoop<PollingDriver>`.
+pub struct BaseEventLoop<D: Driver> {
+    this: Weak<Self>,
+    id: u64,
+    driver: RefCell<D>,
+    events: RefCell<Vec<IoEvent>>,
+    ready: RefCell<VecDeque<Ready>>,
+    scheduled: RefCell<BinaryHeap<TimerEntry>>,
+    timer_seq: Cell<u64>,
+    timer_cancelled_count: Rc<Cell<usize>>,
+    stopping: Cell<bool>,
+    closed: Cell<bool>,
+    running: Cell<bool>,
+    debug: Cell<bool>,
+    slow_callback_duration: Cell<f64>,
+    clock_resolution: f64,
+    exception_handler: RefCell<Option<ExceptionHandler>>,
+    task_factory: RefCell<Option<TaskFactory>>,
+    default_executor: RefCell<Option<Arc<dyn Executor>>>,
+    executor_shutdown_called: Cell<bool>,
+    remote: Arc<Remote>,
+    readers: RefCell<HashMap<RawFd, Handle>>,
+    writers: RefCell<HashMap<RawFd, Handle>>,
+    #[cfg(unix)]
+    signals: RefCell<Option<crate::unix_signals::Signals>>,
+    signal_handlers: RefCell<HashMap<i32, Handle>>,
+    interrupt: RefCell<Option<Handle>>,
+}
+
+impl<D: Driver> BaseEventLoop<D> {
+    /// A new loop over `driver`. Debug mode starts on if [`DEBUG_ENV`] is set.
+    pub fn new(driver: D) -> Rc<Self> {
+        let id = next_loop_id();
+        let notify = driver.notifier();
+        let debug = std::env::var_os(DEBUG_ENV).is_some_and(|v| !v.is_empty());
+        Rc::new_cyclic(|this| BaseEventLoop {
+            this: this.clone(),
+            id,
+            driver: RefCell::new(driver),
+            events: RefCell::new(Vec::with_capacity(256)),
+            ready: RefCell::new(VecDeque::with_capacity(64)),
+            scheduled: RefCell::new(BinaryHeap::new()),
+            timer_seq: Cell::new(0),
+            timer_cancelled_count: Rc::new(Cell::new(0)),
+            stopping: Cell::new(false),
+            closed: Cell::new(false),
+            running: Cell::new(false),
+            debug: Cell::new(debug),
+            slow_callback_duration: Cell::new(0.1),
+            clock_resolution: 1e-9,
+            exception_handler: RefCell::new(None),
+            task_factory: RefCell::new(None),
+            default_executor: RefCell::new(None),
+            executor_shutdown_called: Cell::new(false),
+            remote: Arc::new(Remote {
+                loop_id: id,
+                queue: Mutex::new(VecDeque::new()),
+                notified: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                notify,
+            }),
+            readers: RefCell::new(HashMap::new()),
+            writers: RefCell::new(HashMap::new()),
+            #[cfg(unix)]
+            signals: RefCell::new(None),
+            signal_handlers: RefCell::new(HashMap::new()),
+            interrupt: RefCell::new(None),
+        })
+    }
+
+    /// Runs `f` with the driver borrowed; backends use it to reach their own
+    /// driver (transports, completions).
+    pub fn with_driver<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
+        f(&mut self.driver.borrow_mut())
+    }
+
+    fn me(&self) -> Rc<Self> {
+        self.this
+            .upgrade()
+            .expect("a running method has a strong count")
+    }
+
+    fn check_closed(&self) -> Result<()> {
+        if self.closed.get() {
+            return Err(Error::loop_closed());
+        }
+        Ok(())
+    }
+
+    fn push_ready(&self, r: Ready) {
+        self.ready.borrow_mut().push_back(r);
+    }
+
+    // ----- one iteration ----------------------------------------------------
+
+    /// asyncio's `_run_once`: poll for I/O, move due timers to the ready
+    /// queue, then run exactly the callbacks that were ready at that point.
+    fn run_once(&self) -> Result<()> {
+        self.purge_cancelled_timers();
+
+        let timeout = if !self.ready.borrow().is_empty() || self.stopping.get() {
+            Some(Duration::ZERO)
+        } else if let Some(top) = self.scheduled.borrow().peek() {
+            let secs = (top.when - self.time()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+            Some(Duration::from_secs_f64(secs))
+        } else {
+            None
+        };
+
+        let mut events = std::mem::take(&mut *self.events.borrow_mut());
+        events.clear();
+        let polled = self.driver.borrow_mut().poll(timeout, &mut events);
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                *self.events.borrow_mut() = events;
+                return Err(e.into());
+            }
+        }
+        self.process_events(&events);
+        *self.events.borrow_mut() = events;
+
+        for cb in self.remote.drain() {
+            self.push_ready(Ready::Handle(Handle::new(cb, None)));
+        }
+
+        let end_time = self.time() + self.clock_resolution;
+        loop {
+            let mut heap = self.scheduled.borrow_mut();
+            match heap.peek() {
+                Some(top) if top.when < end_time => {}
+                _ => break,
+            }
+            let entry = heap.pop().expect("peeked");
+            drop(heap);
+            let t = entry.handle.timer();
+            t.scheduled.set(false);
+            if entry.handle.cancelled() {
+                self.timer_cancelled_count
+                    .set(self.timer_cancelled_count.get().saturating_sub(1));
+                continue;
+            }
+            self.push_ready(Ready::Handle(entry.handle.0));
+        }
+
+        // Only what is ready now runs in this iteration: callbacks scheduled
+        // by these callbacks wait for the next one, after another poll.
+        let ntodo = self.ready.borrow().len();
+        for _ in 0..ntodo {
+            let Some(item) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
+            self.run_ready(item);
+        }
+        Ok(())
+    }
+
+    fn purge_cancelled_timers(&self) {
+        let cancelled = self.timer_cancelled_count.get();
+        let mut heap = self.scheduled.borrow_mut();
+        let n = heap.len();
+        if n > MIN_SCHEDULED_TIMER_HANDLES
+            && (cancelled as f64) / (n as f64) > MIN_CANCELLED_TIMER_HANDLES_FRACTION
+        {
+            let old = std::mem::take(&mut *heap);
+            let mut kept = Vec::with_capacity(n - cancelled);
+            for e in old.into_vec() {
+                if e.handle.cancelled() {
+                    e.handle.timer().scheduled.set(false);
+                } else {
+                    kept.push(e);
+                }
+            }
+            *heap = BinaryHeap::from(kept);
+            self.timer_cancelled_count.set(0);
+        } else {
+            while heap.peek().is_some_and(|e| e.handle.cancelled()) {
+                let e = heap.pop().expect("peeked");
+                e.handle.timer().scheduled.set(false);
+                self.timer_cancelled_count
+                    .set(self.timer_cancelled_count.get().saturating_sub(1));
+            }
+        }
+    }
+
+    fn process_events(&self, events: &[IoEvent]) {
+        for ev in events {
+            if ev.readable {
+                self.ready_fd_callback(&self.readers, ev.fd, true);
+            }
+            if ev.writable {
+                self.ready_fd_callback(&self.writers, ev.fd, false);
+            }
+        }
+    }
+
+    fn ready_fd_callback(&self, map: &RefCell<HashMap<RawFd, Handle>>, fd: RawFd, reader: bool) {
+        let h = map.borrow().get(&fd).cloned();
+        match h {
+            Some(h) if h.cancelled() => {
+                let _ = if reader {
+                    self.remove_reader(fd)
+                } else {
+                    self.remove_writer(fd)
+                };
+            }
+            Some(h) => self.push_ready(Ready::Handle(h)),
+            None => {}
+        }
+    }
+
+    fn run_ready(&self, item: Ready) {
+        let start = self.debug.get().then(Instant::now);
+        let label;
+        match item {
+            Ready::Handle(h) => {
+                if h.cancelled() {
+                    return;
+                }
+                if let Err(e) = h.run() {
+                    self.call_exception_handler(
+                        ExceptionContext::new(format!("Exception in callback {h:?}"))
+                            .with_exception(e)
+                            .with_handle(h.clone()),
+                    );
+                }
+                label = start.map(|_| format!("{h:?}"));
+            }
+            Ready::Step(s) => {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| s.run_step())) {
+                    self.call_exception_handler(
+                        ExceptionContext::new("Exception in task step")
+                            .with_exception(Error::from_panic(p)),
+                    );
+                }
+                label = start.map(|_| "<Task step>".to_string());
+            }
+        }
+        if let (Some(t0), Some(label)) = (start, label) {
+            let dt = t0.elapsed().as_secs_f64();
+            if dt >= self.slow_callback_duration.get() {
+                log::log(
+                    Level::Warning,
+                    &format!("Executing {label} took {dt:.3} seconds"),
+                );
+            }
+        }
+    }
+
+    // ----- readiness --------------------------------------------------------
+
+    fn update_interest(&self, fd: RawFd) -> Result<()> {
+        let r = self.readers.borrow().contains_key(&fd);
+        let w = self.writers.borrow().contains_key(&fd);
+        self.driver.borrow_mut().set_interest(fd, r, w)
+    }
+
+    fn add_fd_callback(
+        &self,
+        map: &RefCell<HashMap<RawFd, Handle>>,
+        fd: RawFd,
+        handle: Handle,
+    ) -> Result<()> {
+        self.check_closed()?;
+        let old = map.borrow_mut().insert(fd, handle);
+        if let Err(e) = self.update_interest(fd) {
+            // Leave things as they were.
+            let mut m = map.borrow_mut();
+            match old {
+                Some(o) => m.insert(fd, o),
+                None => m.remove(&fd),
+            };
+            return Err(e);
+        }
+        if let Some(o) = old {
+            o.cancel();
+        }
+        Ok(())
+    }
+
+    fn remove_fd_callback(&self, map: &RefCell<HashMap<RawFd, Handle>>, fd: RawFd) -> Result<bool> {
+        if self.closed.get() {
+            return Ok(false);
+        }
+        let Some(h) = map.borrow_mut().remove(&fd) else {
+            return Ok(false);
+        };
+        h.cancel();
+        self.update_interest(fd)?;
+        Ok(true)
+    }
+
+    // ----- signals -------------------------------------------------------------
+
+    #[cfg(unix)]
+    fn ensure_signals(&self) -> Result<()> {
+        if self.signals.borrow().is_some() {
+            return Ok(());
+        }
+        let s = crate::unix_signals::Signals::new()?;
+        let fd = s.read_fd();
+        *self.signals.borrow_mut() = Some(s);
+        let weak = self.this.clone();
+        let reader: RepeatCallback = Box::new(move || {
+            if let Some(lp) = weak.upgrade() {
+                lp.dispatch_signals();
+            }
+        });
+        self.add_fd_callback(
+            &self.readers,
+            fd,
+            Handle::new_repeating(reader, Some(Context::new())),
+        )
+    }
+
+    #[cfg(unix)]
+    fn dispatch_signals(&self) {
+        let sigs = match self.signals.borrow_mut().as_mut() {
+            Some(s) => s.drain(),
+            None => return,
+        };
+        for sig in sigs {
+            let h = self.signal_handlers.borrow().get(&sig).cloned();
+            if let Some(h) = h {
+                self.push_ready(Ready::Handle(h));
+                continue;
+            }
+            if sig == libc::SIGINT {
+                if let Some(h) = self.interrupt.borrow_mut().take() {
+                    // SA_RESETHAND already put the default action back.
+                    if let Some(s) = self.signals.borrow_mut().as_mut() {
+                        s.forget(sig);
+                    }
+                    self.push_ready(Ready::Handle(h));
+                }
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn close_signals(&self) {
+        self.signal_handlers.borrow_mut().clear();
+        self.interrupt.borrow_mut().take();
+        let s = self.signals.borrow_mut().take();
+        if let Some(s) = s {
+            self.readers.borrow_mut().remove(&s.read_fd());
+            let _ = self
+                .driver
+                .borrow_mut()
+                .set_interest(s.read_fd(), false, false);
+            drop(s); // restores every disposition
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn close_signals(&self) {}
+
+    fn default_executor(&self) -> Result<Arc<dyn Executor>> {
+        if self.executor_shutdown_called.get() {
+            return Err(Error::runtime("Executor shutdown has been called"));
+        }
+        let mut ex = self.default_executor.borrow_mut();
+        Ok(ex
+            .get_or_insert_with(|| Arc::new(ThreadPoolExecutor::new()))
+            .clone())
+    }
+}
+
+impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
+    fn loop_id(&self) -> u64 {
+        self.id
+    }
+
+    fn as_loop(&self) -> Loop {
+        self.me()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.driver.borrow().name()
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn run_forever(&self) -> Result<()> {
+        self.check_closed()?;
+        if self.running.get() {
+            return Err(Error::runtime("This event loop is already running"));
+        }
+        if events::_get_running_loop().is_some() {
+            return Err(Error::runtime(
+                "Cannot run the event loop while another loop is running",
+            ));
+        }
+        self.running.set(true);
+        let prev = events::_set_running_loop(Some(self.as_loop()));
+        struct Finish<'a, D: Driver>(&'a BaseEventLoop<D>, Option<Loop>);
+        impl<D: Driver> Drop for Finish<'_, D> {
+            fn drop(&mut self) {
+                self.0.stopping.set(false);
+                self.0.running.set(false);
+                events::_set_running_loop(self.1.take());
+            }
+        }
+        let _finish = Finish(self, prev);
+        loop {
+            self.run_once()?;
+            if self.stopping.get() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.stopping.set(true);
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.get()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.running.get() {
+            return Err(Error::runtime("Cannot close a running event loop"));
+        }
+        if self.closed.get() {
+            return Ok(());
+        }
+        if self.debug.get() {
+            log::log(
+                Level::Debug,
+                &format!("Close <{} loop {}>", self.backend_name(), self.id),
+            );
+        }
+        self.closed.set(true);
+        self.close_signals();
+        // Take everything out first: dropping callbacks and tasks runs user
+        // destructors, which may call back into the loop.
+        let ready = std::mem::take(&mut *self.ready.borrow_mut());
+        let timers = std::mem::take(&mut *self.scheduled.borrow_mut());
+        let readers = std::mem::take(&mut *self.readers.borrow_mut());
+        let writers = std::mem::take(&mut *self.writers.borrow_mut());
+        {
+            let mut q = self
+                .remote
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.remote.closed.store(true, Ordering::Release);
+            q.clear();
+        }
+        for fd in readers.keys().chain(writers.keys()) {
+            let _ = self.driver.borrow_mut().set_interest(*fd, false, false);
+        }
+        self.timer_cancelled_count.set(0);
+        drop((ready, timers, readers, writers));
+        tasks::_forget_loop_tasks(self.id);
+        self.executor_shutdown_called.set(true);
+        if let Some(ex) = self.default_executor.borrow_mut().take() {
+            ex.shutdown(false);
+        }
+        Ok(())
+    }
+
+    fn shutdown_asyncgens(&self) -> LocalBoxFuture<'static, Result<()>> {
+        let closed = self.closed.get();
+        Box::pin(async move {
+            if closed {
+                return Err(Error::loop_closed());
+            }
+            Ok(())
+        })
+    }
+
+    fn shutdown_default_executor(
+        &self,
+        timeout: Option<Duration>,
+    ) -> LocalBoxFuture<'static, Result<()>> {
+        self.executor_shutdown_called.set(true);
+        let executor = self.default_executor.borrow_mut().take();
+        let lp = self.as_loop();
+        Box::pin(async move {
+            let Some(executor) = executor else {
+                return Ok(());
+            };
+            // Join the pool's threads on a thread of its own, so the loop
+            // keeps running meanwhile.
+            let joiner: Arc<dyn Executor> = Arc::new(ThreadPoolExecutor::with_max_workers(1));
+            let ex = executor.clone();
+            let joined = lp.run_in_executor(Some(joiner.clone()), move || ex.shutdown(true))?;
+            joiner.shutdown(false);
+            let Some(timeout) = timeout else {
+                return joined.await;
+            };
+            let race: Future<bool> = lp.create_future();
+            let (r1, r2) = (race.clone(), race.clone());
+            joined.add_done_callback(
+                move |_| {
+                    let _ = r1.set_result(true);
+                },
+                None,
+            );
+            let timer = lp.call_later(
+                timeout.as_secs_f64(),
+                Box::new(move || {
+                    let _ = r2.set_result(false);
+                }),
+                None,
+            )?;
+            let finished = race.await?;
+            timer.cancel();
+            if !finished {
+                log::log(
+                    Level::Warning,
+                    &format!(
+                        "The executor did not finishing joining its threads within {} seconds.",
+                        timeout.as_secs_f64()
+                    ),
+                );
+                executor.shutdown(false);
+            }
+            Ok(())
+        })
+    }
+
+    fn call_soon(&self, callback: Callback, context: Option<Context>) -> Result<Handle> {
+        self.check_closed()?;
+        let h = Handle::new(callback, context);
+        self.push_ready(Ready::Handle(h.clone()));
+        Ok(h)
+    }
+
+    fn call_later(
+        &self,
+        delay: f64,
+        callback: Callback,
+        context: Option<Context>,
+    ) -> Result<TimerHandle> {
+        if delay.is_nan() {
+            return Err(Error::value("delay must not be NaN"));
+        }
+        self.call_at(self.time() + delay, callback, context)
+    }
+
+    fn call_at(
+        &self,
+        when: f64,
+        callback: Callback,
+        context: Option<Context>,
+    ) -> Result<TimerHandle> {
+        if when.is_nan() {
+            return Err(Error::value("when must not be NaN"));
+        }
+        self.check_closed()?;
+        let h = TimerHandle::new(when, callback, context, self.timer_cancelled_count.clone());
+        h.timer().scheduled.set(true);
+        let seq = self.timer_seq.get();
+        self.timer_seq.set(seq + 1);
+        self.scheduled.borrow_mut().push(TimerEntry {
+            when,
+            seq,
+            handle: h.clone(),
+        });
+        Ok(h)
+    }
+
+    fn call_soon_threadsafe(&self, callback: SendCallback) -> Result<Handle> {
+        // `&self` proves we are on the loop's own thread (the loop is not
+        // `Send`): no wakeup is needed, the queue is ours.
+        self.call_soon(callback, None)
+    }
+
+    fn remote(&self) -> RemoteLoop {
+        RemoteLoop(self.remote.clone())
+    }
+
+    fn time(&self) -> f64 {
+        epoch().elapsed().as_secs_f64()
+    }
+
+    fn call_soon_step(&self, step: Rc<dyn Step>) -> Result<()> {
+        self.check_closed()?;
+        self.push_ready(Ready::Step(step));
+        Ok(())
+    }
+
+    fn set_task_factory(&self, factory: Option<TaskFactory>) {
+        *self.task_factory.borrow_mut() = factory;
+    }
+
+    fn get_task_factory(&self) -> Option<TaskFactory> {
+        self.task_factory.borrow().clone()
+    }
+
+    fn run_in_executor_job(&self, executor: Option<Arc<dyn Executor>>, job: Job) -> Result<()> {
+        self.check_closed()?;
+        let executor = match executor {
+            Some(e) => e,
+            None => self.default_executor()?,
+        };
+        executor.submit(job)
+    }
+
+    fn set_default_executor(&self, executor: Arc<dyn Executor>) -> Result<()> {
+        *self.default_executor.borrow_mut() = Some(executor);
+        Ok(())
+    }
+
+    fn set_exception_handler(&self, handler: Option<ExceptionHandler>) {
+        *self.exception_handler.borrow_mut() = handler;
+    }
+
+    fn get_exception_handler(&self) -> Option<ExceptionHandler> {
+        self.exception_handler.borrow().clone()
+    }
+
+    fn default_exception_handler(&self, context: &ExceptionContext) {
+        let msg = if context.message.is_empty() {
+            "Unhandled exception in event loop"
+        } else {
+            &context.message
+        };
+        let mut ctx = context.clone();
+        ctx.message = msg.to_string();
+        log::log(Level::Error, &ctx.render());
+    }
+
+    fn call_exception_handler(&self, context: ExceptionContext) {
+        let handler = self.exception_handler.borrow().clone();
+        let Some(handler) = handler else {
+            self.default_exception_handler(&context);
+            return;
+        };
+        let r = catch_unwind(AssertUnwindSafe(|| handler(self, &context)));
+        if let Err(p) = r {
+            let mut ctx = ExceptionContext::new("Unhandled error in exception handler")
+                .with_exception(Error::from_panic(p));
+            ctx.message
+                .push_str(&format!("\ncontext: {}", context.render()));
+            self.default_exception_handler(&ctx);
+        }
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.get()
+    }
+
+    fn set_debug(&self, enabled: bool) {
+        self.debug.set(enabled);
+    }
+
+    fn slow_callback_duration(&self) -> f64 {
+        self.slow_callback_duration.get()
+    }
+
+    fn set_slow_callback_duration(&self, seconds: f64) {
+        self.slow_callback_duration.set(seconds);
+    }
+
+    fn add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+        self.add_fd_callback(&self.readers, fd, Handle::new_repeating(callback, None))
+    }
+
+    fn remove_reader(&self, fd: RawFd) -> Result<bool> {
+        self.remove_fd_callback(&self.readers, fd)
+    }
+
+    fn add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+        self.add_fd_callback(&self.writers, fd, Handle::new_repeating(callback, None))
+    }
+
+    fn remove_writer(&self, fd: RawFd) -> Result<bool> {
+        self.remove_fd_callback(&self.writers, fd)
+    }
+
+    #[cfg(unix)]
+    fn add_signal_handler(&self, sig: i32, callback: RepeatCallback) -> Result<()> {
+        self.check_closed()?;
+        crate::unix_signals::check_signal(sig)?;
+        self.ensure_signals()?;
+        self.signals
+            .borrow_mut()
+            .as_mut()
+            .expect("ensured")
+            .install(sig, false)?;
+        let old = self
+            .signal_handlers
+            .borrow_mut()
+            .insert(sig, Handle::new_repeating(callback, None));
+        if let Some(o) = old {
+            o.cancel();
+        }
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    fn remove_signal_handler(&self, sig: i32) -> Result<bool> {
+        crate::unix_signals::check_signal(sig)?;
+        let Some(h) = self.signal_handlers.borrow_mut().remove(&sig) else {
+            return Ok(false);
+        };
+        h.cancel();
+        if let Some(s) = self.signals.borrow_mut().as_mut() {
+            s.uninstall(sig)?;
+        }
+        Ok(true)
+    }
+
+    #[cfg(unix)]
+    fn add_interrupt_handler(&self, callback: Callback) -> Result<bool> {
+        self.check_closed()?;
+        if !crate::unix_signals::is_default(libc::SIGINT) {
+            return Ok(false);
+        }
+        self.ensure_signals()?;
+        self.signals
+            .borrow_mut()
+            .as_mut()
+            .expect("ensured")
+            .install(libc::SIGINT, true)?;
+        *self.interrupt.borrow_mut() = Some(Handle::new(callback, None));
+        Ok(true)
+    }
+
+    #[cfg(unix)]
+    fn remove_interrupt_handler(&self) -> Result<()> {
+        if self.interrupt.borrow_mut().take().is_some()
+            && !self.signal_handlers.borrow().contains_key(&libc::SIGINT)
+        {
+            if let Some(s) = self.signals.borrow_mut().as_mut() {
+                s.uninstall(libc::SIGINT)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn add_signal_handler(&self, _sig: i32, _callback: RepeatCallback) -> Result<()> {
+        Err(Error::NotSupported {
+            feature: "add_signal_handler",
+            reason: "Windows has no POSIX signals".into(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn remove_signal_handler(&self, _sig: i32) -> Result<bool> {
+        Err(Error::NotSupported {
+            feature: "remove_signal_handler",
+            reason: "Windows has no POSIX signals".into(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn add_interrupt_handler(&self, _callback: Callback) -> Result<bool> {
+        Err(Error::NotImplemented("add_interrupt_handler"))
+    }
+
+    #[cfg(not(unix))]
+    fn remove_interrupt_handler(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `run_until_complete` for any loop; see [`EventLoopExt::run_until_complete`].
+pub(crate) fn run_until_complete<T, F>(lp: &Loop, future: F) -> Result<T>
+where
+    T: 'static,
+    F: IntoFuture<Output = Result<T>> + 'static,
+{
+    if lp.is_closed() {
+        return Err(Error::loop_closed());
+    }
+    let any: &dyn Any = &future;
+    let (obj, take): (
+        Rc<dyn crate::futures::FutureObj>,
+        Box<dyn Fn() -> Result<T>>,
+    ) = if let Some(f) = any.downcast_ref::<Future<T>>() {
+        let f = f.clone();
+        (f.as_obj(), Box::new(move || f.take_result()))
+    } else if let Some(t) = any.downcast_ref::<Task<T>>() {
+        let t = t.clone();
+        (t.as_obj(), Box::new(move || t.take_result()))
+    } else {
+        let t = Task::spawn(lp.clone(), future.into_future(), TaskOptions::default())?;
+        let t2 = t.clone();
+        (t.as_obj(), Box::new(move || t2.take_result()))
+    };
+    if obj.get_loop().loop_id() != lp.loop_id() {
+        return Err(Error::value(
+            "The future belongs to a different loop than the one specified as the loop argument",
+        ));
+    }
+    let stopper = obj.get_loop();
+    let id = obj.add_done_callback_erased(Box::new(move || stopper.stop()));
+    let ran = lp.run_forever();
+    obj.remove_done_callback(id);
+    ran?;
+    if !obj.done() {
+        return Err(Error::runtime(
+            "Event loop stopped before Future completed.",
+        ));
+    }
+    take()
+}

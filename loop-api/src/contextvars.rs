@@ -1,0 +1,258 @@
+//! Context variables: Python's `contextvars` for the loop's callbacks and tasks.
+//!
+//! Every thread has a *current* mapping from [`ContextVar`] to value.
+//! [`Context::run`] makes a context current for the length of a call, and
+//! what `ContextVar::set` does inside lands in that context. The loop runs
+//! each callback in the context it was scheduled with (a copy of the
+//! caller's by default, as `call_soon(..., context=None)` does) and every
+//! step of a task in the task's own context.
+//!
+//! Mappings are copy-on-write: taking a snapshot is a reference-count
+//! increment, and the first `set` after a snapshot copies the map.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::exceptions::{Error, Result};
+
+type Map = HashMap<u64, Rc<dyn Any>>;
+
+thread_local! {
+    static CURRENT: RefCell<Rc<Map>> = RefCell::new(Rc::new(Map::new()));
+}
+
+/// A snapshot of the current thread's mapping: what `call_soon` captures
+/// when no context is given. Cheap: one reference-count increment.
+#[derive(Clone)]
+pub(crate) struct Snapshot(Rc<Map>);
+
+impl Snapshot {
+    pub(crate) fn capture() -> Self {
+        Snapshot(CURRENT.with(|c| c.borrow().clone()))
+    }
+
+    /// Runs `f` with this snapshot current and returns what the mapping
+    /// became: a task keeps its context from step to step this way.
+    pub(crate) fn run_keep<R>(&self, f: impl FnOnce() -> R) -> (R, Snapshot) {
+        let prev = CURRENT.with(|c| c.replace(self.0.clone()));
+        let mut restore = Restore(Some(prev));
+        let r = f();
+        let after = CURRENT.with(|c| c.replace(restore.0.take().expect("restore once")));
+        (r, Snapshot(after))
+    }
+
+    /// Runs `f` with this snapshot current; what `f` sets is dropped after.
+    pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let prev = CURRENT.with(|c| c.replace(self.0.clone()));
+        let _restore = Restore(Some(prev));
+        f()
+    }
+}
+
+struct Restore(Option<Rc<Map>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(prev) = self.0.take() {
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+}
+
+/// `contextvars.Context`: a mapping of context variables that code can run in.
+///
+/// Cloning a `Context` gives another handle to the same context (Python
+/// object identity); [`Context::copy`] makes an independent copy.
+#[derive(Clone)]
+pub struct Context(Rc<ContextInner>);
+
+struct ContextInner {
+    map: RefCell<Rc<Map>>,
+    entered: Cell<bool>,
+}
+
+impl Context {
+    /// An empty context.
+    pub fn new() -> Self {
+        Self::from_map(Rc::new(Map::new()))
+    }
+
+    fn from_map(map: Rc<Map>) -> Self {
+        Context(Rc::new(ContextInner {
+            map: RefCell::new(map),
+            entered: Cell::new(false),
+        }))
+    }
+
+    pub(crate) fn from_snapshot(s: Snapshot) -> Self {
+        Self::from_map(s.0)
+    }
+
+    /// A shallow copy of this context.
+    pub fn copy(&self) -> Self {
+        Self::from_map(self.0.map.borrow().clone())
+    }
+
+    /// Runs `f` with this context current. Variables set inside stay set in
+    /// this context. Entering a context that is already entered is
+    /// asyncio's `RuntimeError`.
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        if self.0.entered.replace(true) {
+            return Err(Error::runtime(
+                "cannot enter context: <Context> is already entered",
+            ));
+        }
+        let mine = self.0.map.borrow().clone();
+        let prev = CURRENT.with(|c| c.replace(mine));
+        struct Exit<'a>(&'a Context, Option<Rc<Map>>);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                let prev = self.1.take().expect("exit once");
+                let mine = CURRENT.with(|c| c.replace(prev));
+                *self.0 .0.map.borrow_mut() = mine;
+                self.0 .0.entered.set(false);
+            }
+        }
+        let _exit = Exit(self, Some(prev));
+        Ok(f())
+    }
+
+    /// Number of variables set in this context.
+    pub fn len(&self) -> usize {
+        self.0.map.borrow().len()
+    }
+
+    /// True when no variable is set in this context.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of `var` in this context, without entering it.
+    pub fn get<T: Clone + 'static>(&self, var: &ContextVar<T>) -> Option<T> {
+        self.0
+            .map
+            .borrow()
+            .get(&var.id)
+            .and_then(|v| v.downcast_ref::<T>().cloned())
+    }
+
+    /// True when both handles name the same context.
+    pub fn ptr_eq(&self, other: &Context) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<Context vars={}>", self.len())
+    }
+}
+
+/// `contextvars.copy_context()`: a copy of the current context.
+pub fn copy_context() -> Context {
+    Context::from_snapshot(Snapshot::capture())
+}
+
+static NEXT_VAR: AtomicU64 = AtomicU64::new(1);
+
+/// `contextvars.ContextVar`: a variable whose value depends on the current
+/// context.
+pub struct ContextVar<T> {
+    id: u64,
+    name: String,
+    default: Option<T>,
+}
+
+/// Returned by [`ContextVar::set`]; gives the variable its previous value
+/// back with [`ContextVar::reset`].
+pub struct Token<T> {
+    var_id: u64,
+    old: Option<Rc<dyn Any>>,
+    used: Cell<bool>,
+    _t: PhantomData<T>,
+}
+
+impl<T: Clone + 'static> ContextVar<T> {
+    /// A variable with no default.
+    pub fn new(name: impl Into<String>) -> Self {
+        ContextVar {
+            id: NEXT_VAR.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            default: None,
+        }
+    }
+
+    /// A variable with a default value.
+    pub fn with_default(name: impl Into<String>, default: T) -> Self {
+        let mut v = Self::new(name);
+        v.default = Some(default);
+        v
+    }
+
+    /// The variable's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value in the current context, else the default, else `None`
+    /// (Python's `LookupError`).
+    pub fn get(&self) -> Option<T> {
+        CURRENT
+            .with(|c| {
+                c.borrow()
+                    .get(&self.id)
+                    .and_then(|v| v.downcast_ref::<T>().cloned())
+            })
+            .or_else(|| self.default.clone())
+    }
+
+    /// Sets the value in the current context.
+    pub fn set(&self, value: T) -> Token<T> {
+        let old = CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            Rc::make_mut(&mut c).insert(self.id, Rc::new(value) as Rc<dyn Any>)
+        });
+        Token {
+            var_id: self.id,
+            old,
+            used: Cell::new(false),
+            _t: PhantomData,
+        }
+    }
+
+    /// Restores the value the variable had before the `set` that made `token`.
+    pub fn reset(&self, token: &Token<T>) -> Result<()> {
+        if token.var_id != self.id {
+            return Err(Error::value("Token was created by a different ContextVar"));
+        }
+        if token.used.replace(true) {
+            return Err(Error::runtime("Token has already been used once"));
+        }
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            let m = Rc::make_mut(&mut c);
+            match &token.old {
+                Some(v) => m.insert(self.id, v.clone()),
+                None => m.remove(&self.id),
+            }
+        });
+        Ok(())
+    }
+}
+
+impl<T> fmt::Debug for ContextVar<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<ContextVar name={:?}>", self.name)
+    }
+}

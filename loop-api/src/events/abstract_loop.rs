@@ -1,0 +1,524 @@
+//! `AbstractEventLoop`: every method of asyncio's event loop, object-safe.
+//!
+//! # The Rust shape
+//! - `callback, *args` is one closure: [`Callback`] (runs once) or
+//!   [`RepeatCallback`] (readers, writers, signal handlers).
+//! - Exceptions are `Err(`[`Error`]`)`. A panic in a callback is caught and
+//!   handed to the exception handler; the loop goes on.
+//! - Coroutine methods (`create_connection`, `sock_recv`, ...) return a
+//!   boxed future; buffers are owned (`Vec<u8>` in, `Vec<u8>` back) so that
+//!   completion-based backends can hand them to the kernel.
+//! - Methods generic over a result type (`create_future`, `create_task`,
+//!   `run_until_complete`, `run_in_executor`) cannot live on an
+//!   object-safe trait; they are in [`EventLoopExt`], implemented for every
+//!   loop, `dyn AbstractEventLoop` included, on top of the object-safe
+//!   hooks here.
+//! - A method a loop does not build yet returns [`Error::NotImplemented`];
+//!   one its OS cannot offer returns [`Error::NotSupported`].
+
+use std::any::Any;
+use std::ffi::OsString;
+use std::fs::File;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockAddr, Socket};
+
+use super::options::*;
+use super::{
+    AbstractServer, Callback, ExceptionContext, ExceptionHandler, Handle, RawFd, RepeatCallback,
+    SendCallback, TimerHandle,
+};
+use crate::contextvars::Context;
+use crate::exceptions::{Error, Result};
+use crate::executor::{self, Executor, Job};
+use crate::futures::Future;
+use crate::protocols::{
+    DatagramProtocol, DatagramProtocolFactory, Protocol, ProtocolFactory, SubprocessProtocol,
+    SubprocessProtocolFactory,
+};
+use crate::tasks::{Task, TaskFactory, TaskOptions};
+use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
+
+/// A boxed, non-`Send` future: what coroutine methods return.
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// A shared handle to a loop of any backend.
+pub type Loop = Rc<dyn AbstractEventLoop>;
+
+/// One step of a task, scheduled in the ready queue like a callback.
+pub trait Step {
+    /// Runs the step.
+    fn run_step(self: Rc<Self>);
+}
+
+/// The `Send` side of a loop: what other threads may call.
+pub trait ThreadsafeCaller: Send + Sync {
+    /// Schedules `callback` on the loop and wakes it. Never lost: a wakeup
+    /// that races with the loop going to sleep still wakes it.
+    fn call_soon_threadsafe(&self, callback: SendCallback) -> Result<()>;
+    /// The loop's identity (as [`AbstractEventLoop::loop_id`]).
+    fn loop_id(&self) -> u64;
+}
+
+/// A `Send + Sync` handle to a loop, for other threads.
+#[derive(Clone)]
+pub struct RemoteLoop(pub Arc<dyn ThreadsafeCaller>);
+
+impl RemoteLoop {
+    /// `loop.call_soon_threadsafe(callback)`.
+    pub fn call_soon_threadsafe(&self, callback: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.0.call_soon_threadsafe(Box::new(callback))
+    }
+
+    /// Stops the loop from another thread (`call_soon_threadsafe(loop.stop)`).
+    pub fn stop(&self) -> Result<()> {
+        self.call_soon_threadsafe(|| {
+            if let Some(lp) = super::_get_running_loop() {
+                lp.stop();
+            }
+        })
+    }
+
+    /// The loop's identity.
+    pub fn loop_id(&self) -> u64 {
+        self.0.loop_id()
+    }
+}
+
+fn not_implemented<T: 'static>(what: &'static str) -> LocalBoxFuture<'static, Result<T>> {
+    Box::pin(async move { Err(Error::NotImplemented(what)) })
+}
+
+/// asyncio's event loop. See the module docs for how Python's shapes map to Rust.
+pub trait AbstractEventLoop {
+    // ----- identity --------------------------------------------------------
+
+    /// A number unique to this loop in the process.
+    fn loop_id(&self) -> u64;
+    /// An `Rc` to this loop (for futures, tasks and servers that keep it).
+    fn as_loop(&self) -> Loop;
+    /// The backend's name: `"select"`, `"uring"`, `"iocp"`, ...
+    fn backend_name(&self) -> &'static str;
+    /// `self` as `Any`, to reach a backend's own type.
+    fn as_any(&self) -> &dyn Any;
+
+    // ----- running and stopping ---------------------------------------------
+
+    /// Runs until [`stop`](AbstractEventLoop::stop) is called.
+    fn run_forever(&self) -> Result<()>;
+    /// Stops after the current iteration (before `run_forever`: the next
+    /// run does one iteration).
+    fn stop(&self);
+    /// True while `run_forever` runs.
+    fn is_running(&self) -> bool;
+    /// True once closed.
+    fn is_closed(&self) -> bool;
+    /// Closes the loop: drops pending callbacks, shuts the default executor
+    /// down without waiting. Idempotent; refuses a running loop.
+    fn close(&self) -> Result<()>;
+    /// asyncio finalizes open async generators here. Rust has no async
+    /// generators: a stream is finalized when the task owning it is dropped,
+    /// so this completes at once (it still refuses a closed loop).
+    fn shutdown_asyncgens(&self) -> LocalBoxFuture<'static, Result<()>>;
+    /// Shuts the default executor down, waiting for its threads up to
+    /// `timeout` (`None`: no bound); past it, warns and returns.
+    fn shutdown_default_executor(
+        &self,
+        timeout: Option<Duration>,
+    ) -> LocalBoxFuture<'static, Result<()>>;
+
+    // ----- scheduling ---------------------------------------------------------
+
+    /// Schedules `callback` for the next iteration, FIFO; in `context`, or a
+    /// copy of the current context.
+    fn call_soon(&self, callback: Callback, context: Option<Context>) -> Result<Handle>;
+    /// Schedules `callback` after `delay` seconds (zero or negative: due at once,
+    /// still a [`TimerHandle`]).
+    fn call_later(
+        &self,
+        delay: f64,
+        callback: Callback,
+        context: Option<Context>,
+    ) -> Result<TimerHandle>;
+    /// Schedules `callback` at loop time `when`.
+    fn call_at(
+        &self,
+        when: f64,
+        callback: Callback,
+        context: Option<Context>,
+    ) -> Result<TimerHandle>;
+    /// Schedules `callback` from any thread; the loop wakes up.
+    fn call_soon_threadsafe(&self, callback: SendCallback) -> Result<Handle>;
+    /// A `Send` handle for other threads to call `call_soon_threadsafe` on.
+    fn remote(&self) -> RemoteLoop;
+    /// The loop's monotonic clock, in seconds.
+    fn time(&self) -> f64;
+    /// Schedules a task step in the ready queue, in FIFO order with
+    /// callbacks. The default goes through `call_soon`; the core's loop skips
+    /// the `Handle`.
+    fn call_soon_step(&self, step: Rc<dyn Step>) -> Result<()> {
+        self.call_soon(Box::new(move || step.run_step()), None)
+            .map(drop)
+    }
+
+    // ----- tasks ----------------------------------------------------------------
+
+    /// Sets the hook `create_task` consults (`None`: the default).
+    fn set_task_factory(&self, factory: Option<TaskFactory>);
+    /// The current task factory.
+    fn get_task_factory(&self) -> Option<TaskFactory>;
+
+    // ----- executors --------------------------------------------------------
+
+    /// Runs `job` on `executor` (or the default thread pool); the building
+    /// block of [`EventLoopExt::run_in_executor`].
+    fn run_in_executor_job(&self, executor: Option<Arc<dyn Executor>>, job: Job) -> Result<()>;
+    /// Replaces the default executor.
+    fn set_default_executor(&self, executor: Arc<dyn Executor>) -> Result<()>;
+
+    // ----- errors -------------------------------------------------------------
+
+    /// Sets the exception handler (`None`: the default one).
+    fn set_exception_handler(&self, handler: Option<ExceptionHandler>);
+    /// The exception handler set, if any.
+    fn get_exception_handler(&self) -> Option<ExceptionHandler>;
+    /// The default handler: logs the context to stderr.
+    fn default_exception_handler(&self, context: &ExceptionContext);
+    /// Calls the handler set, or the default one. A panic in a custom
+    /// handler is reported through the default one.
+    fn call_exception_handler(&self, context: ExceptionContext);
+
+    // ----- debug ----------------------------------------------------------------
+
+    /// True in debug mode.
+    fn get_debug(&self) -> bool;
+    /// Turns debug mode on or off.
+    fn set_debug(&self, enabled: bool);
+    /// The duration in seconds over which debug mode reports a slow callback (0.1).
+    fn slow_callback_duration(&self) -> f64;
+    /// Sets the slow-callback threshold.
+    fn set_slow_callback_duration(&self, seconds: f64);
+
+    // ----- readiness ------------------------------------------------------------
+
+    /// Calls `callback` each time `fd` is readable.
+    fn add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
+    /// Stops watching `fd` for reading; true if it was watched.
+    fn remove_reader(&self, fd: RawFd) -> Result<bool>;
+    /// Calls `callback` each time `fd` is writable.
+    fn add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
+    /// Stops watching `fd` for writing; true if it was watched.
+    fn remove_writer(&self, fd: RawFd) -> Result<bool>;
+
+    // ----- signals --------------------------------------------------------------
+
+    /// Calls `callback` on the loop when signal `sig` arrives. Main thread only;
+    /// `ValueError` for an invalid signal, `RuntimeError` for an uncatchable one.
+    fn add_signal_handler(&self, sig: i32, callback: RepeatCallback) -> Result<()>;
+    /// Removes the handler, restoring the signal's previous disposition;
+    /// true if one was set.
+    fn remove_signal_handler(&self, sig: i32) -> Result<bool>;
+    /// `Runner`'s Ctrl-C support: if Ctrl-C still has its default action,
+    /// runs `callback` on the loop at the first Ctrl-C and restores the default
+    /// action, so that a second Ctrl-C ends the process at once. Returns false
+    /// (and installs nothing) when someone else handles Ctrl-C.
+    fn add_interrupt_handler(&self, callback: Callback) -> Result<bool>;
+    /// Removes what `add_interrupt_handler` installed, if it has not fired.
+    fn remove_interrupt_handler(&self) -> Result<()>;
+
+    // ----- DNS ------------------------------------------------------------------
+
+    /// `getaddrinfo`, off the loop thread.
+    fn getaddrinfo(
+        &self,
+        _host: Option<String>,
+        _port: Option<String>,
+        _family: Family,
+        _socktype: i32,
+        _proto: i32,
+        _flags: i32,
+    ) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
+        not_implemented("getaddrinfo")
+    }
+    /// `getnameinfo`, off the loop thread: `(host, port)`.
+    fn getnameinfo(
+        &self,
+        _sockaddr: SocketAddr,
+        _flags: i32,
+    ) -> LocalBoxFuture<'static, Result<(String, String)>> {
+        not_implemented("getnameinfo")
+    }
+
+    // ----- TCP, TLS, sendfile ---------------------------------------------------
+
+    /// Opens a streaming connection to `host:port`.
+    fn create_connection(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _host: Option<String>,
+        _port: Option<u16>,
+        _options: CreateConnectionOptions,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+        not_implemented("create_connection")
+    }
+    /// Listens on `host:port`.
+    fn create_server(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _host: Hosts,
+        _port: Option<u16>,
+        _options: CreateServerOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
+        not_implemented("create_server")
+    }
+    /// Wraps a socket accepted elsewhere in a transport.
+    fn connect_accepted_socket(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _sock: Rc<Socket>,
+        _ssl: Option<SslContext>,
+        _ssl_handshake_timeout: Option<Duration>,
+        _ssl_shutdown_timeout: Option<Duration>,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+        not_implemented("connect_accepted_socket")
+    }
+    /// Sends a file over a transport; bytes sent.
+    fn sendfile(
+        &self,
+        _transport: Rc<dyn Transport>,
+        _file: Rc<File>,
+        _offset: u64,
+        _count: Option<u64>,
+        _fallback: bool,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        not_implemented("sendfile")
+    }
+    /// Upgrades a connection to TLS.
+    fn start_tls(
+        &self,
+        _transport: Rc<dyn Transport>,
+        _protocol: Rc<dyn Protocol>,
+        _sslcontext: SslContext,
+        _options: StartTlsOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn Transport>>> {
+        not_implemented("start_tls")
+    }
+
+    // ----- Unix sockets ---------------------------------------------------------
+
+    /// Opens a Unix stream connection to `path`.
+    fn create_unix_connection(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _path: Option<PathBuf>,
+        _options: CreateUnixConnectionOptions,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+        not_implemented("create_unix_connection")
+    }
+    /// Listens on a Unix socket.
+    fn create_unix_server(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _path: Option<PathBuf>,
+        _options: CreateUnixServerOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
+        not_implemented("create_unix_server")
+    }
+
+    // ----- UDP ------------------------------------------------------------------
+
+    /// Creates a datagram endpoint.
+    fn create_datagram_endpoint(
+        &self,
+        _protocol_factory: DatagramProtocolFactory,
+        _options: CreateDatagramEndpointOptions,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn DatagramTransport>, Rc<dyn DatagramProtocol>)>>
+    {
+        not_implemented("create_datagram_endpoint")
+    }
+
+    // ----- pipes and processes ----------------------------------------------------
+
+    /// Wraps the read end of a pipe.
+    fn connect_read_pipe(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _pipe: File,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+        not_implemented("connect_read_pipe")
+    }
+    /// Wraps the write end of a pipe.
+    fn connect_write_pipe(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _pipe: File,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+        not_implemented("connect_write_pipe")
+    }
+    /// Starts `program` with `args`.
+    fn subprocess_exec(
+        &self,
+        _protocol_factory: SubprocessProtocolFactory,
+        _program: OsString,
+        _args: Vec<OsString>,
+        _options: SubprocessOptions,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn SubprocessTransport>, Rc<dyn SubprocessProtocol>)>>
+    {
+        not_implemented("subprocess_exec")
+    }
+    /// Runs `cmd` through the shell.
+    fn subprocess_shell(
+        &self,
+        _protocol_factory: SubprocessProtocolFactory,
+        _cmd: OsString,
+        _options: SubprocessOptions,
+    ) -> LocalBoxFuture<'static, Result<(Rc<dyn SubprocessTransport>, Rc<dyn SubprocessProtocol>)>>
+    {
+        not_implemented("subprocess_shell")
+    }
+
+    // ----- low-level socket operations -------------------------------------------
+
+    /// Receives up to `nbytes`.
+    fn sock_recv(
+        &self,
+        _sock: Rc<Socket>,
+        _nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
+        not_implemented("sock_recv")
+    }
+    /// Receives into `buf` (owned, handed back): `(buf, nbytes)`.
+    fn sock_recv_into(
+        &self,
+        _sock: Rc<Socket>,
+        _buf: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
+        not_implemented("sock_recv_into")
+    }
+    /// Receives a datagram of up to `bufsize`: `(data, address)`.
+    fn sock_recvfrom(
+        &self,
+        _sock: Rc<Socket>,
+        _bufsize: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
+        not_implemented("sock_recvfrom")
+    }
+    /// Receives a datagram into `buf`: `(buf, nbytes, address)`.
+    fn sock_recvfrom_into(
+        &self,
+        _sock: Rc<Socket>,
+        _buf: Vec<u8>,
+        _nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
+        not_implemented("sock_recvfrom_into")
+    }
+    /// Sends all of `data`.
+    fn sock_sendall(
+        &self,
+        _sock: Rc<Socket>,
+        _data: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<()>> {
+        not_implemented("sock_sendall")
+    }
+    /// Sends a datagram to `address`: bytes sent.
+    fn sock_sendto(
+        &self,
+        _sock: Rc<Socket>,
+        _data: Vec<u8>,
+        _address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<usize>> {
+        not_implemented("sock_sendto")
+    }
+    /// Connects to `address`.
+    fn sock_connect(
+        &self,
+        _sock: Rc<Socket>,
+        _address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<()>> {
+        not_implemented("sock_connect")
+    }
+    /// Accepts a connection: `(socket, address)`.
+    fn sock_accept(
+        &self,
+        _sock: Rc<Socket>,
+    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
+        not_implemented("sock_accept")
+    }
+    /// Sends a file over a socket: bytes sent.
+    fn sock_sendfile(
+        &self,
+        _sock: Rc<Socket>,
+        _file: Rc<File>,
+        _offset: u64,
+        _count: Option<u64>,
+        _fallback: bool,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        not_implemented("sock_sendfile")
+    }
+}
+
+/// The generic half of the loop API, for every loop (`dyn` included).
+pub trait EventLoopExt: AbstractEventLoop {
+    /// `loop.create_future()`.
+    fn create_future<T: 'static>(&self) -> Future<T> {
+        Future::new(self.as_loop())
+    }
+
+    /// `loop.create_task(coro)`: schedules a coroutine. The coroutine's
+    /// `Err(Error::Cancelled)` makes the task cancelled, as a
+    /// `CancelledError` does in asyncio.
+    fn create_task<T, F>(&self, coro: F) -> Result<Task<T>>
+    where
+        T: 'static,
+        F: IntoFuture<Output = Result<T>> + 'static,
+    {
+        self.create_task_with(coro, TaskOptions::default())
+    }
+
+    /// `loop.create_task(coro, name=..., context=...)`.
+    fn create_task_with<T, F>(&self, coro: F, options: TaskOptions) -> Result<Task<T>>
+    where
+        T: 'static,
+        F: IntoFuture<Output = Result<T>> + 'static,
+    {
+        Task::spawn(self.as_loop(), coro.into_future(), options)
+    }
+
+    /// `loop.run_until_complete(future)`: runs the loop until `future` is
+    /// done and returns its result.
+    ///
+    /// A [`Future`] or [`Task`] is waited on as is (one of another loop is a
+    /// `ValueError`); anything else is wrapped in a task first. The result is
+    /// moved out: a later `result()` on the same future is an
+    /// `InvalidStateError`.
+    fn run_until_complete<T, F>(&self, future: F) -> Result<T>
+    where
+        T: 'static,
+        F: IntoFuture<Output = Result<T>> + 'static,
+    {
+        crate::base_events::run_until_complete(&self.as_loop(), future)
+    }
+
+    /// `loop.run_in_executor(executor, func)`: runs `func` on a worker
+    /// thread; the returned future gets its result. A panic in `func`
+    /// becomes the future's exception.
+    fn run_in_executor<T, F>(
+        &self,
+        executor: Option<Arc<dyn Executor>>,
+        func: F,
+    ) -> Result<Future<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        executor::run_in_executor(&self.as_loop(), executor, func)
+    }
+}
+
+impl<L: AbstractEventLoop + ?Sized> EventLoopExt for L {}

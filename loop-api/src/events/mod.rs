@@ -1,0 +1,26 @@
+//! asyncio's `events` module: the event-loop trait, handles, servers,
+//! policies, and the running-loop registry.
+
+mod abstract_loop;
+mod exception_context;
+mod handles;
+pub mod options;
+mod policy;
+mod running;
+mod server;
+
+pub use abstract_loop::{
+    AbstractEventLoop, EventLoopExt, LocalBoxFuture, Loop, RemoteLoop, Step, ThreadsafeCaller,
+};
+pub use exception_context::{ExceptionContext, ExceptionHandler};
+pub use handles::{Callback, Handle, RepeatCallback, SendCallback, TimerHandle};
+pub use policy::AbstractEventLoopPolicy;
+pub use running::{_get_running_loop, _set_running_loop, get_running_loop, running_loop_id};
+pub use server::AbstractServer;
+
+/// A file descriptor (Unix) or socket handle (Windows), as `add_reader` takes.
+#[cfg(unix)]
+pub type RawFd = std::os::fd::RawFd;
+/// A file descriptor (Unix) or socket handle (Windows), as `add_reader` takes.
+#[cfg(windows)]
+pub type RawFd = std::os::windows::io::RawSocket;

@@ -1,0 +1,280 @@
+//! asyncio's keyword arguments, as structs whose `Default` is asyncio's defaults.
+//!
+//! Build one with struct-update syntax:
+//! `CreateServerOptions { backlog: 10, ..Default::default() }`.
+
+use std::any::Any;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use socket2::Socket;
+
+/// The default listen backlog of `create_server` (asyncio: 100).
+pub const DEFAULT_BACKLOG: i32 = 100;
+/// The default TLS handshake timeout (asyncio: 60 s).
+pub const SSL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default TLS shutdown timeout (asyncio: 30 s).
+pub const SSL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default write-buffer high-water mark of transports (asyncio: 64 KiB).
+pub const WRITE_BUFFER_HIGH_WATER: usize = 64 * 1024;
+/// The largest single read a transport does (asyncio: 256 KiB).
+pub const MAX_READ_SIZE: usize = 256 * 1024;
+
+/// A TLS configuration (asyncio's `ssl.SSLContext`), opaque to the loop
+/// traits; the TLS layer downcasts it to its own configuration type.
+#[derive(Clone)]
+pub struct SslContext(pub Rc<dyn Any>);
+
+/// Address-family choice (`socket.AF_*`); `Unspec` lets `getaddrinfo` pick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    /// `AF_UNSPEC` (0).
+    #[default]
+    Unspec,
+    /// `AF_INET`.
+    Inet,
+    /// `AF_INET6`.
+    Inet6,
+    /// `AF_UNIX`.
+    Unix,
+}
+
+/// `create_connection`'s keyword arguments.
+#[derive(Clone, Default)]
+pub struct CreateConnectionOptions {
+    /// TLS; `None` for plain TCP.
+    pub ssl: Option<SslContext>,
+    /// Restricts name resolution to one family.
+    pub family: Family,
+    /// Passed to `getaddrinfo`.
+    pub proto: i32,
+    /// Passed to `getaddrinfo`.
+    pub flags: i32,
+    /// A connected socket to wrap instead of connecting (takes ownership).
+    pub sock: Option<Rc<Socket>>,
+    /// Binds the socket locally before connecting.
+    pub local_addr: Option<SocketAddr>,
+    /// The name to check the server's certificate against.
+    pub server_hostname: Option<String>,
+    /// `None`: 60 s.
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// `None`: 30 s.
+    pub ssl_shutdown_timeout: Option<Duration>,
+    /// RFC 8305 connection-attempt delay; `None` disables Happy Eyeballs.
+    pub happy_eyeballs_delay: Option<Duration>,
+    /// Interleave address families by this count; `None` means 1 when
+    /// Happy Eyeballs is on.
+    pub interleave: Option<usize>,
+    /// Report every attempt's error instead of one.
+    pub all_errors: bool,
+}
+
+/// The `host` argument of `create_server`.
+#[derive(Clone, Debug, Default)]
+pub enum Hosts {
+    /// `None` or `""`: every interface.
+    #[default]
+    All,
+    /// One name or address.
+    One(String),
+    /// Several names or addresses.
+    Many(Vec<String>),
+}
+
+/// `create_server`'s keyword arguments.
+#[derive(Clone)]
+pub struct CreateServerOptions {
+    /// `AF_UNSPEC` binds every family the host resolves to.
+    pub family: Family,
+    /// `AI_PASSIVE` is always added.
+    pub flags: i32,
+    /// A listening socket to serve instead of binding.
+    pub sock: Option<Rc<Socket>>,
+    /// Listen backlog; 100.
+    pub backlog: i32,
+    /// TLS for accepted connections.
+    pub ssl: Option<SslContext>,
+    /// `SO_REUSEADDR`; `None` means on, on Unix.
+    pub reuse_address: Option<bool>,
+    /// `SO_REUSEPORT`.
+    pub reuse_port: bool,
+    /// `SO_KEEPALIVE` on accepted sockets.
+    pub keep_alive: bool,
+    /// `None`: 60 s.
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// `None`: 30 s.
+    pub ssl_shutdown_timeout: Option<Duration>,
+    /// Start accepting at once (asyncio's default), or wait for
+    /// `start_serving` / `serve_forever`.
+    pub start_serving: bool,
+}
+
+impl Default for CreateServerOptions {
+    fn default() -> Self {
+        CreateServerOptions {
+            family: Family::Unspec,
+            flags: 0,
+            sock: None,
+            backlog: DEFAULT_BACKLOG,
+            ssl: None,
+            reuse_address: None,
+            reuse_port: false,
+            keep_alive: false,
+            ssl_handshake_timeout: None,
+            ssl_shutdown_timeout: None,
+            start_serving: true,
+        }
+    }
+}
+
+/// `create_unix_server`'s keyword arguments.
+#[derive(Clone)]
+pub struct CreateUnixServerOptions {
+    /// A listening socket to serve instead of binding `path`.
+    pub sock: Option<Rc<Socket>>,
+    /// Listen backlog; 100.
+    pub backlog: i32,
+    /// TLS for accepted connections.
+    pub ssl: Option<SslContext>,
+    /// `None`: 60 s.
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// `None`: 30 s.
+    pub ssl_shutdown_timeout: Option<Duration>,
+    /// Start accepting at once.
+    pub start_serving: bool,
+    /// Remove the socket file when the server closes (3.13).
+    pub cleanup_socket: bool,
+}
+
+impl Default for CreateUnixServerOptions {
+    fn default() -> Self {
+        CreateUnixServerOptions {
+            sock: None,
+            backlog: DEFAULT_BACKLOG,
+            ssl: None,
+            ssl_handshake_timeout: None,
+            ssl_shutdown_timeout: None,
+            start_serving: true,
+            cleanup_socket: true,
+        }
+    }
+}
+
+/// `create_unix_connection`'s keyword arguments.
+#[derive(Clone, Default)]
+pub struct CreateUnixConnectionOptions {
+    /// TLS; `None` for plain.
+    pub ssl: Option<SslContext>,
+    /// A connected socket to wrap instead of connecting.
+    pub sock: Option<Rc<Socket>>,
+    /// The name to check the server's certificate against.
+    pub server_hostname: Option<String>,
+    /// `None`: 60 s.
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// `None`: 30 s.
+    pub ssl_shutdown_timeout: Option<Duration>,
+}
+
+/// A datagram endpoint's local or remote address.
+#[derive(Clone, Debug)]
+pub enum DatagramAddr {
+    /// An IP host and port (resolved with `getaddrinfo`).
+    Inet(String, u16),
+    /// An AF_UNIX path.
+    Unix(PathBuf),
+}
+
+/// `create_datagram_endpoint`'s keyword arguments.
+#[derive(Clone, Default)]
+pub struct CreateDatagramEndpointOptions {
+    /// Binds here.
+    pub local_addr: Option<DatagramAddr>,
+    /// Connects here; `sendto` then needs no address.
+    pub remote_addr: Option<DatagramAddr>,
+    /// Address family.
+    pub family: Family,
+    /// Passed to `getaddrinfo`.
+    pub proto: i32,
+    /// Passed to `getaddrinfo`.
+    pub flags: i32,
+    /// Always refused when `Some(true)`: asyncio removed it for security.
+    pub reuse_address: Option<bool>,
+    /// `SO_REUSEPORT`.
+    pub reuse_port: bool,
+    /// `SO_BROADCAST`.
+    pub allow_broadcast: bool,
+    /// An existing datagram socket to use.
+    pub sock: Option<Rc<Socket>>,
+}
+
+/// `start_tls`'s keyword arguments.
+#[derive(Clone, Default)]
+pub struct StartTlsOptions {
+    /// Server side of the handshake.
+    pub server_side: bool,
+    /// The name to check the server's certificate against.
+    pub server_hostname: Option<String>,
+    /// `None`: 60 s.
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// `None`: 30 s.
+    pub ssl_shutdown_timeout: Option<Duration>,
+}
+
+/// Where a child's standard stream goes (`subprocess.PIPE`, ...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stdio {
+    /// Connect to the parent's.
+    #[default]
+    Inherit,
+    /// A pipe, reported through the SubprocessProtocol.
+    Pipe,
+    /// `/dev/null`.
+    DevNull,
+    /// stderr only: the same pipe as stdout.
+    Stdout,
+}
+
+/// `subprocess_exec` / `subprocess_shell` keyword arguments.
+#[derive(Clone, Debug)]
+pub struct SubprocessOptions {
+    /// Default: a pipe, as asyncio.
+    pub stdin: Stdio,
+    /// Default: a pipe.
+    pub stdout: Stdio,
+    /// Default: a pipe.
+    pub stderr: Stdio,
+    /// Environment; `None` inherits.
+    pub env: Option<Vec<(OsString, OsString)>>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+impl Default for SubprocessOptions {
+    fn default() -> Self {
+        SubprocessOptions {
+            stdin: Stdio::Pipe,
+            stdout: Stdio::Pipe,
+            stderr: Stdio::Pipe,
+            env: None,
+            cwd: None,
+        }
+    }
+}
+
+/// One `getaddrinfo` result: `(family, type, proto, canonname, sockaddr)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// Address family.
+    pub family: Family,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, ... as the OS numbers them.
+    pub socktype: i32,
+    /// Protocol number.
+    pub proto: i32,
+    /// Canonical name, when `AI_CANONNAME` was asked for.
+    pub canonname: String,
+    /// The address.
+    pub addr: SocketAddr,
+}

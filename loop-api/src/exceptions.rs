@@ -1,0 +1,176 @@
+//! The error type, mirroring asyncio's exceptions.
+//!
+//! asyncio raises; we return [`Result`]. Each variant names the Python
+//! exception it stands for, and the `RuntimeError` cases carry asyncio's
+//! messages word for word so that logs read the same.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything an event-loop operation can fail with.
+///
+/// `Clone`, because a future hands the same exception to every awaiter
+/// (asyncio's `Future.result()` re-raises each time it is called).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// `asyncio.CancelledError`, with the message given to `cancel()`.
+    Cancelled(Option<String>),
+    /// `asyncio.InvalidStateError`.
+    InvalidState(String),
+    /// `TimeoutError` (asyncio.TimeoutError is an alias since 3.11).
+    Timeout,
+    /// `RuntimeError`, with asyncio's message.
+    Runtime(String),
+    /// `ValueError`.
+    Value(String),
+    /// `TypeError`.
+    Type(String),
+    /// The method exists in the model, but this loop does not build it yet.
+    /// `NotImplementedError` in asyncio's abstract base.
+    NotImplemented(&'static str),
+    /// The backend cannot support the feature at all (the OS has no such
+    /// mechanism). Conformance cases turn this into a visible skip.
+    NotSupported {
+        /// The method or feature, e.g. `"add_signal_handler"`.
+        feature: &'static str,
+        /// Why, in a sentence, naming the OS or backend.
+        reason: String,
+    },
+    /// `OSError` and its subclasses.
+    Io(Arc<io::Error>),
+    /// A panic caught in a callback or a task; the payload's message.
+    Panic(String),
+    /// `KeyboardInterrupt`: Ctrl-C reached a `Runner` whose main task
+    /// was cancelled because of it.
+    KeyboardInterrupt,
+    /// `asyncio.SendfileNotAvailableError`.
+    SendfileNotAvailable(String),
+    /// Any other error a user callback or coroutine wants to raise.
+    Other(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// `RuntimeError(msg)`.
+    pub fn runtime(msg: impl Into<String>) -> Self {
+        Error::Runtime(msg.into())
+    }
+
+    /// `ValueError(msg)`.
+    pub fn value(msg: impl Into<String>) -> Self {
+        Error::Value(msg.into())
+    }
+
+    /// `InvalidStateError(msg)`.
+    pub fn invalid_state(msg: impl Into<String>) -> Self {
+        Error::InvalidState(msg.into())
+    }
+
+    /// Wraps any error type.
+    pub fn other<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        Error::Other(Arc::new(e))
+    }
+
+    /// "Event loop is closed".
+    pub fn loop_closed() -> Self {
+        Error::runtime("Event loop is closed")
+    }
+
+    /// True for [`Error::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled(_))
+    }
+
+    /// True for [`Error::NotSupported`] and [`Error::NotImplemented`]: the
+    /// loop lacks the feature rather than the call having failed.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::NotSupported { .. } | Error::NotImplemented(_))
+    }
+
+    /// The `errno`-style code for [`Error::Io`].
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The Python class this error stands for, used in reports.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Error::Cancelled(_) => "CancelledError",
+            Error::InvalidState(_) => "InvalidStateError",
+            Error::Timeout => "TimeoutError",
+            Error::Runtime(_) => "RuntimeError",
+            Error::Value(_) => "ValueError",
+            Error::Type(_) => "TypeError",
+            Error::NotImplemented(_) => "NotImplementedError",
+            Error::NotSupported { .. } => "NotSupportedError",
+            Error::Io(_) => "OSError",
+            Error::Panic(_) => "Panic",
+            Error::KeyboardInterrupt => "KeyboardInterrupt",
+            Error::SendfileNotAvailable(_) => "SendfileNotAvailableError",
+            Error::Other(_) => "Exception",
+        }
+    }
+
+    /// Builds a [`Error::Panic`] from a `catch_unwind` payload.
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let msg = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "Box<dyn Any>".to_string()
+        };
+        Error::Panic(msg)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Cancelled(None) => f.write_str("CancelledError"),
+            Error::Cancelled(Some(m)) => write!(f, "CancelledError: {m}"),
+            Error::InvalidState(m) => write!(f, "InvalidStateError: {m}"),
+            Error::Timeout => f.write_str("TimeoutError"),
+            Error::Runtime(m) => write!(f, "RuntimeError: {m}"),
+            Error::Value(m) => write!(f, "ValueError: {m}"),
+            Error::Type(m) => write!(f, "TypeError: {m}"),
+            Error::NotImplemented(what) => {
+                write!(
+                    f,
+                    "NotImplementedError: {what} is not implemented by this event loop yet"
+                )
+            }
+            Error::NotSupported { feature, reason } => {
+                write!(f, "NotSupportedError: {feature}: {reason}")
+            }
+            Error::Io(e) => write!(f, "OSError: {e}"),
+            Error::Panic(m) => write!(f, "panic: {m}"),
+            Error::KeyboardInterrupt => f.write_str("KeyboardInterrupt"),
+            Error::SendfileNotAvailable(m) => write!(f, "SendfileNotAvailableError: {m}"),
+            Error::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(&**e),
+            Error::Other(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}

@@ -1,0 +1,45 @@
+//! asyncio's event loop model in Rust: the traits, and the one generic loop
+//! core that every I/O backend plugs a [`driver::Driver`] into.
+//!
+//! Module names follow CPython's `asyncio` package: [`events`],
+//! [`base_events`], [`futures`], [`tasks`], [`protocols`], [`transports`],
+//! [`exceptions`]. Start at [`events::AbstractEventLoop`].
+//!
+//! A [`events::Loop`] is not `Send`: it lives on the thread that made it,
+//! which is how this crate enforces at compile time what asyncio's debug
+//! mode checks at run time ("Non-thread-safe operation invoked on an event
+//! loop other than the current one"). Other threads get a
+//! [`events::RemoteLoop`]:
+//!
+//! ```compile_fail
+//! fn needs_send<T: Send>(_: T) {}
+//! fn give_away(lp: loop_api::events::Loop) {
+//!     needs_send(lp); // error: `Rc<dyn AbstractEventLoop>` cannot be sent between threads
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod base_events;
+pub mod contextvars;
+pub mod driver;
+pub mod events;
+pub mod exceptions;
+pub mod executor;
+pub mod futures;
+pub mod log;
+pub mod protocols;
+pub mod tasks;
+pub mod transports;
+#[cfg(unix)]
+mod unix_signals;
+
+#[cfg(unix)]
+pub use unix_signals::NSIG;
+
+pub use events::{
+    get_running_loop, AbstractEventLoop, EventLoopExt, Handle, Loop, RemoteLoop, TimerHandle,
+};
+pub use exceptions::{Error, Result};
+pub use futures::Future;
+pub use tasks::{all_tasks, current_task, sleep, Task};

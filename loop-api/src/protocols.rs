@@ -1,0 +1,87 @@
+//! Protocols: the callbacks a transport drives (asyncio's `protocols` module).
+//!
+//! Methods take `&self`: a protocol calls back into its transport (`write`,
+//! `close`) and the transport calls back into the protocol (`pause_writing`,
+//! `connection_lost`) on the same stack, as in asyncio. Keep mutable state in
+//! `Cell`/`RefCell` fields. Every method has a default that does nothing, so
+//! a protocol implements only what it needs.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::exceptions::Error;
+use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
+
+/// `asyncio.BaseProtocol`.
+pub trait BaseProtocol {
+    /// Called once when the connection is made.
+    fn connection_made(&self, _transport: Rc<dyn Transport>) {}
+    /// Called exactly once when the connection is lost or closed; `None`
+    /// for a regular EOF or close.
+    fn connection_lost(&self, _exc: Option<Error>) {}
+    /// The transport's write buffer went over the high-water mark.
+    fn pause_writing(&self) {}
+    /// The transport's write buffer drained to the low-water mark.
+    fn resume_writing(&self) {}
+}
+
+/// `asyncio.Protocol`: a streaming protocol.
+pub trait Protocol: BaseProtocol {
+    /// Some data arrived.
+    fn data_received(&self, _data: &[u8]) {}
+    /// The peer sent EOF. Return `true` to keep the write side open (a
+    /// half-closed connection); `false` closes the transport.
+    fn eof_received(&self) -> bool {
+        false
+    }
+    /// Downcast to a buffered protocol, for transports that fill a
+    /// protocol-owned buffer instead of copying (`BufferedProtocol`).
+    fn as_buffered(&self) -> Option<&dyn BufferedProtocol> {
+        None
+    }
+}
+
+/// `asyncio.BufferedProtocol`: the transport reads straight into a buffer
+/// the protocol hands out.
+pub trait BufferedProtocol: BaseProtocol {
+    /// A buffer to read into, of at least `sizehint` bytes if it is positive.
+    /// The transport writes into it and then calls [`buffer_updated`].
+    ///
+    /// [`buffer_updated`]: BufferedProtocol::buffer_updated
+    fn get_buffer(&self, sizehint: usize) -> Result<Vec<u8>, Error>;
+    /// `nbytes` bytes were written at the start of the buffer last handed out.
+    fn buffer_updated(&self, buf: Vec<u8>, nbytes: usize) -> Result<(), Error>;
+    /// As [`Protocol::eof_received`].
+    fn eof_received(&self) -> bool {
+        false
+    }
+}
+
+/// `asyncio.DatagramProtocol`.
+pub trait DatagramProtocol: BaseProtocol {
+    /// Called once the endpoint is set up.
+    fn datagram_connection_made(&self, _transport: Rc<dyn DatagramTransport>) {}
+    /// A datagram arrived from `addr`.
+    fn datagram_received(&self, _data: &[u8], _addr: Option<SocketAddr>) {}
+    /// A previous send or receive failed (ICMP errors, for example).
+    fn error_received(&self, _exc: Error) {}
+}
+
+/// `asyncio.SubprocessProtocol`.
+pub trait SubprocessProtocol: BaseProtocol {
+    /// Called once the process is started.
+    fn subprocess_connection_made(&self, _transport: Rc<dyn SubprocessTransport>) {}
+    /// The child wrote to its stdout (fd 1) or stderr (fd 2).
+    fn pipe_data_received(&self, _fd: i32, _data: &[u8]) {}
+    /// One of the child's pipes closed.
+    fn pipe_connection_lost(&self, _fd: i32, _exc: Option<Error>) {}
+    /// The child exited.
+    fn process_exited(&self) {}
+}
+
+/// Builds a fresh protocol for each connection (asyncio's `protocol_factory`).
+pub type ProtocolFactory = Rc<dyn Fn() -> Rc<dyn Protocol>>;
+/// Builds the protocol of a datagram endpoint.
+pub type DatagramProtocolFactory = Rc<dyn Fn() -> Rc<dyn DatagramProtocol>>;
+/// Builds the protocol of a subprocess.
+pub type SubprocessProtocolFactory = Rc<dyn Fn() -> Rc<dyn SubprocessProtocol>>;

@@ -1,0 +1,697 @@
+//! `asyncio.Task`: a coroutine driven by the loop.
+//!
+//! # How asyncio's semantics map to Rust futures
+//! - A task polls its coroutine (any `Future<Output = Result<T, Error>>`)
+//!   in a *step*, scheduled in the ready queue like a callback, in the
+//!   task's own [`Context`].
+//! - `Err(Error::Cancelled(_))` returned by the coroutine makes the task
+//!   cancelled, as an uncaught `CancelledError` does.
+//! - [`Task::cancel`] first cancels the loop future the task is awaiting
+//!   (`_fut_waiter`): the coroutine sees `Err(Cancelled)` from that await and
+//!   may catch it, as in asyncio. If the task awaits nothing of this loop
+//!   (a foreign future) or has not started, the next step drops the
+//!   coroutine instead — Rust's native cancellation — and the task is
+//!   cancelled.
+//! - A panic while polling is caught: the task's exception becomes
+//!   [`Error::Panic`]. Like any exception never retrieved, it reaches the
+//!   exception handler when the task is dropped.
+//! - The loop keeps every pending task alive (as a spawned tokio task is),
+//!   so dropping the handle does not cancel it.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::fmt;
+use std::future::IntoFuture;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+
+use slab::Slab;
+
+use crate::contextvars::{Context, Snapshot};
+use crate::events::{self, AbstractEventLoop, Loop, RemoteLoop, Step};
+use crate::exceptions::{Error, Result};
+use crate::futures::{CallbackId, FutureObj, FutureState, State};
+
+/// `create_task`'s keyword arguments, which a task factory may rewrite.
+#[derive(Clone, Debug, Default)]
+pub struct TaskOptions {
+    /// `name=`; default `Task-N`.
+    pub name: Option<String>,
+    /// `context=`; default a copy of the current context.
+    pub context: Option<Context>,
+    /// `eager_start=` (3.14): run the first step inside `create_task` when
+    /// the loop is running.
+    pub eager_start: bool,
+}
+
+/// `loop.set_task_factory(factory)`.
+///
+/// asyncio's factory builds the task object itself. A Rust coroutine's type
+/// cannot pass through a type-erased hook, so ours shapes the task instead:
+/// it sees the loop and the options, and may rename it, set its context,
+/// make it eager, or refuse it with an error.
+pub type TaskFactory = Rc<dyn Fn(&dyn AbstractEventLoop, TaskOptions) -> Result<TaskOptions>>;
+
+/// What the loop and the registry need of a task, whatever its result type.
+pub trait TaskObj: FutureObj + Step {
+    /// The task's name.
+    fn get_name(&self) -> String;
+    /// Sets the task's name.
+    fn set_name(&self, name: String);
+    /// How many cancellation requests are pending.
+    fn cancelling(&self) -> u32;
+    /// Decrements the pending cancellation requests; returns the new count.
+    fn uncancel(&self) -> u32;
+    /// The context the task runs in.
+    fn get_context(&self) -> Context;
+    #[doc(hidden)]
+    fn set_fut_waiter(&self, fut: Option<Rc<dyn FutureObj>>);
+    #[doc(hidden)]
+    fn drop_coroutine(&self);
+    /// Schedules a step unless one is already scheduled (a wakeup).
+    #[doc(hidden)]
+    fn wake_step(&self) -> Result<()>;
+}
+
+type Coro<T> = Pin<Box<dyn std::future::Future<Output = Result<T>>>>;
+
+enum TaskContextSlot {
+    Snapshot(Snapshot),
+    Explicit(Context),
+}
+
+struct TaskCell<T: 'static> {
+    st: FutureState<T, Task<T>>,
+    this: Weak<TaskCell<T>>,
+    coro: RefCell<Option<Coro<T>>>,
+    number: u64,
+    name: RefCell<Option<String>>,
+    context: RefCell<TaskContextSlot>,
+    must_cancel: Cell<bool>,
+    cancel_message: RefCell<Option<String>>,
+    num_cancels_requested: Cell<u32>,
+    fut_waiter: RefCell<Option<Rc<dyn FutureObj>>>,
+    /// A step is in the ready queue.
+    scheduled: Cell<bool>,
+    /// Index in the loop's task registry while pending.
+    key: Cell<usize>,
+    /// Set right after registration, once the key is known.
+    waker: OnceCell<Waker>,
+}
+
+/// `asyncio.Task`. Cloning gives another handle to the same task.
+///
+/// `task.await` moves the result out; `(&task).await` and
+/// [`Task::result`] clone it.
+pub struct Task<T: 'static>(Rc<TaskCell<T>>);
+
+impl<T> Clone for Task<T> {
+    fn clone(&self) -> Self {
+        Task(self.0.clone())
+    }
+}
+
+thread_local! {
+    static TASK_COUNTER: Cell<u64> = const { Cell::new(1) };
+}
+
+impl<T: 'static> Task<T> {
+    /// Builds and schedules a task (what `create_task` does).
+    pub fn spawn<F>(lp: Loop, coro: F, options: TaskOptions) -> Result<Task<T>>
+    where
+        F: std::future::Future<Output = Result<T>> + 'static,
+    {
+        if lp.is_closed() {
+            return Err(Error::loop_closed());
+        }
+        let options = match lp.get_task_factory() {
+            Some(f) => f(&*lp, options)?,
+            None => options,
+        };
+        let loop_id = lp.loop_id();
+        let remote = lp.remote();
+        let cell = Rc::new_cyclic(|this: &Weak<TaskCell<T>>| TaskCell {
+            st: FutureState::new(lp.clone(), "Task"),
+            this: this.clone(),
+            coro: RefCell::new(Some(Box::pin(coro))),
+            number: TASK_COUNTER.with(|c| c.replace(c.get() + 1)),
+            name: RefCell::new(options.name),
+            context: RefCell::new(match options.context {
+                Some(c) => TaskContextSlot::Explicit(c),
+                None => TaskContextSlot::Snapshot(Snapshot::capture()),
+            }),
+            must_cancel: Cell::new(false),
+            cancel_message: RefCell::new(None),
+            num_cancels_requested: Cell::new(0),
+            fut_waiter: RefCell::new(None),
+            scheduled: Cell::new(false),
+            key: Cell::new(usize::MAX),
+            waker: OnceCell::new(),
+        });
+        let key = registry_insert(loop_id, cell.clone());
+        cell.key.set(key);
+        let _ = cell.waker.set(Waker::from(Arc::new(TaskWaker {
+            loop_id,
+            key,
+            remote,
+        })));
+        let task = Task(cell);
+        if options.eager_start && lp.is_running() {
+            task.0.clone().run_step();
+        } else {
+            task.0.schedule()?;
+        }
+        Ok(task)
+    }
+
+    /// The loop the task runs on.
+    pub fn get_loop(&self) -> Loop {
+        self.0.st.lp.clone()
+    }
+    /// True once done.
+    pub fn done(&self) -> bool {
+        self.0.st.done()
+    }
+    /// True if cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.0.st.cancelled()
+    }
+    /// Requests cancellation (see the module docs); false if already done.
+    pub fn cancel(&self, msg: Option<String>) -> bool {
+        self.0.cancel(msg)
+    }
+    /// Pending cancellation requests (3.11).
+    pub fn cancelling(&self) -> u32 {
+        self.0.cancelling()
+    }
+    /// Decrements the pending cancellation requests (3.11).
+    pub fn uncancel(&self) -> u32 {
+        self.0.uncancel()
+    }
+    /// The result, cloned; the exception; `Cancelled`; or
+    /// `InvalidStateError` while pending.
+    pub fn result(&self) -> Result<T>
+    where
+        T: Clone,
+    {
+        self.0.st.result()
+    }
+    /// The result, moved out.
+    pub fn take_result(&self) -> Result<T> {
+        self.0.st.take_result()
+    }
+    /// The exception, if the task ended with one.
+    pub fn exception(&self) -> Result<Option<Error>> {
+        self.0.st.exception()
+    }
+    /// Schedules `callback(task)` once done.
+    pub fn add_done_callback(
+        &self,
+        callback: impl FnOnce(&Task<T>) + 'static,
+        context: Option<Context>,
+    ) -> CallbackId {
+        self.0
+            .st
+            .add_done_callback(Box::new(callback), context, self)
+    }
+    /// Removes a done callback; how many were removed.
+    pub fn remove_done_callback(&self, id: CallbackId) -> usize {
+        self.0.st.remove_done_callback(id)
+    }
+    /// The task's name (`Task-N` unless set).
+    pub fn get_name(&self) -> String {
+        self.0.get_name()
+    }
+    /// Renames the task.
+    pub fn set_name(&self, name: impl Into<String>) {
+        self.0.set_name(name.into())
+    }
+    /// The context the task's steps run in.
+    pub fn get_context(&self) -> Context {
+        self.0.get_context()
+    }
+    /// The erased view of this task.
+    pub fn as_obj(&self) -> Rc<dyn TaskObj> {
+        self.0.clone()
+    }
+    /// True if both handles are the same task.
+    pub fn ptr_eq(&self, other: &Task<T>) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T: 'static> TaskCell<T> {
+    fn me(&self) -> Task<T> {
+        Task(self.this.upgrade().expect("a live task has a strong count"))
+    }
+
+    fn schedule(&self) -> Result<()> {
+        if self.scheduled.get() || self.st.done() {
+            return Ok(());
+        }
+        self.scheduled.set(true);
+        let step: Rc<dyn Step> = self.this.upgrade().expect("live task");
+        self.st
+            .lp
+            .call_soon_step(step)
+            .inspect_err(|_| self.scheduled.set(false))
+    }
+
+    fn finish(&self, outcome: State<T>) {
+        self.set_coro_none();
+        self.fut_waiter.borrow_mut().take();
+        registry_remove(self.st.lp.loop_id(), self.key.get());
+        let _ = self.st.complete(outcome, &self.me());
+    }
+
+    fn set_coro_none(&self) {
+        // Dropped outside the borrow: the coroutine's destructors may run
+        // loop code.
+        let coro = self.coro.borrow_mut().take();
+        drop(coro);
+    }
+
+    /// Runs `f` in the task's context; a snapshot is kept as a snapshot
+    /// until someone asks for the `Context` object.
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        let slot = self.context.borrow();
+        match &*slot {
+            TaskContextSlot::Explicit(c) => {
+                let c = c.clone();
+                drop(slot);
+                match c.run(f) {
+                    Ok(r) => r,
+                    Err(_) => panic!("task context is already entered"),
+                }
+            }
+            TaskContextSlot::Snapshot(s) => {
+                let s = s.clone();
+                drop(slot);
+                let (r, after) = s.run_keep(f);
+                *self.context.borrow_mut() = TaskContextSlot::Snapshot(after);
+                r
+            }
+        }
+    }
+}
+
+impl<T: 'static> Step for TaskCell<T> {
+    fn run_step(self: Rc<Self>) {
+        self.scheduled.set(false);
+        if self.st.done() {
+            return;
+        }
+        if self.must_cancel.replace(false) {
+            let msg = self.cancel_message.borrow().clone();
+            self.in_context(|| self.set_coro_none());
+            self.finish(State::Cancelled(msg));
+            return;
+        }
+        self.fut_waiter.borrow_mut().take();
+        let prev = enter_task(self.clone());
+        let polled = self.in_context(|| {
+            let mut slot = self.coro.borrow_mut();
+            let Some(coro) = slot.as_mut() else {
+                return Poll::Pending;
+            };
+            let mut cx = TaskContext::from_waker(self.waker.get().expect("set at spawn"));
+            catch_unwind(AssertUnwindSafe(|| coro.as_mut().poll(&mut cx)))
+                .unwrap_or_else(|p| Poll::Ready(Err(Error::from_panic(p))))
+        });
+        leave_task(prev);
+        match polled {
+            Poll::Ready(Ok(v)) => {
+                if self.must_cancel.replace(false) {
+                    let msg = self.cancel_message.borrow().clone();
+                    self.finish(State::Cancelled(msg));
+                } else {
+                    self.finish(State::Finished(v));
+                }
+            }
+            Poll::Ready(Err(Error::Cancelled(m))) => {
+                self.must_cancel.set(false);
+                self.finish(State::Cancelled(m));
+            }
+            Poll::Ready(Err(e)) => self.finish(State::Exception(e)),
+            Poll::Pending => {
+                if self.must_cancel.get() {
+                    // cancel() was called during this step.
+                    let waiter = self.fut_waiter.borrow().clone();
+                    let msg = self.cancel_message.borrow().clone();
+                    if let Some(w) = waiter {
+                        if w.cancel(msg) {
+                            self.must_cancel.set(false);
+                        }
+                    }
+                    if self.must_cancel.get() {
+                        let _ = self.schedule();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: 'static> FutureObj for TaskCell<T> {
+    fn done(&self) -> bool {
+        self.st.done()
+    }
+    fn cancelled(&self) -> bool {
+        self.st.cancelled()
+    }
+    fn cancel(&self, msg: Option<String>) -> bool {
+        if self.st.done() {
+            return false;
+        }
+        self.num_cancels_requested
+            .set(self.num_cancels_requested.get() + 1);
+        let waiter = self.fut_waiter.borrow().clone();
+        if let Some(w) = waiter {
+            if w.cancel(msg.clone()) {
+                // The waiter's cancellation wakes the task, and the
+                // coroutine sees Err(Cancelled) from its await.
+                return true;
+            }
+        }
+        self.must_cancel.set(true);
+        *self.cancel_message.borrow_mut() = msg;
+        let _ = self.schedule();
+        true
+    }
+    fn exception_erased(&self) -> Option<Error> {
+        self.st.exception_erased()
+    }
+    fn add_done_callback_erased(&self, callback: Box<dyn FnOnce()>) -> CallbackId {
+        self.st
+            .add_done_callback(Box::new(move |_| callback()), None, &self.me())
+    }
+    fn remove_done_callback(&self, id: CallbackId) -> usize {
+        self.st.remove_done_callback(id)
+    }
+    fn get_loop(&self) -> Loop {
+        self.st.lp.clone()
+    }
+    fn repr(&self) -> String {
+        format!("<Task {} name='{}'>", self.st.state_name(), self.get_name())
+    }
+}
+
+impl<T: 'static> TaskObj for TaskCell<T> {
+    fn get_name(&self) -> String {
+        match &*self.name.borrow() {
+            Some(n) => n.clone(),
+            None => format!("Task-{}", self.number),
+        }
+    }
+    fn set_name(&self, name: String) {
+        *self.name.borrow_mut() = Some(name);
+    }
+    fn cancelling(&self) -> u32 {
+        self.num_cancels_requested.get()
+    }
+    fn uncancel(&self) -> u32 {
+        let n = self.num_cancels_requested.get().saturating_sub(1);
+        self.num_cancels_requested.set(n);
+        if n == 0 {
+            self.must_cancel.set(false);
+        }
+        n
+    }
+    fn get_context(&self) -> Context {
+        let mut slot = self.context.borrow_mut();
+        if let TaskContextSlot::Snapshot(s) = &*slot {
+            *slot = TaskContextSlot::Explicit(Context::from_snapshot(s.clone()));
+        }
+        match &*slot {
+            TaskContextSlot::Explicit(c) => c.clone(),
+            TaskContextSlot::Snapshot(_) => unreachable!(),
+        }
+    }
+    fn set_fut_waiter(&self, fut: Option<Rc<dyn FutureObj>>) {
+        *self.fut_waiter.borrow_mut() = fut;
+    }
+    fn drop_coroutine(&self) {
+        self.set_coro_none();
+        self.fut_waiter.borrow_mut().take();
+    }
+    fn wake_step(&self) -> Result<()> {
+        self.schedule()
+    }
+}
+
+impl<T> fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.repr())
+    }
+}
+
+// ----- awaiting a task ------------------------------------------------------
+
+/// Awaits a [`Task`]. `TAKE` moves the result out.
+pub struct TaskWait<T: 'static, const TAKE: bool> {
+    task: Task<T>,
+    registered: bool,
+}
+
+impl<T: 'static, const TAKE: bool> TaskWait<T, TAKE> {
+    fn poll_inner(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        get: impl FnOnce(&Task<T>) -> Result<T>,
+    ) -> Poll<Result<T>> {
+        if self.task.done() {
+            return Poll::Ready(get(&self.task));
+        }
+        let me: Rc<dyn FutureObj> = self.task.0.clone();
+        if let Err(e) = self.task.0.st.register(cx, me, !self.registered) {
+            return Poll::Ready(Err(e));
+        }
+        self.registered = true;
+        Poll::Pending
+    }
+}
+
+impl<T: 'static> std::future::Future for TaskWait<T, true> {
+    type Output = Result<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
+        self.get_mut().poll_inner(cx, |t| t.take_result())
+    }
+}
+
+impl<T: Clone + 'static> std::future::Future for TaskWait<T, false> {
+    type Output = Result<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
+        self.get_mut().poll_inner(cx, |t| t.result())
+    }
+}
+
+impl<T: 'static> IntoFuture for Task<T> {
+    type Output = Result<T>;
+    type IntoFuture = TaskWait<T, true>;
+    fn into_future(self) -> Self::IntoFuture {
+        TaskWait {
+            task: self,
+            registered: false,
+        }
+    }
+}
+
+impl<T: Clone + 'static> IntoFuture for &Task<T> {
+    type Output = Result<T>;
+    type IntoFuture = TaskWait<T, false>;
+    fn into_future(self) -> Self::IntoFuture {
+        TaskWait {
+            task: self.clone(),
+            registered: false,
+        }
+    }
+}
+
+// ----- the current task -------------------------------------------------------
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<dyn TaskObj>>> = const { RefCell::new(None) };
+}
+
+fn enter_task(task: Rc<dyn TaskObj>) -> Option<Rc<dyn TaskObj>> {
+    CURRENT.with(|c| c.replace(Some(task)))
+}
+
+fn leave_task(prev: Option<Rc<dyn TaskObj>>) {
+    CURRENT.with(|c| *c.borrow_mut() = prev);
+}
+
+pub(crate) fn current_task_obj() -> Option<Rc<dyn TaskObj>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// `asyncio.current_task()`: the task running now on this thread, if any.
+pub fn current_task() -> Option<Rc<dyn TaskObj>> {
+    current_task_obj()
+}
+
+// ----- the registry of pending tasks ------------------------------------------
+
+thread_local! {
+    /// Pending tasks per loop: `(loop_id, tasks)`. A thread usually has one loop.
+    static REGISTRY: RefCell<Vec<(u64, Slab<Rc<dyn TaskObj>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn registry_insert(loop_id: u64, task: Rc<dyn TaskObj>) -> usize {
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some((_, s)) = r.iter_mut().find(|(id, _)| *id == loop_id) {
+            return s.insert(task);
+        }
+        let mut s = Slab::new();
+        let key = s.insert(task);
+        r.push((loop_id, s));
+        key
+    })
+}
+
+fn registry_remove(loop_id: u64, key: usize) {
+    let removed = REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        r.iter_mut()
+            .find(|(id, _)| *id == loop_id)
+            .and_then(|(_, s)| s.try_remove(key))
+    });
+    drop(removed);
+}
+
+fn registry_get(loop_id: u64, key: usize) -> Option<Rc<dyn TaskObj>> {
+    REGISTRY.with(|r| {
+        r.borrow()
+            .iter()
+            .find(|(id, _)| *id == loop_id)
+            .and_then(|(_, s)| s.get(key).cloned())
+    })
+}
+
+/// `asyncio.all_tasks(loop)`: the loop's tasks not yet done.
+pub fn all_tasks(lp: &dyn AbstractEventLoop) -> Vec<Rc<dyn TaskObj>> {
+    let id = lp.loop_id();
+    REGISTRY.with(|r| {
+        r.borrow()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| {
+                s.iter()
+                    .map(|(_, t)| t.clone())
+                    .filter(|t| !t.done())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// Forgets the loop's pending tasks, dropping their coroutines (which
+/// breaks the reference cycles a pending await makes). Loops call this from
+/// `close()`.
+pub fn _forget_loop_tasks(loop_id: u64) {
+    let slab = REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        let pos = r.iter().position(|(id, _)| *id == loop_id)?;
+        Some(r.swap_remove(pos).1)
+    });
+    if let Some(slab) = slab {
+        for (_, t) in slab.iter() {
+            t.drop_coroutine();
+        }
+        drop(slab);
+    }
+}
+
+// ----- waking -------------------------------------------------------------------
+
+struct TaskWaker {
+    loop_id: u64,
+    key: usize,
+    remote: RemoteLoop,
+}
+
+fn wake_local(loop_id: u64, key: usize) {
+    if let Some(t) = registry_get(loop_id, key) {
+        // A stale waker of a finished task whose key was reused only costs
+        // the new task a spurious poll.
+        let _ = t.wake_step();
+    }
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if events::running_loop_id() == Some(self.loop_id) {
+            wake_local(self.loop_id, self.key);
+        } else {
+            let (loop_id, key) = (self.loop_id, self.key);
+            // A closed loop has no tasks left to wake.
+            let _ = self
+                .remote
+                .call_soon_threadsafe(move || wake_local(loop_id, key));
+        }
+    }
+}
+
+// ----- sleeping -------------------------------------------------------------------
+
+/// `asyncio.sleep(delay)` on the running loop. `sleep(0.0)` yields once,
+/// letting other ready callbacks run.
+pub async fn sleep(delay: f64) -> Result<()> {
+    let lp = events::get_running_loop()?;
+    sleep_on(&lp, delay).await
+}
+
+/// `asyncio.sleep(delay)` on a given loop.
+pub async fn sleep_on(lp: &Loop, delay: f64) -> Result<()> {
+    if delay <= 0.0 {
+        yield_now().await;
+        return Ok(());
+    }
+    let fut = crate::futures::Future::<()>::new(lp.clone());
+    let setter = fut.clone();
+    let timer = lp.call_later(
+        delay,
+        Box::new(move || {
+            if !setter.done() {
+                let _ = setter.set_result(());
+            }
+        }),
+        None,
+    )?;
+    let r = fut.await;
+    timer.cancel();
+    r
+}
+
+/// Yields to the loop once: the task's next step runs in the next
+/// iteration, after the callbacks already ready (a bare `yield` in asyncio).
+pub fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
+
+/// The future returned by [`yield_now`].
+pub struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        match current_task_obj() {
+            Some(t) => {
+                let _ = t.wake_step();
+            }
+            None => cx.waker().wake_by_ref(),
+        }
+        Poll::Pending
+    }
+}
