@@ -1,0 +1,22 @@
+//! The cases, one module per CPython test module they come from.
+
+pub mod test_base_events;
+pub mod test_events;
+pub mod test_unix_events;
+pub mod test_futures;
+pub mod test_tasks;
+pub mod test_context;
+pub mod test_runners;
+pub mod test_policy;
+
+/// Each case module's source, for the check that `__cases!` lists every case.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("test_base_events", include_str!("test_base_events.rs")),
+    ("test_events", include_str!("test_events.rs")),
+    ("test_unix_events", include_str!("test_unix_events.rs")),
+    ("test_futures", include_str!("test_futures.rs")),
+    ("test_tasks", include_str!("test_tasks.rs")),
+    ("test_context", include_str!("test_context.rs")),
+    ("test_runners", include_str!("test_runners.rs")),
+    ("test_policy", include_str!("test_policy.rs")),
+];

@@ -1,0 +1,4 @@
+//! From CPython's `test_events.py`: handles, timer handles, thread-safe calls, readiness on real descriptors.
+
+#[allow(unused_imports)]
+use crate::Ctx;
