@@ -1,0 +1,3 @@
+//! The whole conformance suite on the io_uring backend.
+#![cfg(target_os = "linux")]
+conformance::suite!(backend_uring::loop_factory);
