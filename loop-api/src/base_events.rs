@@ -120,7 +120,13 @@ impl ThreadsafeCaller for Remote {
 }
 
 impl Remote {
+    /// What other threads queued. Lock-free when nothing came: a caller
+    /// pushes before it sets `notified`, and one that finds it unset
+    /// notifies the driver, so a skipped drain is never a lost callback.
     fn drain(&self) -> VecDeque<SendCallback> {
+        if !self.notified.load(Ordering::Acquire) {
+            return VecDeque::new();
+        }
         self.notified.store(false, Ordering::Release);
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
     }
