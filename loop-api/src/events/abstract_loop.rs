@@ -48,6 +48,13 @@ use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
 /// A boxed, non-`Send` future: what coroutine methods return.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 
+/// What `create_connection` and friends resolve to: `(transport, protocol)`.
+pub type StreamPair = (Rc<dyn Transport>, Rc<dyn Protocol>);
+/// What `create_datagram_endpoint` resolves to.
+pub type DatagramPair = (Rc<dyn DatagramTransport>, Rc<dyn DatagramProtocol>);
+/// What `subprocess_exec` / `subprocess_shell` resolve to.
+pub type SubprocessPair = (Rc<dyn SubprocessTransport>, Rc<dyn SubprocessProtocol>);
+
 /// A shared handle to a loop of any backend.
 pub type Loop = Rc<dyn AbstractEventLoop>;
 
@@ -55,6 +62,10 @@ pub type Loop = Rc<dyn AbstractEventLoop>;
 pub trait Step {
     /// Runs the step.
     fn run_step(self: Rc<Self>);
+    /// What debug mode's slow-callback warning names.
+    fn describe(&self) -> String {
+        "<Task step>".to_string()
+    }
 }
 
 /// The `Send` side of a loop: what other threads may call.
@@ -264,7 +275,7 @@ pub trait AbstractEventLoop {
         _host: Option<String>,
         _port: Option<u16>,
         _options: CreateConnectionOptions,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
         not_implemented("create_connection")
     }
     /// Listens on `host:port`.
@@ -285,7 +296,7 @@ pub trait AbstractEventLoop {
         _ssl: Option<SslContext>,
         _ssl_handshake_timeout: Option<Duration>,
         _ssl_shutdown_timeout: Option<Duration>,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
         not_implemented("connect_accepted_socket")
     }
     /// Sends a file over a transport; bytes sent.
@@ -318,7 +329,7 @@ pub trait AbstractEventLoop {
         _protocol_factory: ProtocolFactory,
         _path: Option<PathBuf>,
         _options: CreateUnixConnectionOptions,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
         not_implemented("create_unix_connection")
     }
     /// Listens on a Unix socket.
@@ -338,7 +349,7 @@ pub trait AbstractEventLoop {
         &self,
         _protocol_factory: DatagramProtocolFactory,
         _options: CreateDatagramEndpointOptions,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn DatagramTransport>, Rc<dyn DatagramProtocol>)>>
+    ) -> LocalBoxFuture<'static, Result<DatagramPair>>
     {
         not_implemented("create_datagram_endpoint")
     }
@@ -350,7 +361,7 @@ pub trait AbstractEventLoop {
         &self,
         _protocol_factory: ProtocolFactory,
         _pipe: File,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
         not_implemented("connect_read_pipe")
     }
     /// Wraps the write end of a pipe.
@@ -358,7 +369,7 @@ pub trait AbstractEventLoop {
         &self,
         _protocol_factory: ProtocolFactory,
         _pipe: File,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn Transport>, Rc<dyn Protocol>)>> {
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
         not_implemented("connect_write_pipe")
     }
     /// Starts `program` with `args`.
@@ -368,7 +379,7 @@ pub trait AbstractEventLoop {
         _program: OsString,
         _args: Vec<OsString>,
         _options: SubprocessOptions,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn SubprocessTransport>, Rc<dyn SubprocessProtocol>)>>
+    ) -> LocalBoxFuture<'static, Result<SubprocessPair>>
     {
         not_implemented("subprocess_exec")
     }
@@ -378,7 +389,7 @@ pub trait AbstractEventLoop {
         _protocol_factory: SubprocessProtocolFactory,
         _cmd: OsString,
         _options: SubprocessOptions,
-    ) -> LocalBoxFuture<'static, Result<(Rc<dyn SubprocessTransport>, Rc<dyn SubprocessProtocol>)>>
+    ) -> LocalBoxFuture<'static, Result<SubprocessPair>>
     {
         not_implemented("subprocess_shell")
     }

@@ -10,7 +10,8 @@ mod running;
 mod server;
 
 pub use abstract_loop::{
-    AbstractEventLoop, EventLoopExt, LocalBoxFuture, Loop, RemoteLoop, Step, ThreadsafeCaller,
+    AbstractEventLoop, DatagramPair, EventLoopExt, LocalBoxFuture, Loop, RemoteLoop, Step,
+    StreamPair, SubprocessPair, ThreadsafeCaller,
 };
 pub use exception_context::{ExceptionContext, ExceptionHandler};
 pub use handles::{Callback, Handle, RepeatCallback, SendCallback, TimerHandle};
