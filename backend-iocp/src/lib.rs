@@ -1,1 +1,59 @@
-//! backend-iocp
+//! The IOCP backend: asyncio's `ProactorEventLoop` model on Windows I/O
+//! completion ports. **Windows only.**
+//!
+//! On Windows, [`IocpDriver`] runs the generic core of `loop-api`
+//! ([`loop_api::base_events::BaseEventLoop`]) on one completion port:
+//!
+//! * `poll` is `GetQueuedCompletionStatusEx`, its timeout rounded *up* to
+//!   whole milliseconds so that timers never fire early (`INFINITE` when the
+//!   loop has nothing scheduled);
+//! * the cross-thread wakeup is `PostQueuedCompletionStatus` with a reserved
+//!   completion key; the port queues the packet, so a wakeup sent before
+//!   `poll` starts makes that `poll` return;
+//! * readiness (`add_reader`/`add_writer`) is AFD polling, as in mio and
+//!   polling: an `IOCTL_AFD_POLL` per watched socket on a `\Device\Afd`
+//!   handle associated with the port, re-armed on every `poll` so that
+//!   interest is level-triggered like a selector's.
+//!
+//! Completion packets are told apart by completion key (see
+//! `windows::port`): wakeups, AFD polls, and — reserved for real overlapped
+//! socket operations (`WSARecv`, `WSASend`, `AcceptEx`, issue 5) — packets
+//! whose `OVERLAPPED` heads an operation the driver owns until the kernel
+//! is done with it.
+//!
+//! On every other OS this crate still compiles, so that the workspace
+//! builds everywhere, but [`loop_factory`] returns
+//! [`loop_api::Error::NotSupported`]: I/O completion ports exist only on
+//! Windows.
+
+#![warn(missing_docs)]
+
+#[cfg(windows)]
+mod windows;
+
+#[cfg(windows)]
+pub use windows::{running_under_wine, wine_version, IocpDriver, IocpEventLoop};
+
+#[cfg(windows)]
+/// A new IOCP loop.
+pub fn new_event_loop() -> loop_api::Result<std::rc::Rc<IocpEventLoop>> {
+    Ok(loop_api::base_events::BaseEventLoop::new(IocpDriver::new()?))
+}
+
+/// A new IOCP loop, as a `dyn` [`loop_api::Loop`] (a `loop_factory`).
+///
+/// Off Windows: `Err(NotSupported)`, since I/O completion ports exist only
+/// on Windows.
+pub fn loop_factory() -> loop_api::Result<loop_api::Loop> {
+    #[cfg(windows)]
+    {
+        Ok(new_event_loop()?)
+    }
+    #[cfg(not(windows))]
+    {
+        Err(loop_api::Error::NotSupported {
+            feature: "iocp backend",
+            reason: "I/O completion ports exist only on Windows".into(),
+        })
+    }
+}

@@ -50,3 +50,199 @@ pub fn stop_after(lp: &Loop, secs: f64) {
     lp.call_later(secs, Box::new(move || l.stop()), None)
         .expect("loop open");
 }
+
+/// Runs `lp` until `fut` is done, leaving its result in place (unlike
+/// `run_until_complete`, which moves it out). `secs` of loop time is a
+/// safety net only: past it this returns an error instead of hanging.
+pub fn run_until_done(
+    lp: &Loop,
+    fut: &dyn loop_api::futures::FutureObj,
+    secs: f64,
+) -> loop_api::Result<()> {
+    let l = lp.clone();
+    let id = fut.add_done_callback_erased(Box::new(move || l.stop()));
+    let l = lp.clone();
+    let net = lp.call_later(secs, Box::new(move || l.stop()), None)?;
+    let ran = lp.run_forever();
+    net.cancel();
+    fut.remove_done_callback(id);
+    ran?;
+    if !fut.done() {
+        return Err(loop_api::Error::runtime(format!(
+            "{} still pending after the {secs}s safety net",
+            fut.repr()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs exactly one loop iteration (`stop()` before `run_forever()`).
+pub fn run_once(lp: &Loop) -> loop_api::Result<()> {
+    lp.stop();
+    lp.run_forever()
+}
+
+/// True when both erased handles name the same task or future object.
+pub fn same_obj<A: ?Sized, B: ?Sized>(a: &Rc<A>, b: &Rc<B>) -> bool {
+    std::ptr::addr_eq(Rc::as_ptr(a), Rc::as_ptr(b))
+}
+
+// ----- helpers for the loop-core cases (base_events, events, unix_events) ---
+
+/// Serialises every case that touches signal dispositions: they are
+/// process-wide, and cases run on parallel threads. Take it with
+/// [`signal_lock`].
+pub static SIGNAL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`SIGNAL_LOCK`], ignoring poisoning (a failed case must not fail
+/// the next one).
+pub fn signal_lock() -> std::sync::MutexGuard<'static, ()> {
+    SIGNAL_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records this thread's loop log lines (`loop_api::log`) while alive;
+/// puts the previous sink back on drop.
+pub struct LogCapture {
+    lines: Log<(loop_api::log::Level, String)>,
+    prev: Option<Option<loop_api::log::Sink>>,
+}
+
+impl LogCapture {
+    /// Starts capturing this thread's log lines.
+    pub fn start() -> Self {
+        let lines: Log<(loop_api::log::Level, String)> = Log::new();
+        let l = lines.clone();
+        let prev = loop_api::log::set_sink(Some(Rc::new(move |level, msg: &str| {
+            l.push((level, msg.to_string()))
+        })));
+        LogCapture {
+            lines,
+            prev: Some(prev),
+        }
+    }
+
+    /// Every line so far, with its level.
+    pub fn lines(&self) -> Vec<(loop_api::log::Level, String)> {
+        self.lines.get()
+    }
+
+    /// The lines logged at `level`.
+    pub fn at(&self, level: loop_api::log::Level) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, m)| m)
+            .collect()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            loop_api::log::set_sink(prev);
+        }
+    }
+}
+
+/// Fails unless `r` is `Err(Error::Runtime(msg))`, with exactly `msg`.
+#[track_caller]
+pub fn expect_runtime<T>(r: loop_api::Result<T>, msg: &str) {
+    match r {
+        Err(loop_api::Error::Runtime(m)) if m == msg => {}
+        Err(e) => panic!("expected RuntimeError({msg:?}), got {e}"),
+        Ok(_) => panic!("expected RuntimeError({msg:?}), got Ok"),
+    }
+}
+
+/// Fails unless `r` is `Err(Error::Value(msg))`, with exactly `msg`.
+#[track_caller]
+pub fn expect_value_error<T>(r: loop_api::Result<T>, msg: &str) {
+    match r {
+        Err(loop_api::Error::Value(m)) if m == msg => {}
+        Err(e) => panic!("expected ValueError({msg:?}), got {e}"),
+        Ok(_) => panic!("expected ValueError({msg:?}), got Ok"),
+    }
+}
+
+/// Fails unless `r` is "Event loop is closed".
+#[track_caller]
+pub fn expect_closed<T>(r: loop_api::Result<T>) {
+    expect_runtime(r, "Event loop is closed")
+}
+
+/// Spins (without yielding to the loop) for `secs` of wall time: a slow callback.
+pub fn busy_wait(secs: f64) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_secs_f64() < secs {
+        std::hint::spin_loop();
+    }
+}
+
+/// A safety net on another thread: unless disarmed (dropped) first, stops
+/// the loop through its [`loop_api::RemoteLoop`] after `secs`, and records
+/// that it had to. Unlike [`stop_after`], it adds no timer to the loop, so
+/// the loop still blocks in poll without a timeout.
+pub struct RemoteWatchdog {
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RemoteWatchdog {
+    /// Arms the watchdog on `lp`.
+    pub fn arm(lp: &Loop, secs: f64) -> Self {
+        let remote = lp.remote();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = fired.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(std::time::Duration::from_secs_f64(secs))
+            {
+                f.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = remote.stop();
+            }
+        });
+        RemoteWatchdog {
+            fired,
+            disarm: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// True if the watchdog had to stop the loop.
+    pub fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RemoteWatchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A connected pair of non-blocking Unix stream sockets.
+#[cfg(unix)]
+pub fn socketpair() -> (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).expect("non-blocking");
+    b.set_nonblocking(true).expect("non-blocking");
+    (a, b)
+}
+
+/// The skip for a case that needs a Unix socketpair on a platform without one.
+pub fn needs_unix_socketpair() -> loop_api::Error {
+    loop_api::Error::NotSupported {
+        feature: "readiness",
+        reason: "needs a Unix socketpair, which Windows lacks (case not ported to a TCP pair yet)".into(),
+    }
+}

@@ -158,7 +158,9 @@ pub struct BaseEventLoop<D: Driver> {
     writers: RefCell<HashMap<RawFd, Handle>>,
     #[cfg(unix)]
     signals: RefCell<Option<crate::unix_signals::Signals>>,
+    #[cfg(unix)]
     signal_handlers: RefCell<HashMap<i32, Handle>>,
+    #[cfg(unix)]
     interrupt: RefCell<Option<Handle>>,
 }
 
@@ -198,7 +200,9 @@ impl<D: Driver> BaseEventLoop<D> {
             writers: RefCell::new(HashMap::new()),
             #[cfg(unix)]
             signals: RefCell::new(None),
+            #[cfg(unix)]
             signal_handlers: RefCell::new(HashMap::new()),
+            #[cfg(unix)]
             interrupt: RefCell::new(None),
         })
     }
@@ -224,6 +228,23 @@ impl<D: Driver> BaseEventLoop<D> {
 
     fn push_ready(&self, r: Ready) {
         self.ready.borrow_mut().push_back(r);
+    }
+
+    /// Moves the calls queued by other threads to the ready queue.
+    fn drain_remote(&self) {
+        for cb in self.remote.drain() {
+            self.push_ready(Ready::Handle(Handle::new(cb, None)));
+        }
+    }
+
+    /// Scheduling on the loop's thread: calls queued by other threads come
+    /// first, as in asyncio's one shared ready deque, so that a
+    /// `call_soon_threadsafe` that happened before this call runs before it.
+    fn push_ready_after_remote(&self, r: Ready) {
+        if self.remote.notified.load(Ordering::Acquire) {
+            self.drain_remote();
+        }
+        self.push_ready(r);
     }
 
     // ----- one iteration ----------------------------------------------------
@@ -256,9 +277,7 @@ impl<D: Driver> BaseEventLoop<D> {
         self.process_events(&events);
         *self.events.borrow_mut() = events;
 
-        for cb in self.remote.drain() {
-            self.push_ready(Ready::Handle(Handle::new(cb, None)));
-        }
+        self.drain_remote();
 
         let end_time = self.time() + self.clock_resolution;
         loop {
@@ -347,8 +366,7 @@ impl<D: Driver> BaseEventLoop<D> {
 
     fn run_ready(&self, item: Ready) {
         let start = self.debug.get().then(Instant::now);
-        let label;
-        match item {
+        let label = match item {
             Ready::Handle(h) => {
                 if h.cancelled() {
                     return;
@@ -360,18 +378,19 @@ impl<D: Driver> BaseEventLoop<D> {
                             .with_handle(h.clone()),
                     );
                 }
-                label = start.map(|_| format!("{h:?}"));
+                start.map(|_| format!("{h:?}"))
             }
             Ready::Step(s) => {
+                let label = start.map(|_| s.describe());
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| s.run_step())) {
                     self.call_exception_handler(
                         ExceptionContext::new("Exception in task step")
                             .with_exception(Error::from_panic(p)),
                     );
                 }
-                label = start.map(|_| "<Task step>".to_string());
+                label
             }
-        }
+        };
         if let (Some(t0), Some(label)) = (start, label) {
             let dt = t0.elapsed().as_secs_f64();
             if dt >= self.slow_callback_duration.get() {
@@ -667,7 +686,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     fn call_soon(&self, callback: Callback, context: Option<Context>) -> Result<Handle> {
         self.check_closed()?;
         let h = Handle::new(callback, context);
-        self.push_ready(Ready::Handle(h.clone()));
+        self.push_ready_after_remote(Ready::Handle(h.clone()));
         Ok(h)
     }
 
@@ -721,7 +740,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     fn call_soon_step(&self, step: Rc<dyn Step>) -> Result<()> {
         self.check_closed()?;
-        self.push_ready(Ready::Step(step));
+        self.push_ready_after_remote(Ready::Step(step));
         Ok(())
     }
 
@@ -912,10 +931,8 @@ where
         return Err(Error::loop_closed());
     }
     let any: &dyn Any = &future;
-    let (obj, take): (
-        Rc<dyn crate::futures::FutureObj>,
-        Box<dyn Fn() -> Result<T>>,
-    ) = if let Some(f) = any.downcast_ref::<Future<T>>() {
+    type Taker<T> = Box<dyn Fn() -> Result<T>>;
+    let (obj, take): (Rc<dyn crate::futures::FutureObj>, Taker<T>) = if let Some(f) = any.downcast_ref::<Future<T>>() {
         let f = f.clone();
         (f.as_obj(), Box::new(move || f.take_result()))
     } else if let Some(t) = any.downcast_ref::<Task<T>>() {

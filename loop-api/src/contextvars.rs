@@ -24,6 +24,32 @@ type Map = HashMap<u64, Rc<dyn Any>>;
 
 thread_local! {
     static CURRENT: RefCell<Rc<Map>> = RefCell::new(Rc::new(Map::new()));
+    /// The entered [`Context`] whose mapping `CURRENT` holds right now, if
+    /// any: its own `map` is stale until it is left or something else is
+    /// entered inside it.
+    static OWNER: RefCell<Option<Rc<ContextInner>>> = const { RefCell::new(None) };
+}
+
+/// What to restore when leaving: the outer mapping and its owner.
+type Saved = (Rc<Map>, Option<Rc<ContextInner>>);
+
+/// Makes `map` current, owned by `owner`. The outgoing mapping is first
+/// written back to the context that owned it, so that reads of that context
+/// from inside see its latest values.
+fn enter(map: Rc<Map>, owner: Option<Rc<ContextInner>>) -> Saved {
+    let prev_map = CURRENT.with(|c| c.replace(map));
+    let prev_owner = OWNER.with(|o| o.replace(owner));
+    if let Some(o) = &prev_owner {
+        *o.map.borrow_mut() = prev_map.clone();
+    }
+    (prev_map, prev_owner)
+}
+
+/// Undoes [`enter`]; returns the mapping that was current.
+fn leave(saved: Saved) -> Rc<Map> {
+    let (map, owner) = saved;
+    OWNER.with(|o| *o.borrow_mut() = owner);
+    CURRENT.with(|c| c.replace(map))
 }
 
 /// A snapshot of the current thread's mapping: what `call_soon` captures
@@ -36,30 +62,19 @@ impl Snapshot {
         Snapshot(CURRENT.with(|c| c.borrow().clone()))
     }
 
-    /// Runs `f` with this snapshot current and returns what the mapping
-    /// became: a task keeps its context from step to step this way.
-    pub(crate) fn run_keep<R>(&self, f: impl FnOnce() -> R) -> (R, Snapshot) {
-        let prev = CURRENT.with(|c| c.replace(self.0.clone()));
-        let mut restore = Restore(Some(prev));
-        let r = f();
-        let after = CURRENT.with(|c| c.replace(restore.0.take().expect("restore once")));
-        (r, Snapshot(after))
-    }
-
     /// Runs `f` with this snapshot current; what `f` sets is dropped after.
     pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        let prev = CURRENT.with(|c| c.replace(self.0.clone()));
-        let _restore = Restore(Some(prev));
+        let _restore = Restore(Some(enter(self.0.clone(), None)));
         f()
     }
 }
 
-struct Restore(Option<Rc<Map>>);
+struct Restore(Option<Saved>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        if let Some(prev) = self.0.take() {
-            CURRENT.with(|c| *c.borrow_mut() = prev);
+        if let Some(saved) = self.0.take() {
+            leave(saved);
         }
     }
 }
@@ -95,7 +110,7 @@ impl Context {
 
     /// A shallow copy of this context.
     pub fn copy(&self) -> Self {
-        Self::from_map(self.0.map.borrow().clone())
+        Self::from_map(self.live_map())
     }
 
     /// Runs `f` with this context current. Variables set inside stay set in
@@ -108,12 +123,11 @@ impl Context {
             ));
         }
         let mine = self.0.map.borrow().clone();
-        let prev = CURRENT.with(|c| c.replace(mine));
-        struct Exit<'a>(&'a Context, Option<Rc<Map>>);
+        let prev = enter(mine, Some(self.0.clone()));
+        struct Exit<'a>(&'a Context, Option<Saved>);
         impl Drop for Exit<'_> {
             fn drop(&mut self) {
-                let prev = self.1.take().expect("exit once");
-                let mine = CURRENT.with(|c| c.replace(prev));
+                let mine = leave(self.1.take().expect("exit once"));
                 *self.0 .0.map.borrow_mut() = mine;
                 self.0 .0.entered.set(false);
             }
@@ -122,9 +136,20 @@ impl Context {
         Ok(f())
     }
 
+    /// The context's mapping as it is now: while this context is the one
+    /// running, that is the thread's current mapping.
+    fn live_map(&self) -> Rc<Map> {
+        let running = OWNER.with(|o| o.borrow().as_ref().is_some_and(|o| Rc::ptr_eq(o, &self.0)));
+        if running {
+            CURRENT.with(|c| c.borrow().clone())
+        } else {
+            self.0.map.borrow().clone()
+        }
+    }
+
     /// Number of variables set in this context.
     pub fn len(&self) -> usize {
-        self.0.map.borrow().len()
+        self.live_map().len()
     }
 
     /// True when no variable is set in this context.
@@ -134,9 +159,7 @@ impl Context {
 
     /// The value of `var` in this context, without entering it.
     pub fn get<T: Clone + 'static>(&self, var: &ContextVar<T>) -> Option<T> {
-        self.0
-            .map
-            .borrow()
+        self.live_map()
             .get(&var.id)
             .and_then(|v| v.downcast_ref::<T>().cloned())
     }

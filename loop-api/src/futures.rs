@@ -161,6 +161,9 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
     ) -> CallbackId {
         let id = CallbackId(self.next_id.get());
         self.next_id.set(id.0 + 1);
+        // As asyncio's `context=None`: a copy of the context current now,
+        // when the callback is added, not when the future completes.
+        let context = context.or_else(|| Some(crate::contextvars::copy_context()));
         if self.done() {
             let h = handle.clone();
             let _ = self.lp.call_soon(Box::new(move || cb(&h)), context);
@@ -362,7 +365,8 @@ impl<T: 'static> Future<T> {
         self.0.st.exception()
     }
 
-    /// Schedules `callback(future)` once done (at once if already done).
+    /// Schedules `callback(future)` once done (at once if already done), in
+    /// `context`, or in a copy of the context current when it is added.
     pub fn add_done_callback(
         &self,
         callback: impl FnOnce(&Future<T>) + 'static,

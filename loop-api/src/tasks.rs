@@ -29,7 +29,7 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use slab::Slab;
 
-use crate::contextvars::{Context, Snapshot};
+use crate::contextvars::{copy_context, Context};
 use crate::events::{self, AbstractEventLoop, Loop, RemoteLoop, Step};
 use crate::exceptions::{Error, Result};
 use crate::futures::{CallbackId, FutureObj, FutureState, State};
@@ -77,18 +77,16 @@ pub trait TaskObj: FutureObj + Step {
 
 type Coro<T> = Pin<Box<dyn std::future::Future<Output = Result<T>>>>;
 
-enum TaskContextSlot {
-    Snapshot(Snapshot),
-    Explicit(Context),
-}
-
 struct TaskCell<T: 'static> {
     st: FutureState<T, Task<T>>,
     this: Weak<TaskCell<T>>,
     coro: RefCell<Option<Coro<T>>>,
     number: u64,
     name: RefCell<Option<String>>,
-    context: RefCell<TaskContextSlot>,
+    /// The task's own context, entered for every step. Always a `Context`
+    /// object, so that `get_context()` (even from inside a step) names the
+    /// one context the task's sets land in.
+    context: Context,
     must_cancel: Cell<bool>,
     cancel_message: RefCell<Option<String>>,
     num_cancels_requested: Cell<u32>,
@@ -138,10 +136,7 @@ impl<T: 'static> Task<T> {
             coro: RefCell::new(Some(Box::pin(coro))),
             number: TASK_COUNTER.with(|c| c.replace(c.get() + 1)),
             name: RefCell::new(options.name),
-            context: RefCell::new(match options.context {
-                Some(c) => TaskContextSlot::Explicit(c),
-                None => TaskContextSlot::Snapshot(Snapshot::capture()),
-            }),
+            context: options.context.unwrap_or_else(copy_context),
             must_cancel: Cell::new(false),
             cancel_message: RefCell::new(None),
             num_cancels_requested: Cell::new(0),
@@ -273,37 +268,35 @@ impl<T: 'static> TaskCell<T> {
         drop(coro);
     }
 
-    /// Runs `f` in the task's context; a snapshot is kept as a snapshot
-    /// until someone asks for the `Context` object.
+    /// Runs `f` in the task's context.
     fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
-        let slot = self.context.borrow();
-        match &*slot {
-            TaskContextSlot::Explicit(c) => {
-                let c = c.clone();
-                drop(slot);
-                match c.run(f) {
-                    Ok(r) => r,
-                    Err(_) => panic!("task context is already entered"),
-                }
-            }
-            TaskContextSlot::Snapshot(s) => {
-                let s = s.clone();
-                drop(slot);
-                let (r, after) = s.run_keep(f);
-                *self.context.borrow_mut() = TaskContextSlot::Snapshot(after);
-                r
-            }
+        match self.context.run(f) {
+            Ok(r) => r,
+            Err(_) => panic!("task context is already entered"),
         }
     }
 }
 
 impl<T: 'static> Step for TaskCell<T> {
+    fn describe(&self) -> String {
+        self.repr()
+    }
+
     fn run_step(self: Rc<Self>) {
         self.scheduled.set(false);
         if self.st.done() {
             return;
         }
-        if self.must_cancel.replace(false) {
+        // If the loop future the coroutine awaits is already cancelled, the
+        // coroutine sees Err(Cancelled) from that await when polled (as
+        // asyncio throws CancelledError in): it may catch it, so poll
+        // rather than drop it.
+        let delivered = self
+            .fut_waiter
+            .borrow()
+            .as_ref()
+            .is_some_and(|w| w.cancelled());
+        if self.must_cancel.replace(false) && !delivered {
             let msg = self.cancel_message.borrow().clone();
             self.in_context(|| self.set_coro_none());
             self.finish(State::Cancelled(msg));
@@ -420,14 +413,7 @@ impl<T: 'static> TaskObj for TaskCell<T> {
         n
     }
     fn get_context(&self) -> Context {
-        let mut slot = self.context.borrow_mut();
-        if let TaskContextSlot::Snapshot(s) = &*slot {
-            *slot = TaskContextSlot::Explicit(Context::from_snapshot(s.clone()));
-        }
-        match &*slot {
-            TaskContextSlot::Explicit(c) => c.clone(),
-            TaskContextSlot::Snapshot(_) => unreachable!(),
-        }
+        self.context.clone()
     }
     fn set_fut_waiter(&self, fut: Option<Rc<dyn FutureObj>>) {
         *self.fut_waiter.borrow_mut() = fut;
@@ -534,9 +520,11 @@ pub fn current_task() -> Option<Rc<dyn TaskObj>> {
 
 // ----- the registry of pending tasks ------------------------------------------
 
+type TaskSlab = Slab<Rc<dyn TaskObj>>;
+
 thread_local! {
     /// Pending tasks per loop: `(loop_id, tasks)`. A thread usually has one loop.
-    static REGISTRY: RefCell<Vec<(u64, Slab<Rc<dyn TaskObj>>)>> = const { RefCell::new(Vec::new()) };
+    static REGISTRY: RefCell<Vec<(u64, TaskSlab)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn registry_insert(loop_id: u64, task: Rc<dyn TaskObj>) -> usize {

@@ -7,7 +7,8 @@ use crate::exceptions::Result;
 /// builds. asyncio deprecates policies in 3.14 in favour of `loop_factory`;
 /// the `policy` crate keeps both, with `loop_factory` the main path.
 pub trait AbstractEventLoopPolicy {
-    /// The current thread's loop (created on the main thread if unset).
+    /// The current thread's loop; as in asyncio 3.14, a `RuntimeError` if
+    /// none was set (no loop is created implicitly).
     fn get_event_loop(&self) -> Result<Loop>;
     /// Sets the current thread's loop.
     fn set_event_loop(&self, lp: Option<Loop>);
