@@ -219,6 +219,7 @@ macro_rules! __cases {
                 test_task_woken_from_other_thread,
                 test_other_loop_future,
                 test_cancel_twice_still_catchable,
+                test_task_awaits_on_itself,
             }
             test_context {
                 test_context_var_new_1,

@@ -19,7 +19,7 @@ use std::rc::{Rc, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use crate::contextvars::Context;
-use crate::events::{ExceptionContext, Loop, Step};
+use crate::events::{ExceptionContext, Loop};
 use crate::exceptions::{Error, Result};
 use crate::tasks;
 
@@ -71,8 +71,9 @@ impl<T> State<T> {
 enum Waiter<H> {
     /// A user's done callback.
     Callback(CallbackId, Box<dyn FnOnce(&H)>, Option<Context>),
-    /// A task of this loop awaiting the future.
-    Step(Rc<dyn Step>),
+    /// A task of this loop awaiting the future: woken without a `Waker`,
+    /// and only if no step of it is scheduled already.
+    Task(Rc<dyn tasks::TaskObj>),
     /// Any other awaiter.
     Waker(Waker),
 }
@@ -144,7 +145,7 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
                     let h = handle.clone();
                     self.lp.call_soon(Box::new(move || cb(&h)), ctx).map(drop)
                 }
-                Waiter::Step(step) => self.lp.call_soon_step(step),
+                Waiter::Task(task) => task.wake_step(),
                 Waiter::Waker(w) => {
                     w.wake();
                     Ok(())
@@ -256,9 +257,15 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
                     me.repr()
                 )));
             }
+            if std::ptr::addr_eq(Rc::as_ptr(&task), Rc::as_ptr(&me)) {
+                return Err(Error::runtime(format!(
+                    "Task cannot await on itself: {}",
+                    task.repr()
+                )));
+            }
             task.set_fut_waiter(Some(me));
             if first {
-                self.waiters.borrow_mut().push(Waiter::Step(task));
+                self.waiters.borrow_mut().push(Waiter::Task(task));
             }
         } else {
             let mut w = self.waiters.borrow_mut();

@@ -936,3 +936,27 @@ pub fn test_cancel_twice_still_catchable(ctx: &Ctx) -> Result<()> {
     assert_eq!(t.result()?, 42);
     lp.close()
 }
+
+/// `test_task_awaits_on_itself`: a task awaiting its own handle gets
+/// asyncio's RuntimeError instead of waiting forever.
+pub fn test_task_awaits_on_itself(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let slot: Rc<RefCell<Option<Task<()>>>> = Rc::new(RefCell::new(None));
+    let inner = slot.clone();
+    let t = lp.create_task(async move {
+        yield_now().await; // let create_task's caller store the handle
+        let me = inner.borrow().clone().expect("handle stored");
+        me.await
+    })?;
+    *slot.borrow_mut() = Some(t.clone());
+    run_until_done(&lp, &*t.as_obj(), 5.0)?;
+    match t.exception()? {
+        Some(Error::Runtime(m)) => assert!(
+            m.starts_with("Task cannot await on itself"),
+            "unexpected message: {m}"
+        ),
+        other => panic!("expected RuntimeError, got {other:?}"),
+    }
+    slot.borrow_mut().take();
+    lp.close()
+}
