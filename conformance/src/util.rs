@@ -243,6 +243,7 @@ pub fn socketpair() -> (
 pub fn needs_unix_socketpair() -> loop_api::Error {
     loop_api::Error::NotSupported {
         feature: "readiness",
-        reason: "needs a Unix socketpair, which Windows lacks (case not ported to a TCP pair yet)".into(),
+        reason: "needs a Unix socketpair, which std lacks on Windows (case not yet ported to a TCP pair)"
+            .into(),
     }
 }

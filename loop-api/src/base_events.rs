@@ -279,11 +279,17 @@ impl<D: Driver> BaseEventLoop<D> {
 
         self.drain_remote();
 
-        let end_time = self.time() + self.clock_resolution;
+        // The clock is read only when there is a timer that may be due: an
+        // iteration with no timers needs no time().
+        let mut end_time = None;
         loop {
             let mut heap = self.scheduled.borrow_mut();
+            if heap.is_empty() {
+                break;
+            }
+            let end = *end_time.get_or_insert_with(|| self.time() + self.clock_resolution);
             match heap.peek() {
-                Some(top) if top.when < end_time => {}
+                Some(top) if top.when < end => {}
                 _ => break,
             }
             let entry = heap.pop().expect("peeked");
@@ -539,15 +545,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 
     fn run_forever(&self) -> Result<()> {
-        self.check_closed()?;
-        if self.running.get() {
-            return Err(Error::runtime("This event loop is already running"));
-        }
-        if events::_get_running_loop().is_some() {
-            return Err(Error::runtime(
-                "Cannot run the event loop while another loop is running",
-            ));
-        }
+        check_can_run(self)?;
         self.running.set(true);
         let prev = events::_set_running_loop(Some(self.as_loop()));
         struct Finish<'a, D: Driver>(&'a BaseEventLoop<D>, Option<Loop>);
@@ -921,15 +919,29 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 }
 
+/// asyncio's `_check_closed` and `_check_running`, before a loop runs.
+fn check_can_run(lp: &dyn AbstractEventLoop) -> Result<()> {
+    if lp.is_closed() {
+        return Err(Error::loop_closed());
+    }
+    if lp.is_running() {
+        return Err(Error::runtime("This event loop is already running"));
+    }
+    if events::_get_running_loop().is_some() {
+        return Err(Error::runtime(
+            "Cannot run the event loop while another loop is running",
+        ));
+    }
+    Ok(())
+}
+
 /// `run_until_complete` for any loop; see [`EventLoopExt::run_until_complete`].
 pub(crate) fn run_until_complete<T, F>(lp: &Loop, future: F) -> Result<T>
 where
     T: 'static,
     F: IntoFuture<Output = Result<T>> + 'static,
 {
-    if lp.is_closed() {
-        return Err(Error::loop_closed());
-    }
+    check_can_run(&**lp)?;
     let any: &dyn Any = &future;
     type Taker<T> = Box<dyn Fn() -> Result<T>>;
     let (obj, take): (Rc<dyn crate::futures::FutureObj>, Taker<T>) = if let Some(f) = any.downcast_ref::<Future<T>>() {

@@ -64,6 +64,30 @@ impl Snapshot {
 
     /// Runs `f` with this snapshot current; what `f` sets is dropped after.
     pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        // The common case, a callback scheduled from the loop's top level
+        // (or from another callback of the same mapping): this mapping is
+        // current already and no `Context` is entered, so there is nothing
+        // to swap in. `self` holds a second reference to the mapping, so a
+        // `set` inside copies it (copy-on-write) and never changes it in
+        // place; putting the mapping back afterwards drops what `f` set,
+        // exactly as the full enter/leave does.
+        let current = OWNER.with(|o| o.borrow().is_none())
+            && CURRENT.with(|c| Rc::ptr_eq(&c.borrow(), &self.0));
+        if current {
+            struct PutBack<'a>(&'a Rc<Map>);
+            impl Drop for PutBack<'_> {
+                fn drop(&mut self) {
+                    CURRENT.with(|c| {
+                        let mut c = c.borrow_mut();
+                        if !Rc::ptr_eq(&c, self.0) {
+                            *c = self.0.clone();
+                        }
+                    });
+                }
+            }
+            let _put_back = PutBack(&self.0);
+            return f();
+        }
         let _restore = Restore(Some(enter(self.0.clone(), None)));
         f()
     }

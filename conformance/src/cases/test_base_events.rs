@@ -12,8 +12,8 @@ use loop_api::log::Level;
 use loop_api::{Error, EventLoopExt, Handle, Loop, Result, TimerHandle};
 
 use crate::util::{
-    busy_wait, capture_exceptions, expect_closed, expect_runtime, stop_after,
-    Log, LogCapture, RemoteWatchdog,
+    busy_wait, capture_exceptions, expect_closed, expect_runtime, stop_after, Log, LogCapture,
+    RemoteWatchdog,
 };
 use crate::Ctx;
 
@@ -26,6 +26,17 @@ fn soon(lp: &Loop, f: impl FnOnce() + 'static) -> Result<Handle> {
 
 fn later(lp: &Loop, delay: f64, f: impl FnOnce() + 'static) -> Result<TimerHandle> {
     lp.call_later(delay, Box::new(f), None)
+}
+
+/// Stops `lp` after `secs` and records that it had to.
+fn safety_net(lp: &Loop, secs: f64) -> Result<Rc<Cell<bool>>> {
+    let fired = Rc::new(Cell::new(false));
+    let (f, l) = (fired.clone(), lp.clone());
+    later(lp, secs, move || {
+        f.set(true);
+        l.stop();
+    })?;
+    Ok(fired)
 }
 
 fn stopper(lp: &Loop) -> impl FnOnce() + 'static {
@@ -97,7 +108,11 @@ pub fn test_close_drops_pending_callbacks(ctx: &Ctx) -> Result<()> {
     lp.close()?;
     assert_eq!(Rc::strong_count(&soon_val), 1, "ready callback kept");
     assert_eq!(Rc::strong_count(&timer_val), 1, "timer callback kept");
-    assert_eq!(Arc::strong_count(&remote_val), 1, "threadsafe callback kept");
+    assert_eq!(
+        Arc::strong_count(&remote_val),
+        1,
+        "threadsafe callback kept"
+    );
     assert!(!ran.get());
     Ok(())
 }
@@ -143,7 +158,10 @@ pub fn test_run_forever_pre_stopped(ctx: &Ctx) -> Result<()> {
     lp.stop();
     let watchdog = RemoteWatchdog::arm(&lp, 10.0);
     lp.run_forever()?;
-    assert!(!watchdog.fired(), "the pre-stopped iteration blocked in poll");
+    assert!(
+        !watchdog.fired(),
+        "the pre-stopped iteration blocked in poll"
+    );
     drop(watchdog);
     assert_eq!(log.get(), vec!["first"]);
     assert!(!lp.is_running());
@@ -415,7 +433,11 @@ pub fn test_call_later_negative_delays(ctx: &Ctx) -> Result<()> {
     let h0 = later(&lp, 0.0, move || l.push(0))?;
     let now = lp.time();
     for (h, delay) in [(&h1, -1.0), (&h0, 0.0)] {
-        assert!(h.when() - delay >= before && h.when() - delay <= now, "when() = {}", h.when());
+        assert!(
+            h.when() - delay >= before && h.when() - delay <= now,
+            "when() = {}",
+            h.when()
+        );
     }
     assert!(h2.when() < h1.when());
     let watchdog = RemoteWatchdog::arm(&lp, 10.0);
@@ -582,10 +604,11 @@ pub fn test_call_soon_threadsafe_many_threads(ctx: &Ctx) -> Result<()> {
             }
         }));
     }
-    let watchdog = RemoteWatchdog::arm(&lp, 60.0);
+    // A loop timer, not a remote call, as the safety net: a lost wakeup
+    // may leave remote calls unable to wake the loop at all.
+    let net = safety_net(&lp, 60.0)?;
     lp.run_forever()?;
-    assert!(!watchdog.fired(), "not every callback arrived");
-    drop(watchdog);
+    assert!(!net.get(), "not every callback arrived");
     for t in threads {
         t.join().expect("sender thread");
     }
@@ -617,6 +640,7 @@ pub fn test_call_soon_threadsafe_no_lost_wakeup(ctx: &Ctx) -> Result<()> {
                     })
                     .expect("loop open");
                 if ack_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+                    done.fetch_add(1, Ordering::SeqCst);
                     return false;
                 }
             }
@@ -626,10 +650,11 @@ pub fn test_call_soon_threadsafe_no_lost_wakeup(ctx: &Ctx) -> Result<()> {
             true
         }));
     }
-    let watchdog = RemoteWatchdog::arm(&lp, 90.0);
+    // The wakeup under test is the only thing that ends the poll; the
+    // safety net is a loop timer, which a lost wakeup cannot disable.
+    let net = safety_net(&lp, 60.0)?;
     lp.run_forever()?;
-    let fired = watchdog.fired();
-    drop(watchdog);
+    let fired = net.get();
     let ok: Vec<bool> = threads
         .into_iter()
         .map(|t| t.join().expect("sender thread"))
@@ -646,9 +671,13 @@ pub fn test_call_soon_threadsafe_after_close(ctx: &Ctx) -> Result<()> {
     lp.close()?;
     expect_closed(remote.call_soon_threadsafe(|| {}));
     expect_closed(lp.call_soon_threadsafe(Box::new(|| {})));
-    let r = std::thread::spawn(move || remote.call_soon_threadsafe(|| {}).map_err(|e| e.to_string()))
-        .join()
-        .expect("thread");
+    let r = std::thread::spawn(move || {
+        remote
+            .call_soon_threadsafe(|| {})
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .expect("thread");
     assert_eq!(r, Err("RuntimeError: Event loop is closed".to_string()));
     Ok(())
 }
@@ -705,7 +734,10 @@ pub fn test_default_exc_handler_callback(ctx: &Ctx) -> Result<()> {
     assert!(lp.run_until_complete(fut)?);
     let errors = logs.at(Level::Error);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with("Exception in callback <Handle"), "{errors:?}");
+    assert!(
+        errors[0].starts_with("Exception in callback <Handle"),
+        "{errors:?}"
+    );
     assert!(errors[0].contains("zero division"), "{errors:?}");
 
     let fut = lp.create_future::<bool>();
@@ -717,7 +749,10 @@ pub fn test_default_exc_handler_callback(ctx: &Ctx) -> Result<()> {
     assert!(lp.run_until_complete(fut)?);
     let errors = logs.at(Level::Error);
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[1].starts_with("Exception in callback <TimerHandle"), "{errors:?}");
+    assert!(
+        errors[1].starts_with("Exception in callback <TimerHandle"),
+        "{errors:?}"
+    );
     assert!(errors[1].contains("timer zero division"), "{errors:?}");
     lp.close()
 }
@@ -740,7 +775,11 @@ pub fn test_callback_panic_reaches_handler(ctx: &Ctx) -> Result<()> {
     let seen = seen.get();
     assert_eq!(seen.len(), 1);
     let c = &seen[0];
-    assert!(c.message.starts_with("Exception in callback"), "{}", c.message);
+    assert!(
+        c.message.starts_with("Exception in callback"),
+        "{}",
+        c.message
+    );
     assert!(
         matches!(&c.exception, Some(Error::Panic(m)) if m == "boom 42"),
         "{:?}",
@@ -803,7 +842,11 @@ pub fn test_call_exception_handler(ctx: &Ctx) -> Result<()> {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].message, "custom");
     assert!(matches!(&seen[0].exception, Some(Error::Runtime(m)) if m == "why"));
-    assert_eq!(logs.at(Level::Error).len(), 2, "the default handler ran too");
+    assert_eq!(
+        logs.at(Level::Error).len(),
+        2,
+        "the default handler ran too"
+    );
     lp.close()
 }
 
@@ -813,7 +856,8 @@ pub fn test_call_exception_handler(ctx: &Ctx) -> Result<()> {
 /// `slow_callback_duration` of 0.1 s.
 pub fn test_set_debug(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
-    let env_debug = std::env::var_os(loop_api::base_events::DEBUG_ENV).is_some_and(|v| !v.is_empty());
+    let env_debug =
+        std::env::var_os(loop_api::base_events::DEBUG_ENV).is_some_and(|v| !v.is_empty());
     assert_eq!(lp.get_debug(), env_debug);
     lp.set_debug(true);
     assert!(lp.get_debug());
@@ -838,15 +882,19 @@ pub fn test_log_slow_callbacks(ctx: &Ctx) -> Result<()> {
     soon(&lp, stopper(&lp))?;
     lp.run_forever()?;
     let warnings = logs.at(Level::Warning);
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    let w = &warnings[0];
-    assert!(w.starts_with("Executing <Handle"), "{w}");
-    let secs: f64 = w
-        .rsplit_once(" took ")
-        .and_then(|(_, rest)| rest.strip_suffix(" seconds"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no duration in {w:?}"));
-    assert!(secs >= 0.029, "{w}");
+    // The 30 ms callback is reported (a fast one may be too, if this
+    // thread was preempted: not asserted).
+    let slow: Vec<f64> = warnings
+        .iter()
+        .filter(|w| w.starts_with("Executing <Handle"))
+        .filter_map(|w| {
+            w.rsplit_once(" took ")
+                .and_then(|(_, rest)| rest.strip_suffix(" seconds"))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    assert!(slow.iter().any(|&s| s >= 0.029), "{warnings:?}");
+    let before_task = warnings.len();
 
     lp.run_until_complete(async {
         busy_wait(0.03);
@@ -854,9 +902,11 @@ pub fn test_log_slow_callbacks(ctx: &Ctx) -> Result<()> {
     })?;
     let warnings = logs.at(Level::Warning);
     assert!(
-        warnings[1..].iter().any(|w| w.starts_with("Executing <Task")
-            && w.ends_with(" seconds")
-            && w.contains(" took ")),
+        warnings[before_task..]
+            .iter()
+            .any(|w| w.starts_with("Executing <Task")
+                && w.ends_with(" seconds")
+                && w.contains(" took ")),
         "{warnings:?}"
     );
     lp.close()

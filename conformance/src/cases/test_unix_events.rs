@@ -261,7 +261,11 @@ pub fn test_close(ctx: &Ctx) -> Result<()> {
         lp.close()?;
         assert_eq!(sig::disposition(libc::SIGUSR1), before1);
         assert_eq!(sig::disposition(libc::SIGHUP), before2);
-        assert_eq!(std::rc::Rc::strong_count(&captured), 1, "close() kept handlers");
+        assert_eq!(
+            std::rc::Rc::strong_count(&captured),
+            1,
+            "close() kept handlers"
+        );
         assert!(!lp.remove_signal_handler(libc::SIGUSR1)?);
         Ok(())
     }
