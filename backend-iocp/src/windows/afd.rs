@@ -391,10 +391,10 @@ impl Afd {
     }
 
     fn cancel(&self, p: *mut SockState) {
+        let mut cancel_iosb = IO_STATUS_BLOCK::default();
         // SAFETY: `p` is live with a poll in flight; NtCancelIoFileEx only
         // uses the iosb address to find that request. A request that has
         // already completed is simply not found.
-        let mut cancel_iosb = IO_STATUS_BLOCK::default();
         let status = unsafe { NtCancelIoFileEx(self.handle, &raw mut (*p).iosb, &mut cancel_iosb) };
         debug_assert!(
             status == STATUS_SUCCESS || status == STATUS_NOT_FOUND,
