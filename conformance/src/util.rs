@@ -37,9 +37,9 @@ impl<T: Clone> Log<T> {
 pub fn capture_exceptions(lp: &Loop) -> Log<ExceptionContext> {
     let log = Log::new();
     let l = log.clone();
-    lp.set_exception_handler(Some(Rc::new(move |_lp: &dyn AbstractEventLoop, ctx: &ExceptionContext| {
-        l.push(ctx.clone())
-    })));
+    lp.set_exception_handler(Some(Rc::new(
+        move |_lp: &dyn AbstractEventLoop, ctx: &ExceptionContext| l.push(ctx.clone()),
+    )));
     log
 }
 
@@ -227,23 +227,32 @@ impl Drop for RemoteWatchdog {
     }
 }
 
-/// A connected pair of non-blocking Unix stream sockets.
-#[cfg(unix)]
-pub fn socketpair() -> (
-    std::os::unix::net::UnixStream,
-    std::os::unix::net::UnixStream,
-) {
-    let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-    a.set_nonblocking(true).expect("non-blocking");
-    b.set_nonblocking(true).expect("non-blocking");
+/// A connected pair of non-blocking TCP sockets over loopback: readiness
+/// cases run on every platform with it (Windows has no socketpair).
+pub fn socketpair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind loopback");
+    let a = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (b, _) = listener.accept().expect("accept");
+    for s in [&a, &b] {
+        s.set_nonblocking(true).expect("non-blocking");
+        s.set_nodelay(true).expect("nodelay");
+    }
     (a, b)
 }
 
-/// The skip for a case that needs a Unix socketpair on a platform without one.
-pub fn needs_unix_socketpair() -> loop_api::Error {
-    loop_api::Error::NotSupported {
-        feature: "readiness",
-        reason: "needs a Unix socketpair, which std lacks on Windows (case not yet ported to a TCP pair)"
-            .into(),
+/// The descriptor `add_reader` takes, on every platform.
+pub trait RawOf {
+    /// The raw fd (Unix) or socket (Windows).
+    fn raw(&self) -> loop_api::events::RawFd;
+}
+
+impl RawOf for std::net::TcpStream {
+    #[cfg(unix)]
+    fn raw(&self) -> loop_api::events::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
+    #[cfg(windows)]
+    fn raw(&self) -> loop_api::events::RawFd {
+        std::os::windows::io::AsRawSocket::as_raw_socket(self)
     }
 }

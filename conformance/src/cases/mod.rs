@@ -1,13 +1,13 @@
 //! The cases, one module per CPython test module they come from.
 
 pub mod test_base_events;
-pub mod test_events;
-pub mod test_unix_events;
-pub mod test_futures;
-pub mod test_tasks;
 pub mod test_context;
-pub mod test_runners;
+pub mod test_events;
+pub mod test_futures;
 pub mod test_policy;
+pub mod test_runners;
+pub mod test_tasks;
+pub mod test_unix_events;
 
 /// Each case module's source, for the check that `__cases!` lists every case.
 pub const SOURCES: &[(&str, &str)] = &[

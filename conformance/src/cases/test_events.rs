@@ -8,9 +8,7 @@ use std::time::Duration;
 use loop_api::{Error, EventLoopExt, Handle, Loop, Result, TimerHandle};
 
 #[allow(unused_imports)]
-use crate::util::{
-    capture_exceptions, expect_closed, expect_runtime, needs_unix_socketpair, stop_after, Log,
-};
+use crate::util::{capture_exceptions, expect_closed, expect_runtime, stop_after, Log};
 use crate::{Ctx, Feature};
 
 /// The loop's clock may round; a timer is due when `when < now + resolution`.
@@ -353,13 +351,12 @@ pub fn test_timer_comparison(ctx: &Ctx) -> Result<()> {
 /// arrives, sees EOF, and removes itself.
 pub fn test_reader_callback(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (r, w) = crate::util::socketpair();
-        let fd = r.as_raw_fd();
+        let fd = r.raw();
         let w = Rc::new(RefCell::new(Some(w)));
         let bytes = Log::new();
         let removed = Rc::new(Cell::new(None));
@@ -398,20 +395,15 @@ pub fn test_reader_callback(ctx: &Ctx) -> Result<()> {
         assert!(!lp.remove_reader(fd)?);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// Readiness is level-triggered: a reader that leaves data unread runs
 /// again on every iteration.
 pub fn test_reader_callback_level_triggered(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::Write;
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (r, mut w) = crate::util::socketpair();
         let iteration = Rc::new(Cell::new(0u32));
@@ -426,7 +418,7 @@ pub fn test_reader_callback_level_triggered(ctx: &Ctx) -> Result<()> {
         let seen = Log::new();
         let (s, lp2, n) = (seen.clone(), lp.clone(), iteration.clone());
         lp.add_reader(
-            r.as_raw_fd(),
+            r.raw(),
             Box::new(move || {
                 s.push(n.get());
                 if s.len() == 3 {
@@ -440,12 +432,8 @@ pub fn test_reader_callback_level_triggered(ctx: &Ctx) -> Result<()> {
         let seen = seen.get();
         assert_eq!(seen.len(), 3, "the reader did not fire again: {seen:?}");
         assert!(seen.windows(2).all(|p| p[0] < p[1]), "{seen:?}");
-        assert!(lp.remove_reader(r.as_raw_fd())?);
+        assert!(lp.remove_reader(r.raw())?);
         lp.close()
-    }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
     }
 }
 
@@ -454,15 +442,14 @@ pub fn test_reader_callback_level_triggered(ctx: &Ctx) -> Result<()> {
 /// next poll, not after the callback gives up.
 pub fn test_reader_ready_between_iterations(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (mut r, w) = crate::util::socketpair();
-        let fd = r.as_raw_fd();
+        let fd = r.raw();
         let log: Log<String> = Log::new();
-        fn spin(lp: Loop, log: Log<String>, w: Rc<std::os::unix::net::UnixStream>, n: u32) {
+        fn spin(lp: Loop, log: Log<String>, w: Rc<std::net::TcpStream>, n: u32) {
             log.push(format!("a{n}"));
             if n == 1 {
                 (&*w).write_all(b"!").unwrap();
@@ -500,23 +487,18 @@ pub fn test_reader_ready_between_iterations(ctx: &Ctx) -> Result<()> {
         assert!(lp.remove_reader(fd)?);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// `remove_reader` in the reader's own callback: true, then false; the
 /// reader does not run again though data is left unread.
 pub fn test_reader_callback_cancel(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::Write;
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (r, mut w) = crate::util::socketpair();
-        let fd = r.as_raw_fd();
+        let fd = r.raw();
         let calls = Rc::new(Cell::new(0));
         let removed = Log::new();
         let (c, rm, lp2) = (calls.clone(), removed.clone(), lp.clone());
@@ -538,23 +520,18 @@ pub fn test_reader_callback_cancel(ctx: &Ctx) -> Result<()> {
         assert_eq!(removed.get(), vec![true, false]);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// `EventLoopTestsMixin.test_writer_callback`: a writer runs once the
 /// socket is writable; `remove_writer` is true, then false.
 pub fn test_writer_callback(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (mut r, w) = crate::util::socketpair();
-        let fd = w.as_raw_fd();
+        let fd = w.raw();
         let data = vec![b'x'; 1024];
         let (d, lp2) = (data.clone(), lp.clone());
         let w = Rc::new(w);
@@ -580,22 +557,17 @@ pub fn test_writer_callback(ctx: &Ctx) -> Result<()> {
         assert_eq!(&got[..n], &data[..]);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// `add_writer` on a writable socket fires on every iteration until
 /// removed, from inside its callback.
 pub fn test_writer_callback_cancel(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd;
+        use crate::util::RawOf;
         let lp = ctx.new_loop();
         let (_r, w) = crate::util::socketpair();
-        let fd = w.as_raw_fd();
+        let fd = w.raw();
         let calls = Rc::new(Cell::new(0));
         let (c, lp2) = (calls.clone(), lp.clone());
         lp.add_writer(
@@ -615,23 +587,18 @@ pub fn test_writer_callback_cancel(ctx: &Ctx) -> Result<()> {
         assert!(!lp.remove_writer(fd)?);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// Adding a reader for a descriptor that has one replaces the callback:
 /// the old one is dropped and never runs.
 pub fn test_reader_replaced(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (r, mut w) = crate::util::socketpair();
-        let fd = r.as_raw_fd();
+        let fd = r.raw();
         let old_captured = Rc::new(());
         let log = Log::new();
         let (l, c) = (log.clone(), old_captured.clone());
@@ -662,23 +629,18 @@ pub fn test_reader_replaced(ctx: &Ctx) -> Result<()> {
         assert!(!lp.remove_reader(fd)?);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// A reader and a writer on the same descriptor are independent: removing
 /// the writer keeps the reader working.
 pub fn test_reader_and_writer_same_fd(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let (a, b) = crate::util::socketpair();
-        let fd = a.as_raw_fd();
+        let fd = a.raw();
         let b = Rc::new(RefCell::new(b));
         let reads = Rc::new(Cell::new(0));
         let writes = Rc::new(Cell::new(0));
@@ -715,24 +677,19 @@ pub fn test_reader_and_writer_same_fd(ctx: &Ctx) -> Result<()> {
         assert!(!lp.remove_writer(fd)?);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// A panic in a reader callback goes to the exception handler; the reader
 /// stays registered and runs again.
 pub fn test_reader_callback_panic(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
+        use crate::util::RawOf;
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
         let lp = ctx.new_loop();
         let errors = capture_exceptions(&lp);
         let (r, mut w) = crate::util::socketpair();
-        let fd = r.as_raw_fd();
+        let fd = r.raw();
         let calls = Rc::new(Cell::new(0));
         let (c, lp2) = (calls.clone(), lp.clone());
         let mut r = r;
@@ -759,36 +716,27 @@ pub fn test_reader_callback_panic(ctx: &Ctx) -> Result<()> {
         assert!(lp.remove_reader(fd)?);
         lp.close()
     }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
-    }
 }
 
 /// `EventLoopTestsMixin.test_remove_fds_after_closing`: `close()` drops
 /// readers and writers; removing them afterwards is false.
 pub fn test_remove_fds_after_closing(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd;
+        use crate::util::RawOf;
         let lp = ctx.new_loop();
         let (r, w) = crate::util::socketpair();
         let captured = Rc::new(());
         let c = captured.clone();
-        lp.add_reader(r.as_raw_fd(), Box::new(move || drop(c.clone())))?;
+        lp.add_reader(r.raw(), Box::new(move || drop(c.clone())))?;
         let c = captured.clone();
-        lp.add_writer(w.as_raw_fd(), Box::new(move || drop(c.clone())))?;
+        lp.add_writer(w.raw(), Box::new(move || drop(c.clone())))?;
         assert_eq!(Rc::strong_count(&captured), 3);
         lp.close()?;
         assert_eq!(Rc::strong_count(&captured), 1, "close() kept fd callbacks");
-        assert!(!lp.remove_reader(r.as_raw_fd())?);
-        assert!(!lp.remove_writer(w.as_raw_fd())?);
+        assert!(!lp.remove_reader(r.raw())?);
+        assert!(!lp.remove_writer(w.raw())?);
         Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
     }
 }
 
@@ -796,18 +744,13 @@ pub fn test_remove_fds_after_closing(ctx: &Ctx) -> Result<()> {
 /// readers and writers.
 pub fn test_add_fds_after_closing(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
-    #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd;
+        use crate::util::RawOf;
         let lp = ctx.new_loop();
         let (r, w) = crate::util::socketpair();
         lp.close()?;
-        expect_closed(lp.add_reader(r.as_raw_fd(), Box::new(|| {})));
-        expect_closed(lp.add_writer(w.as_raw_fd(), Box::new(|| {})));
+        expect_closed(lp.add_reader(r.raw(), Box::new(|| {})));
+        expect_closed(lp.add_writer(w.raw(), Box::new(|| {})));
         Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        Err(needs_unix_socketpair())
     }
 }
