@@ -120,17 +120,28 @@ impl ThreadsafeCaller for Remote {
 }
 
 impl Remote {
-    /// What other threads queued. Lock-free when nothing came: a caller
-    /// pushes before it sets `notified`, and one that finds it unset
-    /// notifies the driver, so a skipped drain is never a lost callback.
-    fn drain(&self) -> VecDeque<SendCallback> {
+    /// Swaps what other threads queued with `out`, which must be empty: the
+    /// callers go on pushing into `out`'s old buffer, so a steady stream of
+    /// calls does not regrow a fresh queue (under the lock) after every
+    /// drain. Lock-free when nothing came: a caller pushes before it sets
+    /// `notified`, and one that finds it unset notifies the driver, so a
+    /// skipped drain is never a lost callback.
+    fn drain_into(&self, out: &mut VecDeque<SendCallback>) {
+        debug_assert!(out.is_empty());
         if !self.notified.load(Ordering::Acquire) {
-            return VecDeque::new();
+            return;
         }
         self.notified.store(false, Ordering::Release);
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::swap(
+            &mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner),
+            out,
+        );
     }
 }
+
+/// The largest remote-queue buffer kept between drains (entries); a burst's
+/// bigger one is shrunk back.
+const REMOTE_BUFFER_KEEP: usize = 1024;
 
 /// The generic event loop over driver `D`. Backends wrap it:
 /// `pub type SelectEventLoop = BaseEventLoop<PollingDriver>`.
@@ -154,6 +165,8 @@ pub struct BaseEventLoop<D: Driver> {
     default_executor: RefCell<Option<Arc<dyn Executor>>>,
     executor_shutdown_called: Cell<bool>,
     remote: Arc<Remote>,
+    /// An empty buffer to swap with the remote queue on the next drain.
+    remote_spare: RefCell<VecDeque<SendCallback>>,
     readers: RefCell<HashMap<RawFd, Handle>>,
     writers: RefCell<HashMap<RawFd, Handle>>,
     #[cfg(unix)]
@@ -196,6 +209,7 @@ impl<D: Driver> BaseEventLoop<D> {
                 closed: AtomicBool::new(false),
                 notify,
             }),
+            remote_spare: RefCell::new(VecDeque::new()),
             readers: RefCell::new(HashMap::new()),
             writers: RefCell::new(HashMap::new()),
             #[cfg(unix)]
@@ -232,9 +246,15 @@ impl<D: Driver> BaseEventLoop<D> {
 
     /// Moves the calls queued by other threads to the ready queue.
     fn drain_remote(&self) {
-        for cb in self.remote.drain() {
+        let mut batch = std::mem::take(&mut *self.remote_spare.borrow_mut());
+        self.remote.drain_into(&mut batch);
+        for cb in batch.drain(..) {
             self.push_ready(Ready::Handle(Handle::new(cb, None)));
         }
+        if batch.capacity() > REMOTE_BUFFER_KEEP {
+            batch.shrink_to(REMOTE_BUFFER_KEEP);
+        }
+        *self.remote_spare.borrow_mut() = batch;
     }
 
     /// Scheduling on the loop's thread: calls queued by other threads come
@@ -944,17 +964,18 @@ where
     check_can_run(&**lp)?;
     let any: &dyn Any = &future;
     type Taker<T> = Box<dyn Fn() -> Result<T>>;
-    let (obj, take): (Rc<dyn crate::futures::FutureObj>, Taker<T>) = if let Some(f) = any.downcast_ref::<Future<T>>() {
-        let f = f.clone();
-        (f.as_obj(), Box::new(move || f.take_result()))
-    } else if let Some(t) = any.downcast_ref::<Task<T>>() {
-        let t = t.clone();
-        (t.as_obj(), Box::new(move || t.take_result()))
-    } else {
-        let t = Task::spawn(lp.clone(), future.into_future(), TaskOptions::default())?;
-        let t2 = t.clone();
-        (t.as_obj(), Box::new(move || t2.take_result()))
-    };
+    let (obj, take): (Rc<dyn crate::futures::FutureObj>, Taker<T>) =
+        if let Some(f) = any.downcast_ref::<Future<T>>() {
+            let f = f.clone();
+            (f.as_obj(), Box::new(move || f.take_result()))
+        } else if let Some(t) = any.downcast_ref::<Task<T>>() {
+            let t = t.clone();
+            (t.as_obj(), Box::new(move || t.take_result()))
+        } else {
+            let t = Task::spawn(lp.clone(), future.into_future(), TaskOptions::default())?;
+            let t2 = t.clone();
+            (t.as_obj(), Box::new(move || t2.take_result()))
+        };
     if obj.get_loop().loop_id() != lp.loop_id() {
         return Err(Error::value(
             "The future belongs to a different loop than the one specified as the loop argument",

@@ -349,8 +349,7 @@ pub trait AbstractEventLoop {
         &self,
         _protocol_factory: DatagramProtocolFactory,
         _options: CreateDatagramEndpointOptions,
-    ) -> LocalBoxFuture<'static, Result<DatagramPair>>
-    {
+    ) -> LocalBoxFuture<'static, Result<DatagramPair>> {
         not_implemented("create_datagram_endpoint")
     }
 
@@ -379,8 +378,7 @@ pub trait AbstractEventLoop {
         _program: OsString,
         _args: Vec<OsString>,
         _options: SubprocessOptions,
-    ) -> LocalBoxFuture<'static, Result<SubprocessPair>>
-    {
+    ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
         not_implemented("subprocess_exec")
     }
     /// Runs `cmd` through the shell.
@@ -389,8 +387,7 @@ pub trait AbstractEventLoop {
         _protocol_factory: SubprocessProtocolFactory,
         _cmd: OsString,
         _options: SubprocessOptions,
-    ) -> LocalBoxFuture<'static, Result<SubprocessPair>>
-    {
+    ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
         not_implemented("subprocess_shell")
     }
 
