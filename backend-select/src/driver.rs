@@ -74,6 +74,12 @@ impl Driver for PollingDriver {
     }
 
     fn poll(&mut self, timeout: Option<Duration>, out: &mut Vec<IoEvent>) -> io::Result<()> {
+        if timeout == Some(Duration::ZERO) && self.interest.is_empty() {
+            // Nothing to observe but a wakeup, which carries no event and
+            // stays pending for the next wait: skip the poller's syscalls
+            // (it re-arms a timerfd and its notifier on every wait).
+            return Ok(());
+        }
         self.events.clear();
         self.poller.wait(&mut self.events, timeout)?;
         out.extend(self.events.iter().map(|ev| IoEvent {
