@@ -18,8 +18,10 @@ fn main() {
 
 #[cfg(not(unix))]
 fn main() {
-    // No POSIX signals; Runner's Ctrl-C support is not built on Windows yet.
-    println!("0 passed, 0 failed");
+    // Runner's Ctrl-C on Windows goes through the console control handler,
+    // which is not built yet (issue 5): say so instead of passing silently.
+    println!("ctrl_c: SKIPPED 3 cases: Runner's Ctrl-C needs the console control handler on Windows (not built yet)");
+    println!("0 passed, 0 failed, 3 skipped");
 }
 
 #[cfg(unix)]
