@@ -220,6 +220,7 @@ macro_rules! __cases {
                 test_other_loop_future,
                 test_cancel_twice_still_catchable,
                 test_task_awaits_on_itself,
+                test_task_waker_cloned_on_other_thread,
             }
             test_context {
                 test_context_var_new_1,

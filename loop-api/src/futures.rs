@@ -78,12 +78,70 @@ enum Waiter<H> {
     Waker(Waker),
 }
 
+/// The waiters of a future, in the order added. Most futures have at most
+/// one (the task awaiting it), which is stored inline: no allocation.
+enum Waiters<H> {
+    Empty,
+    One(Waiter<H>),
+    Many(Vec<Waiter<H>>),
+}
+
+impl<H> Waiters<H> {
+    fn push(&mut self, w: Waiter<H>) {
+        match std::mem::replace(self, Waiters::Empty) {
+            Waiters::Empty => *self = Waiters::One(w),
+            Waiters::One(first) => *self = Waiters::Many(vec![first, w]),
+            Waiters::Many(mut v) => {
+                v.push(w);
+                *self = Waiters::Many(v);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Waiters::Empty => 0,
+            Waiters::One(_) => 1,
+            Waiters::Many(v) => v.len(),
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Waiter<H>) -> bool) {
+        match self {
+            Waiters::Empty => {}
+            Waiters::One(w) => {
+                if !keep(w) {
+                    *self = Waiters::Empty;
+                }
+            }
+            Waiters::Many(v) => v.retain(keep),
+        }
+    }
+
+    fn any(&self, mut f: impl FnMut(&Waiter<H>) -> bool) -> bool {
+        match self {
+            Waiters::Empty => false,
+            Waiters::One(w) => f(w),
+            Waiters::Many(v) => v.iter().any(f),
+        }
+    }
+
+    /// Calls `f` on each waiter, in order, consuming them.
+    fn for_each(self, mut f: impl FnMut(Waiter<H>)) {
+        match self {
+            Waiters::Empty => {}
+            Waiters::One(w) => f(w),
+            Waiters::Many(v) => v.into_iter().for_each(f),
+        }
+    }
+}
+
 /// The state shared by [`Future`] and [`crate::tasks::Task`]: the outcome
 /// and the waiters. `H` is the handle passed to done callbacks.
 pub(crate) struct FutureState<T, H> {
     pub(crate) lp: Loop,
     state: RefCell<State<T>>,
-    waiters: RefCell<Vec<Waiter<H>>>,
+    waiters: RefCell<Waiters<H>>,
     next_id: Cell<u64>,
     /// Set with an exception; cleared once someone looks at it. Still set
     /// when dropped: "exception was never retrieved".
@@ -97,7 +155,7 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
         FutureState {
             lp,
             state: RefCell::new(State::Pending),
-            waiters: RefCell::new(Vec::new()),
+            waiters: RefCell::new(Waiters::Empty),
             next_id: Cell::new(0),
             log_traceback: Cell::new(false),
             kind,
@@ -137,8 +195,8 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
     }
 
     fn schedule_waiters(&self, handle: &H) {
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
+        let waiters = std::mem::replace(&mut *self.waiters.borrow_mut(), Waiters::Empty);
+        waiters.for_each(|w| {
             // A closed loop drops the callbacks, as asyncio's call_soon would raise.
             let _ = match w {
                 Waiter::Callback(_, cb, ctx) => {
@@ -151,7 +209,7 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
                     Ok(())
                 }
             };
-        }
+        });
     }
 
     pub(crate) fn add_done_callback(
@@ -269,9 +327,7 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
             }
         } else {
             let mut w = self.waiters.borrow_mut();
-            let known = w
-                .iter()
-                .any(|x| matches!(x, Waiter::Waker(k) if k.will_wake(cx.waker())));
+            let known = w.any(|x| matches!(x, Waiter::Waker(k) if k.will_wake(cx.waker())));
             if !known {
                 w.push(Waiter::Waker(cx.waker().clone()));
             }

@@ -18,14 +18,15 @@
 //! - The loop keeps every pending task alive (as a spawned tokio task is),
 //!   so dropping the handle does not cancel it.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell, UnsafeCell};
 use std::fmt;
 use std::future::IntoFuture;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Context as TaskContext, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 
 use slab::Slab;
 
@@ -75,12 +76,118 @@ pub trait TaskObj: FutureObj + Step {
     fn wake_step(&self) -> Result<()>;
 }
 
-type Coro<T> = Pin<Box<dyn std::future::Future<Output = Result<T>>>>;
+/// The coroutine's slot in the task cell: the coroutine lives inline in
+/// the task's one `Rc` allocation and is pinned there.
+///
+/// Like the `RefCell` it replaces, it refuses a second access while polled
+/// (a panic); while its coroutine is being dropped, it reads as empty, as the
+/// coroutine taken out of a `RefCell` to be dropped did.
+struct CoroSlot<F> {
+    coro: UnsafeCell<Option<F>>,
+    state: Cell<SlotState>,
+}
 
-struct TaskCell<T: 'static> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Idle,
+    Polling,
+    Dropping,
+}
+
+/// Puts a [`CoroSlot`] back to idle, also when unwinding.
+struct SlotIdle<'a>(&'a Cell<SlotState>);
+
+impl Drop for SlotIdle<'_> {
+    fn drop(&mut self) {
+        self.0.set(SlotState::Idle);
+    }
+}
+
+impl<T, F: std::future::Future<Output = Result<T>>> CoroSlot<F> {
+    fn new(coro: F) -> Self {
+        CoroSlot {
+            coro: UnsafeCell::new(Some(coro)),
+            state: Cell::new(SlotState::Idle),
+        }
+    }
+
+    /// Polls the coroutine (catching a panic); `None` if it is gone.
+    ///
+    /// The slot must not move while it holds a coroutine: it is a field of
+    /// a task cell, which lives in an `Rc` allocation until dropped.
+    fn poll(&self, cx: &mut TaskContext<'_>) -> Option<Poll<Result<T>>> {
+        match self.state.get() {
+            SlotState::Polling => panic!("already borrowed: the task's coroutine is being polled"),
+            SlotState::Dropping => return None,
+            SlotState::Idle => {}
+        }
+        self.state.set(SlotState::Polling);
+        let _idle = SlotIdle(&self.state);
+        // SAFETY: `state` is Polling until `_idle` drops, and every other
+        // access to `coro` (poll, drop_coro) first checks that the state is
+        // Idle, so this is the only reference to the slot's contents. The
+        // task is single-threaded (`Rc`), so there is no concurrent access.
+        let slot = unsafe { &mut *self.coro.get() };
+        let coro = slot.as_mut()?;
+        // SAFETY: pinning invariant: the coroutine lives in the task cell,
+        // inside an `Rc` allocation that never moves, and it is never moved
+        // out of the slot: it is only dropped in place (`drop_coro`, or the
+        // cell's own drop).
+        let coro = unsafe { Pin::new_unchecked(coro) };
+        Some(
+            catch_unwind(AssertUnwindSafe(|| coro.poll(cx)))
+                .unwrap_or_else(|p| Poll::Ready(Err(Error::from_panic(p)))),
+        )
+    }
+
+    /// Drops the coroutine in place (it is pinned: never moved out).
+    fn drop_coro(&self) {
+        match self.state.get() {
+            SlotState::Polling => panic!("already borrowed: the task's coroutine is being polled"),
+            SlotState::Dropping => return,
+            SlotState::Idle => {}
+        }
+        self.state.set(SlotState::Dropping);
+        let _idle = SlotIdle(&self.state);
+        // SAFETY: the state is Dropping until `_idle` drops and no other
+        // access touches `coro` meanwhile (a re-entrant poll or drop sees
+        // Dropping and returns without touching it), so this is the only
+        // reference to the contents. The value is dropped in place, never
+        // moved (the pinning invariant of `poll`).
+        let slot = unsafe { &mut *self.coro.get() };
+        if slot.is_none() {
+            return;
+        }
+        struct WriteNone<F>(*mut Option<F>);
+        impl<F> Drop for WriteNone<F> {
+            fn drop(&mut self) {
+                // SAFETY: the pointer is the slot's, valid and exclusively
+                // ours (state Dropping); its old value has just been dropped
+                // in place (also when that drop unwound: drop glue still
+                // drops every field), so it is overwritten without a drop.
+                unsafe { std::ptr::write(self.0, None) };
+            }
+        }
+        let ptr: *mut Option<F> = slot;
+        let _none = WriteNone(ptr);
+        // SAFETY: `ptr` holds an initialized `Some(coro)`, exclusively ours
+        // (see above); `_none` marks it empty afterwards, even on unwind, so
+        // it is never dropped twice.
+        unsafe { std::ptr::drop_in_place(ptr) };
+    }
+}
+
+/// A task seen with its result type but not its coroutine's: what a
+/// [`Task`] handle holds.
+trait TypedTask<T: 'static>: TaskObj {
+    fn core(&self) -> &TaskCore<T>;
+    fn into_task_obj(self: Rc<Self>) -> Rc<dyn TaskObj>;
+    fn into_future_obj(self: Rc<Self>) -> Rc<dyn FutureObj>;
+}
+
+/// Everything of a task but its coroutine.
+struct TaskCore<T: 'static> {
     st: FutureState<T, Task<T>>,
-    this: Weak<TaskCell<T>>,
-    coro: RefCell<Option<Coro<T>>>,
     number: u64,
     name: RefCell<Option<String>>,
     /// The task's own context, entered for every step. Always a `Context`
@@ -93,17 +200,28 @@ struct TaskCell<T: 'static> {
     fut_waiter: RefCell<Option<Rc<dyn FutureObj>>>,
     /// A step is in the ready queue.
     scheduled: Cell<bool>,
-    /// Index in the loop's task registry while pending.
-    key: Cell<usize>,
-    /// Set right after registration, once the key is known.
-    waker: OnceCell<Waker>,
+    /// How to wake the task, and its `Waker` once one was cloned.
+    wake: WakeSlot,
+}
+
+struct TaskCell<T: 'static, F> {
+    core: TaskCore<T>,
+    this: Weak<TaskCell<T, F>>,
+    coro: CoroSlot<F>,
+}
+
+impl<T: 'static, F> std::ops::Deref for TaskCell<T, F> {
+    type Target = TaskCore<T>;
+    fn deref(&self) -> &TaskCore<T> {
+        &self.core
+    }
 }
 
 /// `asyncio.Task`. Cloning gives another handle to the same task.
 ///
 /// `task.await` moves the result out; `(&task).await` and
 /// [`Task::result`] clone it.
-pub struct Task<T: 'static>(Rc<TaskCell<T>>);
+pub struct Task<T: 'static>(Rc<dyn TypedTask<T>>);
 
 impl<T> Clone for Task<T> {
     fn clone(&self) -> Self {
@@ -129,49 +247,54 @@ impl<T: 'static> Task<T> {
             None => options,
         };
         let loop_id = lp.loop_id();
-        let remote = lp.remote();
-        let cell = Rc::new_cyclic(|this: &Weak<TaskCell<T>>| TaskCell {
-            st: FutureState::new(lp.clone(), "Task"),
-            this: this.clone(),
-            coro: RefCell::new(Some(Box::pin(coro))),
-            number: TASK_COUNTER.with(|c| c.replace(c.get() + 1)),
-            name: RefCell::new(options.name),
-            context: options.context.unwrap_or_else(copy_context),
-            must_cancel: Cell::new(false),
-            cancel_message: RefCell::new(None),
-            num_cancels_requested: Cell::new(0),
-            fut_waiter: RefCell::new(None),
-            scheduled: Cell::new(false),
-            key: Cell::new(usize::MAX),
+        let key = registry_vacant_key(loop_id);
+        let wake = WakeSlot {
+            info: WakeInfo {
+                loop_id,
+                key,
+                remote: lp.remote(),
+                owner: this_thread_mark(),
+            },
             waker: OnceCell::new(),
+        };
+        let cell = Rc::new_cyclic(|this: &Weak<TaskCell<T, F>>| TaskCell {
+            core: TaskCore {
+                st: FutureState::new(lp.clone(), "Task"),
+                number: TASK_COUNTER.with(|c| c.replace(c.get() + 1)),
+                name: RefCell::new(options.name),
+                context: options.context.unwrap_or_else(copy_context),
+                must_cancel: Cell::new(false),
+                cancel_message: RefCell::new(None),
+                num_cancels_requested: Cell::new(0),
+                fut_waiter: RefCell::new(None),
+                scheduled: Cell::new(false),
+                wake,
+            },
+            this: this.clone(),
+            coro: CoroSlot::new(coro),
         });
-        let key = registry_insert(loop_id, cell.clone());
-        cell.key.set(key);
-        let _ = cell.waker.set(Waker::from(Arc::new(TaskWaker {
-            loop_id,
-            key,
-            remote,
-        })));
-        let task = Task(cell);
+        // Nothing ran since the key was read: the task gets that slot.
+        let inserted = registry_insert(loop_id, cell.clone());
+        assert_eq!(inserted, key, "task registry changed during spawn");
         if options.eager_start && lp.is_running() {
-            task.0.clone().run_step();
+            cell.clone().run_step();
         } else {
-            task.0.schedule()?;
+            cell.schedule()?;
         }
-        Ok(task)
+        Ok(Task(cell))
     }
 
     /// The loop the task runs on.
     pub fn get_loop(&self) -> Loop {
-        self.0.st.lp.clone()
+        self.0.core().st.lp.clone()
     }
     /// True once done.
     pub fn done(&self) -> bool {
-        self.0.st.done()
+        self.0.core().st.done()
     }
     /// True if cancelled.
     pub fn cancelled(&self) -> bool {
-        self.0.st.cancelled()
+        self.0.core().st.cancelled()
     }
     /// Requests cancellation (see the module docs); false if already done.
     pub fn cancel(&self, msg: Option<String>) -> bool {
@@ -191,15 +314,15 @@ impl<T: 'static> Task<T> {
     where
         T: Clone,
     {
-        self.0.st.result()
+        self.0.core().st.result()
     }
     /// The result, moved out.
     pub fn take_result(&self) -> Result<T> {
-        self.0.st.take_result()
+        self.0.core().st.take_result()
     }
     /// The exception, if the task ended with one.
     pub fn exception(&self) -> Result<Option<Error>> {
-        self.0.st.exception()
+        self.0.core().st.exception()
     }
     /// Schedules `callback(task)` once done.
     pub fn add_done_callback(
@@ -208,12 +331,13 @@ impl<T: 'static> Task<T> {
         context: Option<Context>,
     ) -> CallbackId {
         self.0
+            .core()
             .st
             .add_done_callback(Box::new(callback), context, self)
     }
     /// Removes a done callback; how many were removed.
     pub fn remove_done_callback(&self, id: CallbackId) -> usize {
-        self.0.st.remove_done_callback(id)
+        self.0.core().st.remove_done_callback(id)
     }
     /// The task's name (`Task-N` unless set).
     pub fn get_name(&self) -> String {
@@ -229,7 +353,7 @@ impl<T: 'static> Task<T> {
     }
     /// The erased view of this task.
     pub fn as_obj(&self) -> Rc<dyn TaskObj> {
-        self.0.clone()
+        self.0.clone().into_task_obj()
     }
     /// True if both handles are the same task.
     pub fn ptr_eq(&self, other: &Task<T>) -> bool {
@@ -237,9 +361,10 @@ impl<T: 'static> Task<T> {
     }
 }
 
-impl<T: 'static> TaskCell<T> {
+impl<T: 'static, F: std::future::Future<Output = Result<T>> + 'static> TaskCell<T, F> {
     fn me(&self) -> Task<T> {
-        Task(self.this.upgrade().expect("a live task has a strong count"))
+        let me: Rc<dyn TypedTask<T>> = self.this.upgrade().expect("a live task has a strong count");
+        Task(me)
     }
 
     fn schedule(&self) -> Result<()> {
@@ -257,15 +382,14 @@ impl<T: 'static> TaskCell<T> {
     fn finish(&self, outcome: State<T>) {
         self.set_coro_none();
         self.fut_waiter.borrow_mut().take();
-        registry_remove(self.st.lp.loop_id(), self.key.get());
+        registry_remove(self.wake.info.loop_id, self.wake.info.key);
         let _ = self.st.complete(outcome, &self.me());
     }
 
     fn set_coro_none(&self) {
-        // Dropped outside the borrow: the coroutine's destructors may run
-        // loop code.
-        let coro = self.coro.borrow_mut().take();
-        drop(coro);
+        // Dropped in place; meanwhile the slot reads as empty, since the
+        // coroutine's destructors may run loop code.
+        self.coro.drop_coro();
     }
 
     /// Runs `f` in the task's context.
@@ -277,7 +401,7 @@ impl<T: 'static> TaskCell<T> {
     }
 }
 
-impl<T: 'static> Step for TaskCell<T> {
+impl<T: 'static, F: std::future::Future<Output = Result<T>> + 'static> Step for TaskCell<T, F> {
     fn describe(&self) -> String {
         self.repr()
     }
@@ -305,13 +429,14 @@ impl<T: 'static> Step for TaskCell<T> {
         self.fut_waiter.borrow_mut().take();
         let prev = enter_task(self.clone());
         let polled = self.in_context(|| {
-            let mut slot = self.coro.borrow_mut();
-            let Some(coro) = slot.as_mut() else {
-                return Poll::Pending;
+            let polled = |waker: &Waker| {
+                let mut cx = TaskContext::from_waker(waker);
+                self.coro.poll(&mut cx).unwrap_or(Poll::Pending)
             };
-            let mut cx = TaskContext::from_waker(self.waker.get().expect("set at spawn"));
-            catch_unwind(AssertUnwindSafe(|| coro.as_mut().poll(&mut cx)))
-                .unwrap_or_else(|p| Poll::Ready(Err(Error::from_panic(p))))
+            match self.wake.waker.get() {
+                Some(w) => polled(w),
+                None => polled(&self.wake.borrowed()),
+            }
         });
         leave_task(prev);
         match polled {
@@ -347,7 +472,9 @@ impl<T: 'static> Step for TaskCell<T> {
     }
 }
 
-impl<T: 'static> FutureObj for TaskCell<T> {
+impl<T: 'static, F: std::future::Future<Output = Result<T>> + 'static> FutureObj
+    for TaskCell<T, F>
+{
     fn done(&self) -> bool {
         self.st.done()
     }
@@ -391,7 +518,21 @@ impl<T: 'static> FutureObj for TaskCell<T> {
     }
 }
 
-impl<T: 'static> TaskObj for TaskCell<T> {
+impl<T: 'static, F: std::future::Future<Output = Result<T>> + 'static> TypedTask<T>
+    for TaskCell<T, F>
+{
+    fn core(&self) -> &TaskCore<T> {
+        &self.core
+    }
+    fn into_task_obj(self: Rc<Self>) -> Rc<dyn TaskObj> {
+        self
+    }
+    fn into_future_obj(self: Rc<Self>) -> Rc<dyn FutureObj> {
+        self
+    }
+}
+
+impl<T: 'static, F: std::future::Future<Output = Result<T>> + 'static> TaskObj for TaskCell<T, F> {
     fn get_name(&self) -> String {
         match &*self.name.borrow() {
             Some(n) => n.clone(),
@@ -450,8 +591,8 @@ impl<T: 'static, const TAKE: bool> TaskWait<T, TAKE> {
         if self.task.done() {
             return Poll::Ready(get(&self.task));
         }
-        let me: Rc<dyn FutureObj> = self.task.0.clone();
-        if let Err(e) = self.task.0.st.register(cx, me, !self.registered) {
+        let me: Rc<dyn FutureObj> = self.task.0.clone().into_future_obj();
+        if let Err(e) = self.task.0.core().st.register(cx, me, !self.registered) {
             return Poll::Ready(Err(e));
         }
         self.registered = true;
@@ -527,6 +668,18 @@ thread_local! {
     static REGISTRY: RefCell<Vec<(u64, TaskSlab)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The key the next [`registry_insert`] for `loop_id` will return.
+fn registry_vacant_key(loop_id: u64) -> usize {
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some((_, s)) = r.iter().find(|(id, _)| *id == loop_id) {
+            return s.vacant_key();
+        }
+        r.push((loop_id, Slab::new()));
+        0
+    })
+}
+
 fn registry_insert(loop_id: u64, task: Rc<dyn TaskObj>) -> usize {
     REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
@@ -594,6 +747,114 @@ pub fn _forget_loop_tasks(loop_id: u64) {
 }
 
 // ----- waking -------------------------------------------------------------------
+
+/// What a task's waker needs; immutable, and `Sync`, so that a waker
+/// borrowed from the task can be used from any thread.
+struct WakeInfo {
+    loop_id: u64,
+    key: usize,
+    remote: RemoteLoop,
+    /// [`this_thread_mark`] of the thread the task lives on.
+    owner: usize,
+}
+
+impl WakeInfo {
+    fn wake(&self) {
+        if events::running_loop_id() == Some(self.loop_id) {
+            wake_local(self.loop_id, self.key);
+        } else {
+            let (loop_id, key) = (self.loop_id, self.key);
+            // A closed loop has no tasks left to wake.
+            let _ = self
+                .remote
+                .call_soon_threadsafe(move || wake_local(loop_id, key));
+        }
+    }
+
+    fn new_waker(&self) -> Waker {
+        Waker::from(Arc::new(TaskWaker {
+            loop_id: self.loop_id,
+            key: self.key,
+            remote: self.remote.clone(),
+        }))
+    }
+}
+
+/// A task's wake data, inline in the task cell. Steps poll with a `Waker`
+/// borrowing this slot ([`WakeSlot::borrowed`]), so a task that never
+/// clones its waker (every task awaiting only this loop's futures and
+/// tasks) allocates none; the first clone makes the shared, owned
+/// `Arc<TaskWaker>` waker, kept in `waker` and used by later steps.
+struct WakeSlot {
+    info: WakeInfo,
+    /// Only touched on the owner thread.
+    waker: OnceCell<Waker>,
+}
+
+thread_local! {
+    static THREAD_MARK: u8 = const { 0 };
+}
+
+/// Distinguishes the live threads: the address of a thread-local.
+fn this_thread_mark() -> usize {
+    THREAD_MARK.with(|m| m as *const u8 as usize)
+}
+
+static BORROWED_VTABLE: RawWakerVTable = RawWakerVTable::new(
+    borrowed_clone,
+    borrowed_wake_by_ref,
+    borrowed_wake_by_ref,
+    borrowed_drop,
+);
+
+impl WakeSlot {
+    /// A waker borrowing this slot, for one poll. It is never dropped
+    /// (`ManuallyDrop`) and only lent out as `&Waker`, so it cannot outlive
+    /// the poll, during which the task cell (and this slot) is alive.
+    fn borrowed(&self) -> ManuallyDrop<Waker> {
+        let raw = RawWaker::new(self as *const WakeSlot as *const (), &BORROWED_VTABLE);
+        // SAFETY: the vtable's functions uphold `RawWaker`'s contract for
+        // this data pointer: it points at a `WakeSlot` that stays valid as
+        // long as the waker can be used (see above); the functions touch
+        // only its `Sync` part off the owner thread; `clone` returns an
+        // owned, independent `Arc` waker.
+        ManuallyDrop::new(unsafe { Waker::from_raw(raw) })
+    }
+}
+
+/// # Safety
+/// `p` points at a live [`WakeSlot`] (the data of a borrowed waker).
+unsafe fn borrowed_clone(p: *const ()) -> RawWaker {
+    let slot = p as *const WakeSlot;
+    // SAFETY: `p` is a live `WakeSlot` (caller's contract); `info` is
+    // immutable and `Sync`, so reading it from any thread is sound.
+    let info = unsafe { &(*slot).info };
+    let waker = if info.owner == this_thread_mark() {
+        // SAFETY: on the task's own thread (the owner is alive: it is
+        // polling the task, which lent out this waker, and live threads'
+        // marks differ), where every access to the cache happens; the task
+        // is single-threaded, so nothing else touches it now.
+        let cache = unsafe { &(*slot).waker };
+        cache.get_or_init(|| info.new_waker()).clone()
+    } else {
+        // Another thread: an owned waker of its own, not cached.
+        info.new_waker()
+    };
+    let waker = ManuallyDrop::new(waker);
+    RawWaker::new(waker.data(), waker.vtable())
+}
+
+/// # Safety
+/// `p` points at a live [`WakeSlot`].
+unsafe fn borrowed_wake_by_ref(p: *const ()) {
+    // SAFETY: `p` is a live `WakeSlot` (caller's contract); `info` is
+    // immutable and `Sync`.
+    let info = unsafe { &(*(p as *const WakeSlot)).info };
+    info.wake();
+}
+
+/// Borrowed wakers own nothing.
+unsafe fn borrowed_drop(_: *const ()) {}
 
 struct TaskWaker {
     loop_id: u64,

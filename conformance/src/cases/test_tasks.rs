@@ -960,3 +960,52 @@ pub fn test_task_awaits_on_itself(ctx: &Ctx) -> Result<()> {
     slot.borrow_mut().take();
     lp.close()
 }
+
+/// A foreign future may clone the task's waker on another thread while it
+/// is being polled (`&Waker` is `Send`), and wake the task later from a
+/// third thread: the task runs again and completes.
+pub fn test_task_waker_cloned_on_other_thread(ctx: &Ctx) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    struct CloneElsewhere {
+        fired: Arc<AtomicBool>,
+        started: bool,
+    }
+    impl std::future::Future for CloneElsewhere {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+            if self.fired.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if !self.started {
+                self.started = true;
+                let waker_ref = cx.waker();
+                let owned = std::thread::scope(|s| {
+                    s.spawn(move || waker_ref.clone())
+                        .join()
+                        .expect("clone thread")
+                });
+                let fired = self.fired.clone();
+                std::thread::spawn(move || {
+                    fired.store(true, Ordering::Release);
+                    owned.wake();
+                });
+            }
+            Poll::Pending
+        }
+    }
+
+    let lp = ctx.new_loop();
+    let t = lp.create_task(async {
+        CloneElsewhere {
+            fired: Arc::new(AtomicBool::new(false)),
+            started: false,
+        }
+        .await;
+        Ok(7)
+    })?;
+    run_until_done(&lp, &*t.as_obj(), 10.0)?;
+    assert_eq!(t.result()?, 7);
+    lp.close()
+}
