@@ -14,6 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::IntoFuture;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -502,23 +503,55 @@ impl<T> fmt::Debug for Future<T> {
     }
 }
 
-/// Awaits a [`Future`]; see the module docs. `TAKE` moves the result out.
-pub struct Wait<T, const TAKE: bool> {
-    fut: Future<T>,
-    registered: bool,
+pub(crate) mod sealed {
+    pub trait Sealed {}
 }
 
-impl<T: 'static, const TAKE: bool> Wait<T, TAKE> {
-    fn poll_inner(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-        get: impl FnOnce(&Future<T>) -> Result<T>,
-    ) -> Poll<Result<T>> {
-        if self.fut.done() {
-            return Poll::Ready(get(&self.fut));
+/// What awaiting needs of a [`Future`] or a [`crate::tasks::Task`]; sealed.
+pub trait AwaitTarget<T>: sealed::Sealed {
+    /// True once done.
+    fn is_done(&self) -> bool;
+    /// Registers the awaiter polling now (see `FutureState::register`).
+    fn register_awaiter(&self, cx: &TaskContext<'_>, first: bool) -> Result<()>;
+    /// The outcome, moving a result out.
+    fn take(&self) -> Result<T>;
+    /// The outcome, cloning a result.
+    fn cloned(&self) -> Result<T>
+    where
+        T: Clone;
+}
+
+impl<T> sealed::Sealed for Future<T> {}
+
+/// Awaits a [`Future`] or a [`crate::tasks::Task`]: `TAKE` moves the
+/// result out (`fut.await`), otherwise it is cloned (`(&fut).await`).
+pub struct Await<A, T, const TAKE: bool> {
+    target: A,
+    registered: bool,
+    _result: PhantomData<fn() -> T>,
+}
+
+/// Awaits a [`Future`].
+pub type Wait<T, const TAKE: bool> = Await<Future<T>, T, TAKE>;
+
+impl<A: AwaitTarget<T>, T, const TAKE: bool> Await<A, T, TAKE> {
+    pub(crate) fn new(target: A) -> Self {
+        Await {
+            target,
+            registered: false,
+            _result: PhantomData,
         }
-        let me: Rc<dyn FutureObj> = self.fut.0.clone();
-        if let Err(e) = self.fut.0.st.register(cx, me, !self.registered) {
+    }
+
+    fn poll_with(
+        &mut self,
+        cx: &TaskContext<'_>,
+        get: impl FnOnce(&A) -> Result<T>,
+    ) -> Poll<Result<T>> {
+        if self.target.is_done() {
+            return Poll::Ready(get(&self.target));
+        }
+        if let Err(e) = self.target.register_awaiter(cx, !self.registered) {
             return Poll::Ready(Err(e));
         }
         self.registered = true;
@@ -526,17 +559,35 @@ impl<T: 'static, const TAKE: bool> Wait<T, TAKE> {
     }
 }
 
-impl<T: 'static> std::future::Future for Wait<T, true> {
+impl<A: AwaitTarget<T> + Unpin, T> std::future::Future for Await<A, T, true> {
     type Output = Result<T>;
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
-        self.get_mut().poll_inner(cx, |f| f.take_result())
+        self.get_mut().poll_with(cx, |a| a.take())
     }
 }
 
-impl<T: Clone + 'static> std::future::Future for Wait<T, false> {
+impl<A: AwaitTarget<T> + Unpin, T: Clone> std::future::Future for Await<A, T, false> {
     type Output = Result<T>;
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
-        self.get_mut().poll_inner(cx, |f| f.result())
+        self.get_mut().poll_with(cx, |a| a.cloned())
+    }
+}
+
+impl<T: 'static> AwaitTarget<T> for Future<T> {
+    fn is_done(&self) -> bool {
+        self.done()
+    }
+    fn register_awaiter(&self, cx: &TaskContext<'_>, first: bool) -> Result<()> {
+        self.0.st.register(cx, self.0.clone(), first)
+    }
+    fn take(&self) -> Result<T> {
+        self.take_result()
+    }
+    fn cloned(&self) -> Result<T>
+    where
+        T: Clone,
+    {
+        self.result()
     }
 }
 
@@ -544,10 +595,7 @@ impl<T: 'static> IntoFuture for Future<T> {
     type Output = Result<T>;
     type IntoFuture = Wait<T, true>;
     fn into_future(self) -> Self::IntoFuture {
-        Wait {
-            fut: self,
-            registered: false,
-        }
+        Await::new(self)
     }
 }
 
@@ -555,9 +603,6 @@ impl<T: Clone + 'static> IntoFuture for &Future<T> {
     type Output = Result<T>;
     type IntoFuture = Wait<T, false>;
     fn into_future(self) -> Self::IntoFuture {
-        Wait {
-            fut: self.clone(),
-            registered: false,
-        }
+        Await::new(self.clone())
     }
 }

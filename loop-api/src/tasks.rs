@@ -33,7 +33,7 @@ use slab::Slab;
 use crate::contextvars::{copy_context, Context};
 use crate::events::{self, AbstractEventLoop, Loop, RemoteLoop, Step};
 use crate::exceptions::{Error, Result};
-use crate::futures::{CallbackId, FutureObj, FutureState, State};
+use crate::futures::{Await, AwaitTarget, CallbackId, FutureObj, FutureState, State};
 
 /// `create_task`'s keyword arguments, which a task factory may rewrite.
 #[derive(Clone, Debug, Default)]
@@ -577,40 +577,26 @@ impl<T> fmt::Debug for Task<T> {
 // ----- awaiting a task ------------------------------------------------------
 
 /// Awaits a [`Task`]. `TAKE` moves the result out.
-pub struct TaskWait<T: 'static, const TAKE: bool> {
-    task: Task<T>,
-    registered: bool,
-}
+pub type TaskWait<T, const TAKE: bool> = Await<Task<T>, T, TAKE>;
 
-impl<T: 'static, const TAKE: bool> TaskWait<T, TAKE> {
-    fn poll_inner(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-        get: impl FnOnce(&Task<T>) -> Result<T>,
-    ) -> Poll<Result<T>> {
-        if self.task.done() {
-            return Poll::Ready(get(&self.task));
-        }
-        let me: Rc<dyn FutureObj> = self.task.0.clone().into_future_obj();
-        if let Err(e) = self.task.0.core().st.register(cx, me, !self.registered) {
-            return Poll::Ready(Err(e));
-        }
-        self.registered = true;
-        Poll::Pending
+impl<T: 'static> crate::futures::sealed::Sealed for Task<T> {}
+
+impl<T: 'static> AwaitTarget<T> for Task<T> {
+    fn is_done(&self) -> bool {
+        self.done()
     }
-}
-
-impl<T: 'static> std::future::Future for TaskWait<T, true> {
-    type Output = Result<T>;
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
-        self.get_mut().poll_inner(cx, |t| t.take_result())
+    fn register_awaiter(&self, cx: &TaskContext<'_>, first: bool) -> Result<()> {
+        let me: Rc<dyn FutureObj> = self.0.clone().into_future_obj();
+        self.0.core().st.register(cx, me, first)
     }
-}
-
-impl<T: Clone + 'static> std::future::Future for TaskWait<T, false> {
-    type Output = Result<T>;
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
-        self.get_mut().poll_inner(cx, |t| t.result())
+    fn take(&self) -> Result<T> {
+        self.take_result()
+    }
+    fn cloned(&self) -> Result<T>
+    where
+        T: Clone,
+    {
+        self.result()
     }
 }
 
@@ -618,10 +604,7 @@ impl<T: 'static> IntoFuture for Task<T> {
     type Output = Result<T>;
     type IntoFuture = TaskWait<T, true>;
     fn into_future(self) -> Self::IntoFuture {
-        TaskWait {
-            task: self,
-            registered: false,
-        }
+        Await::new(self)
     }
 }
 
@@ -629,10 +612,7 @@ impl<T: Clone + 'static> IntoFuture for &Task<T> {
     type Output = Result<T>;
     type IntoFuture = TaskWait<T, false>;
     fn into_future(self) -> Self::IntoFuture {
-        TaskWait {
-            task: self.clone(),
-            registered: false,
-        }
+        Await::new(self.clone())
     }
 }
 
