@@ -22,8 +22,8 @@ use crate::contextvars::Context;
 use crate::driver::{Driver, IoEvent, Notify};
 use crate::events::{
     self, AbstractEventLoop, Callback, EventLoopExt, ExceptionContext, ExceptionHandler, Handle,
-    LocalBoxFuture, Loop, RawFd, RemoteLoop, RepeatCallback, SendCallback, Step, ThreadsafeCaller,
-    TimerHandle,
+    LocalBoxFuture, Loop, RawFd, RemoteLoop, RepeatCallback, SendCallback, SoonKey, SoonSlab, Step,
+    ThreadsafeCaller, TimerHandle,
 };
 use crate::exceptions::{Error, Result};
 use crate::executor::{Executor, Job, ThreadPoolExecutor};
@@ -54,7 +54,58 @@ fn next_loop_id() -> u64 {
 
 enum Ready {
     Handle(Handle),
+    /// A `call_soon` callback: one reference to its entry in the loop's
+    /// slab, which the queue gives back (see [`ReadyQueue`]).
+    Soon(SoonKey),
     Step(Rc<dyn Step>),
+}
+
+/// The FIFO ready queue. Its `Ready::Soon` items are references to entries
+/// of `soon`: each one popped is given back by whoever runs it, and those
+/// still queued when the queue is dropped (loop closed or dropped) are given
+/// back here.
+struct ReadyQueue {
+    items: VecDeque<Ready>,
+    soon: Rc<SoonSlab>,
+}
+
+impl ReadyQueue {
+    fn new(soon: Rc<SoonSlab>, capacity: usize) -> Self {
+        ReadyQueue {
+            items: VecDeque::with_capacity(capacity),
+            soon,
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    #[inline]
+    fn push_back(&mut self, r: Ready) {
+        self.items.push_back(r);
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<Ready> {
+        self.items.pop_front()
+    }
+}
+
+impl Drop for ReadyQueue {
+    fn drop(&mut self) {
+        for item in self.items.drain(..) {
+            if let Ready::Soon(k) = item {
+                self.soon.release(k);
+            }
+        }
+    }
 }
 
 struct TimerEntry {
@@ -150,7 +201,9 @@ pub struct BaseEventLoop<D: Driver> {
     id: u64,
     driver: RefCell<D>,
     events: RefCell<Vec<IoEvent>>,
-    ready: RefCell<VecDeque<Ready>>,
+    ready: RefCell<ReadyQueue>,
+    /// Storage of the one-shot `call_soon` handles.
+    soon: Rc<SoonSlab>,
     scheduled: RefCell<BinaryHeap<TimerEntry>>,
     timer_seq: Cell<u64>,
     timer_cancelled_count: Rc<Cell<usize>>,
@@ -183,12 +236,14 @@ impl<D: Driver> BaseEventLoop<D> {
         let id = next_loop_id();
         let notify = driver.notifier();
         let debug = std::env::var_os(DEBUG_ENV).is_some_and(|v| !v.is_empty());
+        let soon = SoonSlab::new();
         Rc::new_cyclic(|this| BaseEventLoop {
             this: this.clone(),
             id,
             driver: RefCell::new(driver),
             events: RefCell::new(Vec::with_capacity(256)),
-            ready: RefCell::new(VecDeque::with_capacity(64)),
+            ready: RefCell::new(ReadyQueue::new(soon.clone(), 64)),
+            soon,
             scheduled: RefCell::new(BinaryHeap::new()),
             timer_seq: Cell::new(0),
             timer_cancelled_count: Rc::new(Cell::new(0)),
@@ -249,7 +304,7 @@ impl<D: Driver> BaseEventLoop<D> {
         let mut batch = std::mem::take(&mut *self.remote_spare.borrow_mut());
         self.remote.drain_into(&mut batch);
         for cb in batch.drain(..) {
-            self.push_ready(Ready::Handle(Handle::new(cb, None)));
+            self.push_ready(Ready::Soon(self.soon.push(cb, None)));
         }
         if batch.capacity() > REMOTE_BUFFER_KEEP {
             batch.shrink_to(REMOTE_BUFFER_KEEP);
@@ -391,8 +446,25 @@ impl<D: Driver> BaseEventLoop<D> {
     }
 
     fn run_ready(&self, item: Ready) {
-        let start = self.debug.get().then(Instant::now);
+        let debug = self.debug.get();
+        let item = match item {
+            // The common case, without debug mode's timing and label.
+            Ready::Soon(k) if !debug => {
+                self.soon.run_queued(k, |e, h| {
+                    self.call_exception_handler(
+                        ExceptionContext::new(format!("Exception in callback {h:?}"))
+                            .with_exception(e)
+                            .with_handle(h),
+                    );
+                });
+                return;
+            }
+            Ready::Soon(k) => Ready::Handle(self.soon.into_handle(k)),
+            item => item,
+        };
+        let start = debug.then(Instant::now);
         let label = match item {
+            Ready::Soon(_) => unreachable!("made a Handle above"),
             Ready::Handle(h) => {
                 if h.cancelled() {
                     return;
@@ -614,7 +686,10 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         self.close_signals();
         // Take everything out first: dropping callbacks and tasks runs user
         // destructors, which may call back into the loop.
-        let ready = std::mem::take(&mut *self.ready.borrow_mut());
+        let ready = std::mem::replace(
+            &mut *self.ready.borrow_mut(),
+            ReadyQueue::new(self.soon.clone(), 0),
+        );
         let timers = std::mem::take(&mut *self.scheduled.borrow_mut());
         let readers = std::mem::take(&mut *self.readers.borrow_mut());
         let writers = std::mem::take(&mut *self.writers.borrow_mut());
@@ -703,8 +778,8 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     fn call_soon(&self, callback: Callback, context: Option<Context>) -> Result<Handle> {
         self.check_closed()?;
-        let h = Handle::new(callback, context);
-        self.push_ready_after_remote(Ready::Handle(h.clone()));
+        let (k, h) = self.soon.push_with_handle(callback, context);
+        self.push_ready_after_remote(Ready::Soon(k));
         Ok(h)
     }
 

@@ -15,6 +15,7 @@ pub use abstract_loop::{
 };
 pub use exception_context::{ExceptionContext, ExceptionHandler};
 pub use handles::{Callback, Handle, RepeatCallback, SendCallback, TimerHandle};
+pub(crate) use handles::{SoonKey, SoonSlab};
 pub use policy::AbstractEventLoopPolicy;
 pub use running::{_get_running_loop, _set_running_loop, get_running_loop, running_loop_id};
 pub use server::AbstractServer;
