@@ -3,7 +3,6 @@
 //! process-wide.
 
 use loop_api::base_events::DEBUG_ENV;
-use loop_api::AbstractEventLoop;
 
 #[test]
 fn debug_env_turns_debug_mode_on_for_new_loops() {
