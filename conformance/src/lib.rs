@@ -277,6 +277,34 @@ macro_rules! __cases {
                 test_default_policy_with_factory,
                 test_backend_by_name,
             }
+            test_sock_lowlevel {
+                test_sock_client_ops,
+                test_sock_recv_waits_for_data,
+                test_sock_recv_into,
+                test_sock_recv_into_waits_for_data,
+                test_sock_recv_eof,
+                test_huge_content,
+                test_sock_sendall_empty,
+                test_sock_sendall_peer_closed,
+                test_sock_connect,
+                test_sock_connect_refused,
+                test_sock_accept,
+                test_cancel_sock_accept,
+                test_cancel_sock_recv,
+                test_drop_pending_sock_recv,
+                test_sock_recv_replaced_by_second,
+                test_cancel_sock_sendall,
+                test_blocking_socket_refused,
+                test_sock_sendto_recvfrom,
+                test_sock_recvfrom_waits,
+                test_sock_recvfrom_into_nbytes,
+                test_sock_recvfrom_into_nbytes_too_large,
+                test_getaddrinfo_localhost,
+                test_getaddrinfo_family,
+                test_getnameinfo,
+                test_getaddrinfo_error,
+                test_getaddrinfo_closed_loop,
+            }
         }
     };
 }

@@ -29,6 +29,7 @@ pub mod executor;
 pub mod futures;
 pub mod log;
 pub mod protocols;
+pub mod selector_events;
 pub mod tasks;
 pub mod transports;
 #[cfg(unix)]

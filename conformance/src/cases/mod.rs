@@ -6,6 +6,7 @@ pub mod test_events;
 pub mod test_futures;
 pub mod test_policy;
 pub mod test_runners;
+pub mod test_sock_lowlevel;
 pub mod test_tasks;
 pub mod test_unix_events;
 
@@ -19,4 +20,5 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("test_context", include_str!("test_context.rs")),
     ("test_runners", include_str!("test_runners.rs")),
     ("test_policy", include_str!("test_policy.rs")),
+    ("test_sock_lowlevel", include_str!("test_sock_lowlevel.rs")),
 ];

@@ -245,25 +245,36 @@ pub trait AbstractEventLoop {
 
     // ----- DNS ------------------------------------------------------------------
 
+    // The default bodies run the system resolver on the default executor
+    // (crate::selector_events).
+
     /// `getaddrinfo`, off the loop thread.
     fn getaddrinfo(
         &self,
-        _host: Option<String>,
-        _port: Option<String>,
-        _family: Family,
-        _socktype: i32,
-        _proto: i32,
-        _flags: i32,
+        host: Option<String>,
+        port: Option<String>,
+        family: Family,
+        socktype: i32,
+        proto: i32,
+        flags: i32,
     ) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
-        not_implemented("getaddrinfo")
+        crate::selector_events::getaddrinfo(
+            &self.as_loop(),
+            host,
+            port,
+            family,
+            socktype,
+            proto,
+            flags,
+        )
     }
     /// `getnameinfo`, off the loop thread: `(host, port)`.
     fn getnameinfo(
         &self,
-        _sockaddr: SocketAddr,
-        _flags: i32,
+        sockaddr: SocketAddr,
+        flags: i32,
     ) -> LocalBoxFuture<'static, Result<(String, String)>> {
-        not_implemented("getnameinfo")
+        crate::selector_events::getnameinfo(&self.as_loop(), sockaddr, flags)
     }
 
     // ----- TCP, TLS, sendfile ---------------------------------------------------
@@ -393,70 +404,66 @@ pub trait AbstractEventLoop {
 
     // ----- low-level socket operations -------------------------------------------
 
+    // The default bodies wait for readiness with add_reader/add_writer
+    // (crate::selector_events); completion-based backends may override them.
+
     /// Receives up to `nbytes`.
     fn sock_recv(
         &self,
-        _sock: Rc<Socket>,
-        _nbytes: usize,
+        sock: Rc<Socket>,
+        nbytes: usize,
     ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
-        not_implemented("sock_recv")
+        crate::selector_events::sock_recv(&self.as_loop(), sock, nbytes)
     }
     /// Receives into `buf` (owned, handed back): `(buf, nbytes)`.
     fn sock_recv_into(
         &self,
-        _sock: Rc<Socket>,
-        _buf: Vec<u8>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
     ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
-        not_implemented("sock_recv_into")
+        crate::selector_events::sock_recv_into(&self.as_loop(), sock, buf)
     }
     /// Receives a datagram of up to `bufsize`: `(data, address)`.
     fn sock_recvfrom(
         &self,
-        _sock: Rc<Socket>,
-        _bufsize: usize,
+        sock: Rc<Socket>,
+        bufsize: usize,
     ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
-        not_implemented("sock_recvfrom")
+        crate::selector_events::sock_recvfrom(&self.as_loop(), sock, bufsize)
     }
     /// Receives a datagram into `buf`: `(buf, nbytes, address)`.
     fn sock_recvfrom_into(
         &self,
-        _sock: Rc<Socket>,
-        _buf: Vec<u8>,
-        _nbytes: usize,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+        nbytes: usize,
     ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
-        not_implemented("sock_recvfrom_into")
+        crate::selector_events::sock_recvfrom_into(&self.as_loop(), sock, buf, nbytes)
     }
     /// Sends all of `data`.
-    fn sock_sendall(
-        &self,
-        _sock: Rc<Socket>,
-        _data: Vec<u8>,
-    ) -> LocalBoxFuture<'static, Result<()>> {
-        not_implemented("sock_sendall")
+    fn sock_sendall(&self, sock: Rc<Socket>, data: Vec<u8>) -> LocalBoxFuture<'static, Result<()>> {
+        crate::selector_events::sock_sendall(&self.as_loop(), sock, data)
     }
     /// Sends a datagram to `address`: bytes sent.
     fn sock_sendto(
         &self,
-        _sock: Rc<Socket>,
-        _data: Vec<u8>,
-        _address: SockAddr,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+        address: SockAddr,
     ) -> LocalBoxFuture<'static, Result<usize>> {
-        not_implemented("sock_sendto")
+        crate::selector_events::sock_sendto(&self.as_loop(), sock, data, address)
     }
     /// Connects to `address`.
     fn sock_connect(
         &self,
-        _sock: Rc<Socket>,
-        _address: SockAddr,
+        sock: Rc<Socket>,
+        address: SockAddr,
     ) -> LocalBoxFuture<'static, Result<()>> {
-        not_implemented("sock_connect")
+        crate::selector_events::sock_connect(&self.as_loop(), sock, address)
     }
     /// Accepts a connection: `(socket, address)`.
-    fn sock_accept(
-        &self,
-        _sock: Rc<Socket>,
-    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
-        not_implemented("sock_accept")
+    fn sock_accept(&self, sock: Rc<Socket>) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
+        crate::selector_events::sock_accept(&self.as_loop(), sock)
     }
     /// Sends a file over a socket: bytes sent.
     fn sock_sendfile(

@@ -1,0 +1,450 @@
+//! asyncio's `selector_events` socket methods (`sock_recv`, `sock_sendall`,
+//! `sock_connect`, `sock_accept`, ...) and `base_events`' resolver methods
+//! (`getaddrinfo`, `getnameinfo`), built on readiness.
+//!
+//! Each `sock_*` function tries the operation at once; if the socket would
+//! block, it watches the descriptor with `add_reader`/`add_writer`, retries
+//! from the callback until the operation completes, and stops watching when
+//! done. Every loop with readiness gets them through the default bodies of
+//! [`AbstractEventLoop`](crate::events::AbstractEventLoop); completion-based
+//! backends may override them.
+//!
+//! # As in asyncio
+//! - The returned future is lazy, like a coroutine: nothing happens until it
+//!   is first polled.
+//! - The socket must be non-blocking (`ValueError` otherwise). asyncio checks
+//!   this in debug mode only; here it is always checked, because a blocking
+//!   call would stall the whole loop thread. On Windows the mode cannot be
+//!   queried (socket2 offers no way), so the check is Unix-only there.
+//! - Cancelling (dropping the future, or cancelling the task awaiting it)
+//!   stops watching the descriptor and leaves the socket usable. An owned
+//!   buffer given to a cancelled `sock_recv_into` is dropped.
+//! - A descriptor has one reader and one writer: a second `sock_recv` on a
+//!   socket with one pending replaces the first's watch (asyncio's
+//!   `add_reader` does the same), and the first then never completes; when
+//!   it is dropped it leaves the second's watch in place.
+//! - Resolver errors (asyncio's `socket.gaierror`) are [`Error::Io`] with
+//!   the resolver's message.
+
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use socket2::{SockAddr, Socket};
+
+use crate::events::options::{AddrInfo, Family};
+use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd, RepeatCallback};
+use crate::exceptions::{Error, Result};
+
+// ----- the readiness machinery --------------------------------------------------
+
+/// Which readiness an operation waits for.
+#[derive(Clone, Copy, Debug)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// What one attempt at an operation came to.
+enum Step<T> {
+    /// Finished with this value.
+    Done(T),
+    /// Made progress (or none) and must wait for readiness again.
+    Again,
+}
+
+/// The descriptor `add_reader` takes.
+fn raw_fd(sock: &Socket) -> RawFd {
+    #[cfg(unix)]
+    {
+        std::os::fd::AsRawFd::as_raw_fd(sock)
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::io::AsRawSocket::as_raw_socket(sock)
+    }
+}
+
+/// asyncio's "the socket must be non-blocking" check (Unix only: Windows
+/// cannot report a socket's blocking mode).
+fn check_nonblocking(sock: &Socket) -> Result<()> {
+    #[cfg(unix)]
+    {
+        if !sock.nonblocking()? {
+            return Err(Error::value("the socket must be non-blocking"));
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = sock;
+    }
+    Ok(())
+}
+
+/// `BlockingIOError` and `InterruptedError`: wait and try again.
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// A non-blocking `connect` that goes on in the background (asyncio catches
+/// `BlockingIOError`, whose errnos include `EINPROGRESS` and `EALREADY`, and
+/// `InterruptedError`).
+fn connect_pending(e: &io::Error) -> bool {
+    if is_retry(e) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EINPROGRESS | libc::EALREADY))
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// Sets a flag when dropped: lives inside a reader/writer callback, so that
+/// the flag tells whether the loop still holds that callback (it drops it
+/// when the watch is removed, or replaced by another `add_reader`).
+struct AliveFlag(Rc<Cell<bool>>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// Removes the reader/writer when the operation ends or is cancelled
+/// (asyncio's `_sock_read_done`/`_sock_write_done`), unless the loop no
+/// longer holds our callback (replaced, or the loop closed).
+struct Watch {
+    lp: Loop,
+    fd: RawFd,
+    dir: Dir,
+    alive: Rc<Cell<bool>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.alive.get() {
+            let _ = match self.dir {
+                Dir::Read => self.lp.remove_reader(self.fd),
+                Dir::Write => self.lp.remove_writer(self.fd),
+            };
+        }
+    }
+}
+
+/// Runs `attempt` until it is done: once at once (when `try_first`), then
+/// each time the socket is ready in direction `dir`. `WouldBlock` and
+/// `Interrupted` errors mean "wait again"; any other error ends it.
+async fn until_done<T: 'static>(
+    lp: Loop,
+    sock: Rc<Socket>,
+    dir: Dir,
+    try_first: bool,
+    mut attempt: impl FnMut(&Socket) -> io::Result<Step<T>> + 'static,
+) -> Result<T> {
+    if try_first {
+        match attempt(&sock) {
+            Ok(Step::Done(v)) => return Ok(v),
+            Ok(Step::Again) => {}
+            Err(e) if is_retry(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let fut = lp.create_future::<T>();
+    let alive = Rc::new(Cell::new(true));
+    let flag = AliveFlag(alive.clone());
+    let (f, s) = (fut.clone(), sock.clone());
+    let callback: RepeatCallback = Box::new(move || {
+        let _held_by_the_loop = &flag;
+        if f.done() {
+            return; // cancelled, or completed and not yet unwatched
+        }
+        match attempt(&s) {
+            Ok(Step::Done(v)) => {
+                let _ = f.set_result(v);
+            }
+            Ok(Step::Again) => {}
+            Err(e) if is_retry(&e) => {}
+            Err(e) => {
+                let _ = f.set_exception(e.into());
+            }
+        }
+    });
+    let fd = raw_fd(&sock);
+    match dir {
+        Dir::Read => lp.add_reader(fd, callback)?,
+        Dir::Write => lp.add_writer(fd, callback)?,
+    }
+    let _watch = Watch {
+        lp: lp.clone(),
+        fd,
+        dir,
+        alive,
+    };
+    fut.await
+}
+
+/// `recvfrom` into an initialised buffer.
+fn recv_from_init(sock: &Socket, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, so the cast slice
+    // covers exactly `buf`. `recv_from` only ever writes initialised bytes
+    // into it (the kernel copies data in; nothing is de-initialised), so
+    // `buf` is still fully initialised when this borrow ends, as `&mut [u8]`
+    // requires. socket2's own `Read for &Socket` relies on the same promise.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    sock.recv_from(uninit)
+}
+
+// ----- the socket methods ----------------------------------------------------------
+
+/// `loop.sock_recv(sock, nbytes)`: up to `nbytes`; empty at EOF.
+pub fn sock_recv(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    nbytes: usize,
+) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        until_done(lp, sock, Dir::Read, true, move |mut s| {
+            let mut buf = vec![0u8; nbytes];
+            let n = s.read(&mut buf)?;
+            buf.truncate(n);
+            Ok(Step::Done(buf))
+        })
+        .await
+    })
+}
+
+/// `loop.sock_recv_into(sock, buf)`: `(buf, nbytes)`.
+pub fn sock_recv_into(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    buf: Vec<u8>,
+) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        let mut buf = Some(buf);
+        until_done(lp, sock, Dir::Read, true, move |mut s| {
+            let b = buf.as_mut().expect("the buffer is handed back only once");
+            let n = s.read(b)?;
+            Ok(Step::Done((buf.take().expect("present"), n)))
+        })
+        .await
+    })
+}
+
+/// `loop.sock_recvfrom(sock, bufsize)`: `(data, address)`.
+pub fn sock_recvfrom(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    bufsize: usize,
+) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        until_done(lp, sock, Dir::Read, true, move |s| {
+            let mut buf = vec![0u8; bufsize];
+            let (n, addr) = recv_from_init(s, &mut buf)?;
+            buf.truncate(n);
+            Ok(Step::Done((buf, addr)))
+        })
+        .await
+    })
+}
+
+/// `loop.sock_recvfrom_into(sock, buf, nbytes)`: `(buf, nbytes, address)`;
+/// `nbytes == 0` means the whole buffer.
+pub fn sock_recvfrom_into(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    buf: Vec<u8>,
+    nbytes: usize,
+) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        let nbytes = if nbytes == 0 { buf.len() } else { nbytes };
+        if nbytes > buf.len() {
+            return Err(Error::value(
+                "nbytes is greater than the length of the buffer",
+            ));
+        }
+        let mut buf = Some(buf);
+        until_done(lp, sock, Dir::Read, true, move |s| {
+            let b = buf.as_mut().expect("the buffer is handed back only once");
+            let (n, addr) = recv_from_init(s, &mut b[..nbytes])?;
+            Ok(Step::Done((buf.take().expect("present"), n, addr)))
+        })
+        .await
+    })
+}
+
+/// `loop.sock_sendall(sock, data)`: sends until all of `data` is out.
+pub fn sock_sendall(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    data: Vec<u8>,
+) -> LocalBoxFuture<'static, Result<()>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        let mut sent = 0;
+        until_done(lp, sock, Dir::Write, true, move |s| {
+            sent += s.send(&data[sent..])?;
+            Ok(if sent == data.len() {
+                Step::Done(())
+            } else {
+                Step::Again
+            })
+        })
+        .await
+    })
+}
+
+/// `loop.sock_sendto(sock, data, address)`: bytes sent.
+pub fn sock_sendto(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    data: Vec<u8>,
+    address: SockAddr,
+) -> LocalBoxFuture<'static, Result<usize>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        until_done(lp, sock, Dir::Write, true, move |s| {
+            Ok(Step::Done(s.send_to(&data, &address)?))
+        })
+        .await
+    })
+}
+
+/// `loop.sock_connect(sock, address)`: starts the connection, waits for
+/// writability, then reads `SO_ERROR`.
+pub fn sock_connect(
+    lp: &Loop,
+    sock: Rc<Socket>,
+    address: SockAddr,
+) -> LocalBoxFuture<'static, Result<()>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        match sock.connect(&address) {
+            Ok(()) => return Ok(()),
+            Err(e) if connect_pending(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        until_done(lp, sock, Dir::Write, false, |s| match s.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(Step::Done(())),
+        })
+        .await
+    })
+}
+
+/// `loop.sock_accept(sock)`: a new non-blocking socket and the peer's address.
+pub fn sock_accept(
+    lp: &Loop,
+    sock: Rc<Socket>,
+) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        until_done(lp, sock, Dir::Read, true, |s| {
+            let (conn, addr) = s.accept()?;
+            conn.set_nonblocking(true)?;
+            Ok(Step::Done((conn, addr)))
+        })
+        .await
+    })
+}
+
+// ----- the resolver ---------------------------------------------------------------
+
+/// The `AF_*` number of a [`Family`].
+fn family_number(family: Family) -> i32 {
+    match family {
+        Family::Unspec => 0, // AF_UNSPEC everywhere
+        Family::Inet => socket2::Domain::IPV4.into(),
+        Family::Inet6 => socket2::Domain::IPV6.into(),
+        Family::Unix => socket2::Domain::UNIX.into(),
+    }
+}
+
+fn resolve(
+    host: Option<String>,
+    port: Option<String>,
+    family: Family,
+    socktype: i32,
+    proto: i32,
+    flags: i32,
+) -> Result<Vec<AddrInfo>> {
+    let hints = dns_lookup::AddrInfoHints {
+        flags,
+        address: family_number(family),
+        socktype,
+        protocol: proto,
+    };
+    let found = dns_lookup::getaddrinfo(host.as_deref(), port.as_deref(), Some(hints))
+        .map_err(io::Error::from)?;
+    let mut out = Vec::new();
+    for info in found {
+        let info = info?;
+        out.push(AddrInfo {
+            family: match info.sockaddr {
+                SocketAddr::V4(_) => Family::Inet,
+                SocketAddr::V6(_) => Family::Inet6,
+            },
+            socktype: info.socktype,
+            proto: info.protocol,
+            canonname: info.canonname.unwrap_or_default(),
+            addr: info.sockaddr,
+        });
+    }
+    Ok(out)
+}
+
+/// `loop.getaddrinfo(host, port, family=, type=, proto=, flags=)`, on the
+/// loop's default executor.
+pub fn getaddrinfo(
+    lp: &Loop,
+    host: Option<String>,
+    port: Option<String>,
+    family: Family,
+    socktype: i32,
+    proto: i32,
+    flags: i32,
+) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        lp.run_in_executor(None, move || {
+            resolve(host, port, family, socktype, proto, flags)
+        })?
+        .await?
+    })
+}
+
+/// `loop.getnameinfo(sockaddr, flags)`: `(host, port)`, on the loop's
+/// default executor.
+pub fn getnameinfo(
+    lp: &Loop,
+    sockaddr: SocketAddr,
+    flags: i32,
+) -> LocalBoxFuture<'static, Result<(String, String)>> {
+    let lp = lp.clone();
+    Box::pin(async move {
+        lp.run_in_executor(None, move || {
+            dns_lookup::getnameinfo(&sockaddr, flags).map_err(|e| Error::from(io::Error::from(e)))
+        })?
+        .await?
+    })
+}
