@@ -730,6 +730,7 @@ pub fn _forget_loop_tasks(loop_id: u64) {
 
 /// What a task's waker needs; immutable, and `Sync`, so that a waker
 /// borrowed from the task can be used from any thread.
+#[derive(Clone)]
 struct WakeInfo {
     loop_id: u64,
     key: usize,
@@ -752,11 +753,7 @@ impl WakeInfo {
     }
 
     fn new_waker(&self) -> Waker {
-        Waker::from(Arc::new(TaskWaker {
-            loop_id: self.loop_id,
-            key: self.key,
-            remote: self.remote.clone(),
-        }))
+        Waker::from(Arc::new(TaskWaker(self.clone())))
     }
 }
 
@@ -836,11 +833,8 @@ unsafe fn borrowed_wake_by_ref(p: *const ()) {
 /// Borrowed wakers own nothing.
 unsafe fn borrowed_drop(_: *const ()) {}
 
-struct TaskWaker {
-    loop_id: u64,
-    key: usize,
-    remote: RemoteLoop,
-}
+/// A task's owned waker: what a foreign future keeps.
+struct TaskWaker(WakeInfo);
 
 fn wake_local(loop_id: u64, key: usize) {
     if let Some(t) = registry_get(loop_id, key) {
@@ -852,19 +846,11 @@ fn wake_local(loop_id: u64, key: usize) {
 
 impl Wake for TaskWaker {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref()
+        self.0.wake()
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if events::running_loop_id() == Some(self.loop_id) {
-            wake_local(self.loop_id, self.key);
-        } else {
-            let (loop_id, key) = (self.loop_id, self.key);
-            // A closed loop has no tasks left to wake.
-            let _ = self
-                .remote
-                .call_soon_threadsafe(move || wake_local(loop_id, key));
-        }
+        self.0.wake()
     }
 }
 
