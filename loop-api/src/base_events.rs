@@ -301,6 +301,11 @@ impl<D: Driver> BaseEventLoop<D> {
 
     /// Moves the calls queued by other threads to the ready queue.
     fn drain_remote(&self) {
+        // Nothing came from other threads (the common case): no buffer to
+        // swap. `drain_into` would return at once anyway.
+        if !self.remote.notified.load(Ordering::Acquire) {
+            return;
+        }
         let mut batch = std::mem::take(&mut *self.remote_spare.borrow_mut());
         self.remote.drain_into(&mut batch);
         for cb in batch.drain(..) {
@@ -338,21 +343,24 @@ impl<D: Driver> BaseEventLoop<D> {
             None
         };
 
-        let mut events = std::mem::take(&mut *self.events.borrow_mut());
-        events.clear();
-        let polled = self.driver.borrow_mut().poll(timeout, &mut events);
-        match polled {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                *self.events.borrow_mut() = events;
-                return Err(e.into());
+        {
+            // Only this function touches `events`, and it never runs nested
+            // (a running loop cannot be run again), so the buffer stays
+            // borrowed while the events are turned into ready callbacks.
+            let mut events = self.events.borrow_mut();
+            events.clear();
+            let polled = self.driver.borrow_mut().poll(timeout, &mut events);
+            match polled {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
             }
+            self.process_events(&events);
         }
-        self.process_events(&events);
-        *self.events.borrow_mut() = events;
 
-        self.drain_remote();
+        if self.remote.notified.load(Ordering::Acquire) {
+            self.drain_remote();
+        }
 
         // The clock is read only when there is a timer that may be due: an
         // iteration with no timers needs no time().

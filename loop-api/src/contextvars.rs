@@ -22,23 +22,57 @@ use crate::exceptions::{Error, Result};
 
 type Map = HashMap<u64, Rc<dyn Any>>;
 
+/// A mapping as the thread and contexts hold it: `None` is the empty
+/// mapping, so that an empty context, and the thread's initial state, cost
+/// no allocation and the thread-local below can be `const`-initialised.
+type MapRef = Option<Rc<Map>>;
+
+/// True when `a` and `b` are the same mapping (both empty counts as same).
+fn same_map(a: &MapRef, b: &MapRef) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// The thread's current mapping, and the entered [`Context`] that owns it
+/// right now, if any: that context's own `map` is stale until it is left or
+/// something else is entered inside it. One thread-local, so that entering
+/// and leaving touch it once.
+struct Current {
+    map: MapRef,
+    owner: Option<Rc<ContextInner>>,
+}
+
 thread_local! {
-    static CURRENT: RefCell<Rc<Map>> = RefCell::new(Rc::new(Map::new()));
-    /// The entered [`Context`] whose mapping `CURRENT` holds right now, if
-    /// any: its own `map` is stale until it is left or something else is
-    /// entered inside it.
-    static OWNER: RefCell<Option<Rc<ContextInner>>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Current> = const {
+        RefCell::new(Current {
+            map: None,
+            owner: None,
+        })
+    };
 }
 
 /// What to restore when leaving: the outer mapping and its owner.
-type Saved = (Rc<Map>, Option<Rc<ContextInner>>);
+type Saved = (MapRef, Option<Rc<ContextInner>>);
+
+/// Swaps the thread's mapping and owner for the given ones; returns the old.
+fn swap_current(map: MapRef, owner: Option<Rc<ContextInner>>) -> Saved {
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        (
+            std::mem::replace(&mut c.map, map),
+            std::mem::replace(&mut c.owner, owner),
+        )
+    })
+}
 
 /// Makes `map` current, owned by `owner`. The outgoing mapping is first
 /// written back to the context that owned it, so that reads of that context
 /// from inside see its latest values.
-fn enter(map: Rc<Map>, owner: Option<Rc<ContextInner>>) -> Saved {
-    let prev_map = CURRENT.with(|c| c.replace(map));
-    let prev_owner = OWNER.with(|o| o.replace(owner));
+fn enter(map: MapRef, owner: Option<Rc<ContextInner>>) -> Saved {
+    let (prev_map, prev_owner) = swap_current(map, owner);
     if let Some(o) = &prev_owner {
         *o.map.borrow_mut() = prev_map.clone();
     }
@@ -46,20 +80,21 @@ fn enter(map: Rc<Map>, owner: Option<Rc<ContextInner>>) -> Saved {
 }
 
 /// Undoes [`enter`]; returns the mapping that was current.
-fn leave(saved: Saved) -> Rc<Map> {
+fn leave(saved: Saved) -> MapRef {
     let (map, owner) = saved;
-    OWNER.with(|o| *o.borrow_mut() = owner);
-    CURRENT.with(|c| c.replace(map))
+    // The outgoing owner is dropped here, outside the thread-local's borrow.
+    let (cur, _old_owner) = swap_current(map, owner);
+    cur
 }
 
 /// A snapshot of the current thread's mapping: what `call_soon` captures
 /// when no context is given. Cheap: one reference-count increment.
 #[derive(Clone)]
-pub(crate) struct Snapshot(Rc<Map>);
+pub(crate) struct Snapshot(MapRef);
 
 impl Snapshot {
     pub(crate) fn capture() -> Self {
-        Snapshot(CURRENT.with(|c| c.borrow().clone()))
+        Snapshot(CURRENT.with(|c| c.borrow().map.clone()))
     }
 
     /// Runs `f` with this snapshot current; what `f` sets is dropped after.
@@ -71,16 +106,20 @@ impl Snapshot {
         // `set` inside copies it (copy-on-write) and never changes it in
         // place; putting the mapping back afterwards drops what `f` set,
         // exactly as the full enter/leave does.
-        let current = OWNER.with(|o| o.borrow().is_none())
-            && CURRENT.with(|c| Rc::ptr_eq(&c.borrow(), &self.0));
+        let current = CURRENT.with(|c| {
+            let c = c.borrow();
+            c.owner.is_none() && same_map(&c.map, &self.0)
+        });
         if current {
-            struct PutBack<'a>(&'a Rc<Map>);
+            struct PutBack<'a>(&'a MapRef);
             impl Drop for PutBack<'_> {
                 fn drop(&mut self) {
-                    CURRENT.with(|c| {
+                    let _old = CURRENT.with(|c| {
                         let mut c = c.borrow_mut();
-                        if !Rc::ptr_eq(&c, self.0) {
-                            *c = self.0.clone();
+                        if same_map(&c.map, self.0) {
+                            None
+                        } else {
+                            Some(std::mem::replace(&mut c.map, self.0.clone()))
                         }
                     });
                 }
@@ -111,17 +150,17 @@ impl Drop for Restore {
 pub struct Context(Rc<ContextInner>);
 
 struct ContextInner {
-    map: RefCell<Rc<Map>>,
+    map: RefCell<MapRef>,
     entered: Cell<bool>,
 }
 
 impl Context {
     /// An empty context.
     pub fn new() -> Self {
-        Self::from_map(Rc::new(Map::new()))
+        Self::from_map(None)
     }
 
-    fn from_map(map: Rc<Map>) -> Self {
+    fn from_map(map: MapRef) -> Self {
         Context(Rc::new(ContextInner {
             map: RefCell::new(map),
             entered: Cell::new(false),
@@ -162,18 +201,23 @@ impl Context {
 
     /// The context's mapping as it is now: while this context is the one
     /// running, that is the thread's current mapping.
-    fn live_map(&self) -> Rc<Map> {
-        let running = OWNER.with(|o| o.borrow().as_ref().is_some_and(|o| Rc::ptr_eq(o, &self.0)));
-        if running {
-            CURRENT.with(|c| c.borrow().clone())
-        } else {
-            self.0.map.borrow().clone()
+    fn live_map(&self) -> MapRef {
+        let running = CURRENT.with(|c| {
+            let c = c.borrow();
+            match &c.owner {
+                Some(o) if Rc::ptr_eq(o, &self.0) => Some(c.map.clone()),
+                _ => None,
+            }
+        });
+        match running {
+            Some(map) => map,
+            None => self.0.map.borrow().clone(),
         }
     }
 
     /// Number of variables set in this context.
     pub fn len(&self) -> usize {
-        self.live_map().len()
+        self.live_map().map_or(0, |m| m.len())
     }
 
     /// True when no variable is set in this context.
@@ -183,8 +227,8 @@ impl Context {
 
     /// The value of `var` in this context, without entering it.
     pub fn get<T: Clone + 'static>(&self, var: &ContextVar<T>) -> Option<T> {
-        self.live_map()
-            .get(&var.id)
+        let map = self.live_map()?;
+        map.get(&var.id)
             .and_then(|v| v.downcast_ref::<T>().cloned())
     }
 
@@ -258,7 +302,9 @@ impl<T: Clone + 'static> ContextVar<T> {
         CURRENT
             .with(|c| {
                 c.borrow()
-                    .get(&self.id)
+                    .map
+                    .as_ref()
+                    .and_then(|m| m.get(&self.id))
                     .and_then(|v| v.downcast_ref::<T>().cloned())
             })
             .or_else(|| self.default.clone())
@@ -268,7 +314,8 @@ impl<T: Clone + 'static> ContextVar<T> {
     pub fn set(&self, value: T) -> Token<T> {
         let old = CURRENT.with(|c| {
             let mut c = c.borrow_mut();
-            Rc::make_mut(&mut c).insert(self.id, Rc::new(value) as Rc<dyn Any>)
+            let map = c.map.get_or_insert_with(Default::default);
+            Rc::make_mut(map).insert(self.id, Rc::new(value) as Rc<dyn Any>)
         });
         Token {
             var_id: self.id,
@@ -288,7 +335,11 @@ impl<T: Clone + 'static> ContextVar<T> {
         }
         CURRENT.with(|c| {
             let mut c = c.borrow_mut();
-            let m = Rc::make_mut(&mut c);
+            if token.old.is_none() && c.map.is_none() {
+                // Removing from the empty mapping.
+                return None;
+            }
+            let m = Rc::make_mut(c.map.get_or_insert_with(Default::default));
             match &token.old {
                 Some(v) => m.insert(self.id, v.clone()),
                 None => m.remove(&self.id),

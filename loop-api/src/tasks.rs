@@ -247,35 +247,41 @@ impl<T: 'static> Task<T> {
             None => options,
         };
         let loop_id = lp.loop_id();
-        let key = registry_vacant_key(loop_id);
-        let wake = WakeSlot {
-            info: WakeInfo {
-                loop_id,
-                key,
-                remote: lp.remote(),
-                owner: this_thread_mark(),
-            },
-            waker: OnceCell::new(),
-        };
-        let cell = Rc::new_cyclic(|this: &Weak<TaskCell<T, F>>| TaskCell {
-            core: TaskCore {
-                st: FutureState::new(lp.clone(), "Task"),
-                number: TASK_COUNTER.with(|c| c.replace(c.get() + 1)),
-                name: RefCell::new(options.name),
-                context: options.context.unwrap_or_else(copy_context),
-                must_cancel: Cell::new(false),
-                cancel_message: RefCell::new(None),
-                num_cancels_requested: Cell::new(0),
-                fut_waiter: RefCell::new(None),
-                scheduled: Cell::new(false),
-                wake,
-            },
-            this: this.clone(),
-            coro: CoroSlot::new(coro),
+        let remote = lp.remote();
+        let owner = this_thread_mark();
+        let context = options.context.unwrap_or_else(copy_context);
+        let number = TASK_COUNTER.with(|c| c.replace(c.get() + 1));
+        let st = FutureState::new(lp.clone(), "Task");
+        // The task takes the registry's next vacant slot; its key goes into
+        // its waker data, so the cell is built with the registry borrowed
+        // (building it runs no code that touches the registry).
+        let cell = registry_insert_with(loop_id, |key| {
+            let wake = WakeSlot {
+                info: WakeInfo {
+                    loop_id,
+                    key,
+                    remote,
+                    owner,
+                },
+                waker: OnceCell::new(),
+            };
+            Rc::new_cyclic(|this: &Weak<TaskCell<T, F>>| TaskCell {
+                core: TaskCore {
+                    st,
+                    number,
+                    name: RefCell::new(options.name),
+                    context,
+                    must_cancel: Cell::new(false),
+                    cancel_message: RefCell::new(None),
+                    num_cancels_requested: Cell::new(0),
+                    fut_waiter: RefCell::new(None),
+                    scheduled: Cell::new(false),
+                    wake,
+                },
+                this: this.clone(),
+                coro: CoroSlot::new(coro),
+            })
         });
-        // Nothing ran since the key was read: the task gets that slot.
-        let inserted = registry_insert(loop_id, cell.clone());
-        assert_eq!(inserted, key, "task registry changed during spawn");
         if options.eager_start && lp.is_running() {
             cell.clone().run_step();
         } else {
@@ -619,7 +625,7 @@ impl<T: Clone + 'static> IntoFuture for &Task<T> {
 // ----- the current task -------------------------------------------------------
 
 thread_local! {
-    static CURRENT: RefCell<Option<Rc<dyn TaskObj>>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<Rc<dyn TaskObj>>> = const { Cell::new(None) };
 }
 
 fn enter_task(task: Rc<dyn TaskObj>) -> Option<Rc<dyn TaskObj>> {
@@ -627,11 +633,19 @@ fn enter_task(task: Rc<dyn TaskObj>) -> Option<Rc<dyn TaskObj>> {
 }
 
 fn leave_task(prev: Option<Rc<dyn TaskObj>>) {
-    CURRENT.with(|c| *c.borrow_mut() = prev);
+    // The outgoing task is dropped after the thread-local is updated.
+    drop(CURRENT.with(|c| c.replace(prev)));
 }
 
 pub(crate) fn current_task_obj() -> Option<Rc<dyn TaskObj>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.with(|c| {
+        // Cloning an `Rc` runs no other code, so the slot is refilled
+        // before anything else can look at it.
+        let task = c.take();
+        let copy = task.clone();
+        c.set(task);
+        copy
+    })
 }
 
 /// `asyncio.current_task()`: the task running now on this thread, if any.
@@ -648,28 +662,25 @@ thread_local! {
     static REGISTRY: RefCell<Vec<(u64, TaskSlab)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The key the next [`registry_insert`] for `loop_id` will return.
-fn registry_vacant_key(loop_id: u64) -> usize {
+/// Inserts the task `make(key)` builds into `loop_id`'s slot `key`, the
+/// next vacant one; returns the task.
+fn registry_insert_with<C: TaskObj + 'static>(
+    loop_id: u64,
+    make: impl FnOnce(usize) -> Rc<C>,
+) -> Rc<C> {
     REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
-        if let Some((_, s)) = r.iter().find(|(id, _)| *id == loop_id) {
-            return s.vacant_key();
-        }
-        r.push((loop_id, Slab::new()));
-        0
-    })
-}
-
-fn registry_insert(loop_id: u64, task: Rc<dyn TaskObj>) -> usize {
-    REGISTRY.with(|r| {
-        let mut r = r.borrow_mut();
-        if let Some((_, s)) = r.iter_mut().find(|(id, _)| *id == loop_id) {
-            return s.insert(task);
-        }
-        let mut s = Slab::new();
-        let key = s.insert(task);
-        r.push((loop_id, s));
-        key
+        let pos = match r.iter().position(|(id, _)| *id == loop_id) {
+            Some(pos) => pos,
+            None => {
+                r.push((loop_id, Slab::new()));
+                r.len() - 1
+            }
+        };
+        let entry = r[pos].1.vacant_entry();
+        let task = make(entry.key());
+        entry.insert(task.clone());
+        task
     })
 }
 
