@@ -314,15 +314,20 @@ pub fn test_sock_connect_refused(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
+/// A non-blocking TCP listener on loopback, and its address.
+fn nonblocking_listener() -> (Rc<Socket>, std::net::SocketAddr) {
+    let listener = TcpListener::bind(loopback(0)).expect("listen");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("addr");
+    (Rc::new(Socket::from(listener)), addr)
+}
+
 /// `test_sock_accept`: waits for a connection, returns a non-blocking
 /// socket and the peer's address; the reader is removed.
 pub fn test_sock_accept(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
     let lp = ctx.new_loop();
-    let listener = TcpListener::bind(loopback(0)).expect("listen");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let addr = listener.local_addr().expect("addr");
-    let listener = Rc::new(Socket::from(listener));
+    let (listener, addr) = nonblocking_listener();
     let task = lp.create_task(lp.sock_accept(listener.clone()))?;
     run_once(&lp)?;
     assert!(!task.done(), "accepted with nobody connecting");
@@ -357,10 +362,7 @@ pub fn test_sock_accept(ctx: &Ctx) -> Result<()> {
 pub fn test_cancel_sock_accept(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
     let lp = ctx.new_loop();
-    let listener = TcpListener::bind(loopback(0)).expect("listen");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let addr = listener.local_addr().expect("addr");
-    let listener = Rc::new(Socket::from(listener));
+    let (listener, addr) = nonblocking_listener();
     let task = lp.create_task(lp.sock_accept(listener.clone()))?;
     run_once(&lp)?;
     assert!(task.cancel(None));
