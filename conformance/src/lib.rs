@@ -156,6 +156,7 @@ macro_rules! __cases {
                 test_add_signal_handler_replaces,
                 test_signal_handling_while_selecting,
                 test_signal_callback_panic,
+                test_interrupt_handler_removed_drops_pending_sigint,
             }
             test_futures {
                 test_initial_state,

@@ -992,6 +992,11 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
                 s.uninstall(libc::SIGINT)?;
             }
         }
+        // A Ctrl-C that arrived but was not read yet belongs to the handler
+        // just removed: read it now (with no interrupt handler it is
+        // dropped), so that it cannot fire the next one. Other signals read
+        // here are dispatched as usual.
+        self.dispatch_signals();
         Ok(())
     }
 

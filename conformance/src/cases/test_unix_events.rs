@@ -2,8 +2,9 @@
 //!
 //! Signal dispositions are process-wide and cases run on parallel threads:
 //! every case that installs a handler holds [`crate::util::signal_lock`],
-//! and only SIGUSR1, SIGUSR2 and SIGHUP are used (SIGINT belongs to the
-//! `Runner` tests).
+//! and only SIGUSR1, SIGUSR2 and SIGHUP are used, but for the one case of
+//! `add_interrupt_handler` (Runner's Ctrl-C), which raises SIGINT only once
+//! its handler is installed.
 
 #[allow(unused_imports)]
 use loop_api::{Error, Result};
@@ -431,6 +432,47 @@ pub fn test_signal_callback_panic(ctx: &Ctx) -> Result<()> {
             matches!(&errors[0].exception, Some(Error::Panic(m)) if m == "signal callback failed")
         );
         assert!(lp.remove_signal_handler(libc::SIGUSR1)?);
+        lp.close()
+    }
+    #[cfg(not(unix))]
+    {
+        Err(no_signals())
+    }
+}
+
+/// Runner's Ctrl-C support: a SIGINT that arrived but was not read when the
+/// interrupt handler is removed (as `Runner.run` returns) must not fire the
+/// interrupt handler installed by the next run.
+pub fn test_interrupt_handler_removed_drops_pending_sigint(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Signals)?;
+    #[cfg(unix)]
+    {
+        use std::cell::Cell;
+        use std::rc::Rc;
+
+        let _lock = crate::util::signal_lock();
+        let lp = ctx.new_loop();
+        let (first, second) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+        let f = first.clone();
+        if !lp.add_interrupt_handler(Box::new(move || f.set(true)))? {
+            lp.close()?;
+            return Err(Error::NotSupported {
+                feature: "add_interrupt_handler",
+                reason: "SIGINT does not have its default action in this process".into(),
+            });
+        }
+        // Delivered (the kernel puts the default action back) but not read.
+        sig::raise(libc::SIGINT);
+        lp.remove_interrupt_handler()?;
+        assert_eq!(sig::disposition(libc::SIGINT), libc::SIG_DFL);
+        let s = second.clone();
+        assert!(lp.add_interrupt_handler(Box::new(move || s.set(true)))?);
+        crate::util::run_once(&lp)?;
+        crate::util::run_once(&lp)?;
+        assert!(!first.get(), "the removed handler ran");
+        assert!(!second.get(), "a stale Ctrl-C fired the next handler");
+        lp.remove_interrupt_handler()?;
+        assert_eq!(sig::disposition(libc::SIGINT), libc::SIG_DFL);
         lp.close()
     }
     #[cfg(not(unix))]
