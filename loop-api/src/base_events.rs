@@ -174,14 +174,10 @@ impl Remote {
     /// Swaps what other threads queued with `out`, which must be empty: the
     /// callers go on pushing into `out`'s old buffer, so a steady stream of
     /// calls does not regrow a fresh queue (under the lock) after every
-    /// drain. Lock-free when nothing came: a caller pushes before it sets
-    /// `notified`, and one that finds it unset notifies the driver, so a
-    /// skipped drain is never a lost callback.
+    /// drain. Clears `notified` first, so a call pushed after the swap
+    /// notifies again.
     fn drain_into(&self, out: &mut VecDeque<SendCallback>) {
         debug_assert!(out.is_empty());
-        if !self.notified.load(Ordering::Acquire) {
-            return;
-        }
         self.notified.store(false, Ordering::Release);
         std::mem::swap(
             &mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner),
@@ -300,12 +296,18 @@ impl<D: Driver> BaseEventLoop<D> {
     }
 
     /// Moves the calls queued by other threads to the ready queue.
+    ///
+    /// Lock-free when nothing came (the common case): a caller pushes before
+    /// it sets `notified`, and one that finds it unset notifies the driver,
+    /// so a skipped drain is never a lost callback.
+    #[inline]
     fn drain_remote(&self) {
-        // Nothing came from other threads (the common case): no buffer to
-        // swap. `drain_into` would return at once anyway.
-        if !self.remote.notified.load(Ordering::Acquire) {
-            return;
+        if self.remote.notified.load(Ordering::Acquire) {
+            self.move_remote_calls();
         }
+    }
+
+    fn move_remote_calls(&self) {
         let mut batch = std::mem::take(&mut *self.remote_spare.borrow_mut());
         self.remote.drain_into(&mut batch);
         for cb in batch.drain(..) {
@@ -321,9 +323,7 @@ impl<D: Driver> BaseEventLoop<D> {
     /// first, as in asyncio's one shared ready deque, so that a
     /// `call_soon_threadsafe` that happened before this call runs before it.
     fn push_ready_after_remote(&self, r: Ready) {
-        if self.remote.notified.load(Ordering::Acquire) {
-            self.drain_remote();
-        }
+        self.drain_remote();
         self.push_ready(r);
     }
 
@@ -358,9 +358,7 @@ impl<D: Driver> BaseEventLoop<D> {
             self.process_events(&events);
         }
 
-        if self.remote.notified.load(Ordering::Acquire) {
-            self.drain_remote();
-        }
+        self.drain_remote();
 
         // The clock is read only when there is a timer that may be due: an
         // iteration with no timers needs no time().
