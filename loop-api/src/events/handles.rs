@@ -80,6 +80,13 @@ impl HandleContext {
             HandleContext::Taken => unreachable!("a handle's context is never taken"),
         }
     }
+
+    /// Runs a callback in this context; a panic becomes [`Error::Panic`], as
+    /// does failing to enter the context.
+    fn run_callback(&self, f: impl FnOnce()) -> Result<(), Error> {
+        self.run(move || catch_unwind(AssertUnwindSafe(f)))?
+            .map_err(Error::from_panic)
+    }
 }
 
 pub(crate) struct TimerInfo {
@@ -293,14 +300,13 @@ impl SoonSlab {
             }
             return;
         };
-        let e = match ctx.run(move || catch_unwind(AssertUnwindSafe(f))) {
-            Ok(Ok(())) => {
+        let e = match ctx.run_callback(f) {
+            Ok(()) => {
                 if !sole {
                     self.release_key(key);
                 }
                 return;
             }
-            Ok(Err(p)) => Error::from_panic(p),
             Err(e) => e,
         };
         let (e, h) = self.failed(key, e, ctx, sole);
@@ -374,8 +380,7 @@ impl SoonRef {
         let Some((f, ctx)) = taken else {
             return Ok(());
         };
-        ctx.run(move || catch_unwind(AssertUnwindSafe(f)))?
-            .map_err(Error::from_panic)
+        ctx.run_callback(f)
     }
 }
 
@@ -503,16 +508,15 @@ impl Handle {
         };
         let ctx = inner.context.borrow().share();
         match body {
-            Body::Once(f) => ctx.run(move || catch_unwind(AssertUnwindSafe(f)))?,
+            Body::Once(f) => ctx.run_callback(f),
             Body::Repeat(mut f) => {
-                let r = ctx.run(|| catch_unwind(AssertUnwindSafe(&mut f)));
+                let r = ctx.run_callback(&mut f);
                 if !inner.cancelled.get() {
                     *inner.body.borrow_mut() = Some(Body::Repeat(f));
                 }
-                r?
+                r
             }
         }
-        .map_err(Error::from_panic)
     }
 }
 
