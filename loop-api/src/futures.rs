@@ -308,7 +308,7 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
         me: Rc<dyn FutureObj>,
         first: bool,
     ) -> Result<()> {
-        if let Some(task) = tasks::current_task_obj() {
+        if let Some(task) = tasks::current_task() {
             if task.get_loop().loop_id() != self.lp.loop_id() {
                 return Err(Error::runtime(format!(
                     "Task {} got Future {} attached to a different loop",

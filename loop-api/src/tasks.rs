@@ -637,7 +637,8 @@ fn leave_task(prev: Option<Rc<dyn TaskObj>>) {
     drop(CURRENT.with(|c| c.replace(prev)));
 }
 
-pub(crate) fn current_task_obj() -> Option<Rc<dyn TaskObj>> {
+/// `asyncio.current_task()`: the task running now on this thread, if any.
+pub fn current_task() -> Option<Rc<dyn TaskObj>> {
     CURRENT.with(|c| {
         // Cloning an `Rc` runs no other code, so the slot is refilled
         // before anything else can look at it.
@@ -646,11 +647,6 @@ pub(crate) fn current_task_obj() -> Option<Rc<dyn TaskObj>> {
         c.set(task);
         copy
     })
-}
-
-/// `asyncio.current_task()`: the task running now on this thread, if any.
-pub fn current_task() -> Option<Rc<dyn TaskObj>> {
-    current_task_obj()
 }
 
 // ----- the registry of pending tasks ------------------------------------------
@@ -912,7 +908,7 @@ impl std::future::Future for YieldNow {
             return Poll::Ready(());
         }
         self.0 = true;
-        match current_task_obj() {
+        match current_task() {
             Some(t) => {
                 let _ = t.wake_step();
             }
