@@ -43,6 +43,11 @@ pub fn capture_exceptions(lp: &Loop) -> Log<ExceptionContext> {
     log
 }
 
+/// `lp.call_soon(f)` with the closure boxed.
+pub fn soon(lp: &Loop, f: impl FnOnce() + 'static) -> loop_api::Result<loop_api::Handle> {
+    lp.call_soon(Box::new(f), None)
+}
+
 /// Stops `lp` after `secs` of loop time: a safety net for cases that run
 /// the loop forever, never the way a case synchronises.
 pub fn stop_after(lp: &Loop, secs: f64) {
@@ -246,13 +251,16 @@ pub trait RawOf {
     fn raw(&self) -> loop_api::events::RawFd;
 }
 
-impl RawOf for std::net::TcpStream {
-    #[cfg(unix)]
+#[cfg(unix)]
+impl<T: std::os::fd::AsRawFd> RawOf for T {
     fn raw(&self) -> loop_api::events::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(self)
+        self.as_raw_fd()
     }
-    #[cfg(windows)]
+}
+
+#[cfg(windows)]
+impl<T: std::os::windows::io::AsRawSocket> RawOf for T {
     fn raw(&self) -> loop_api::events::RawFd {
-        std::os::windows::io::AsRawSocket::as_raw_socket(self)
+        self.as_raw_socket()
     }
 }

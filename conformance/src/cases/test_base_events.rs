@@ -12,17 +12,13 @@ use loop_api::log::Level;
 use loop_api::{Error, EventLoopExt, Handle, Loop, Result, TimerHandle};
 
 use crate::util::{
-    busy_wait, capture_exceptions, expect_closed, expect_runtime, stop_after, Log, LogCapture,
-    RemoteWatchdog,
+    busy_wait, capture_exceptions, expect_closed, expect_runtime, soon, stop_after, Log,
+    LogCapture, RemoteWatchdog,
 };
 use crate::Ctx;
 
 /// The loop's clock may round; a timer is due when `when < now + resolution`.
 const CLOCK_RES: f64 = 1e-6;
-
-fn soon(lp: &Loop, f: impl FnOnce() + 'static) -> Result<Handle> {
-    lp.call_soon(Box::new(f), None)
-}
 
 fn later(lp: &Loop, delay: f64, f: impl FnOnce() + 'static) -> Result<TimerHandle> {
     lp.call_later(delay, Box::new(f), None)

@@ -5,18 +5,14 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use loop_api::{Error, EventLoopExt, Handle, Loop, Result, TimerHandle};
+use loop_api::{Error, EventLoopExt, Loop, Result, TimerHandle};
 
 #[allow(unused_imports)]
-use crate::util::{capture_exceptions, expect_closed, expect_runtime, stop_after, Log};
+use crate::util::{capture_exceptions, expect_closed, expect_runtime, soon, stop_after, Log};
 use crate::{Ctx, Feature};
 
 /// The loop's clock may round; a timer is due when `when < now + resolution`.
 const CLOCK_RES: f64 = 1e-6;
-
-fn soon(lp: &Loop, f: impl FnOnce() + 'static) -> Result<Handle> {
-    lp.call_soon(Box::new(f), None)
-}
 
 // ----- running ------------------------------------------------------------------
 

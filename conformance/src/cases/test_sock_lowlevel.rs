@@ -11,7 +11,7 @@ use loop_api::events::options::Family;
 use loop_api::{Error, EventLoopExt, Loop, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::util::{run_once, run_until_done, socketpair};
+use crate::util::{run_once, run_until_done, socketpair, RawOf};
 use crate::{Ctx, Feature};
 
 /// Safety net for the cases that run the loop: never how they synchronise.
@@ -46,17 +46,6 @@ fn local(s: &Socket) -> SocketAddr {
         .expect("local addr")
         .as_socket()
         .expect("inet")
-}
-
-fn fd_of(s: &Socket) -> loop_api::events::RawFd {
-    #[cfg(unix)]
-    {
-        std::os::fd::AsRawFd::as_raw_fd(s)
-    }
-    #[cfg(windows)]
-    {
-        std::os::windows::io::AsRawSocket::as_raw_socket(s)
-    }
 }
 
 /// Polls `fut` exactly once from inside the current task: its output if
@@ -127,7 +116,7 @@ pub fn test_sock_recv_waits_for_data(ctx: &Ctx) -> Result<()> {
     lp.call_soon(Box::new(move || b.write_all(b"late").unwrap()), None)?;
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert_eq!(task.result()?, b"late");
-    assert!(!lp.remove_reader(fd_of(&a))?, "the reader was left behind");
+    assert!(!lp.remove_reader(a.raw())?, "the reader was left behind");
     lp.close()
 }
 
@@ -287,7 +276,7 @@ pub fn test_sock_connect(ctx: &Ctx) -> Result<()> {
         "connected to the listener"
     );
     assert!(
-        !lp.remove_writer(fd_of(&client))?,
+        !lp.remove_writer(client.raw())?,
         "the writer was left behind"
     );
     lp.close()
@@ -310,7 +299,7 @@ pub fn test_sock_connect_refused(ctx: &Ctx) -> Result<()> {
     let r = lp.run_until_complete(async move { l.sock_connect(c, addr).await });
     let e = expect_io(r, "connect to a closed port");
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
-    assert!(!lp.remove_writer(fd_of(&client))?);
+    assert!(!lp.remove_writer(client.raw())?);
     lp.close()
 }
 
@@ -353,7 +342,7 @@ pub fn test_sock_accept(ctx: &Ctx) -> Result<()> {
     let l = lp.clone();
     let got = lp.run_until_complete(async move { l.sock_recv(conn, 10).await })?;
     assert_eq!(got, b"hi");
-    assert!(!lp.remove_reader(fd_of(&listener))?);
+    assert!(!lp.remove_reader(listener.raw())?);
     lp.close()
 }
 
@@ -368,10 +357,7 @@ pub fn test_cancel_sock_accept(ctx: &Ctx) -> Result<()> {
     assert!(task.cancel(None));
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert!(task.cancelled());
-    assert!(
-        !lp.remove_reader(fd_of(&listener))?,
-        "cancel left the reader"
-    );
+    assert!(!lp.remove_reader(listener.raw())?, "cancel left the reader");
     let _client = TcpStream::connect(addr).expect("connect");
     let l = lp.clone();
     let (_conn, peer) = lp.run_until_complete(async move { l.sock_accept(listener).await })?;
@@ -395,7 +381,7 @@ pub fn test_cancel_sock_recv(ctx: &Ctx) -> Result<()> {
     assert!(task.cancel(None));
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert!(task.cancelled());
-    assert!(!lp.remove_reader(fd_of(&a))?, "cancel left the reader");
+    assert!(!lp.remove_reader(a.raw())?, "cancel left the reader");
     b.write_all(b"after").expect("write");
     let l = lp.clone();
     let got = lp.run_until_complete(async move { l.sock_recv(a, 100).await })?;
@@ -410,7 +396,7 @@ pub fn test_drop_pending_sock_recv(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let (a, _b) = socketpair();
     let a = Rc::new(Socket::from(a));
-    let fd = fd_of(&a);
+    let fd = a.raw();
     let l = lp.clone();
     let s = a.clone();
     let (registered, after_drop) = lp.run_until_complete(async move {
@@ -449,7 +435,7 @@ pub fn test_sock_recv_replaced_by_second(ctx: &Ctx) -> Result<()> {
         second.await
     })?;
     assert_eq!(got, b"two");
-    assert!(!lp.remove_reader(fd_of(&a))?);
+    assert!(!lp.remove_reader(a.raw())?);
     lp.close()
 }
 
@@ -465,7 +451,7 @@ pub fn test_cancel_sock_sendall(ctx: &Ctx) -> Result<()> {
     assert!(task.cancel(None));
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert!(task.cancelled());
-    assert!(!lp.remove_writer(fd_of(&a))?, "cancel left the writer");
+    assert!(!lp.remove_writer(a.raw())?, "cancel left the writer");
     // Still usable: a later sendall's bytes follow the part already sent,
     // in order.
     let l = lp.clone();
@@ -569,7 +555,7 @@ pub fn test_sock_recvfrom_waits(ctx: &Ctx) -> Result<()> {
     )?;
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert_eq!(task.take_result()?.0, b"ping");
-    assert!(!lp.remove_reader(fd_of(&server))?);
+    assert!(!lp.remove_reader(server.raw())?);
     lp.close()
 }
 
