@@ -21,7 +21,7 @@ use std::time::Duration;
 use windows_sys::Win32::Foundation::{CloseHandle, GetLastError, HANDLE, WAIT_TIMEOUT};
 use windows_sys::Win32::System::Threading::INFINITE;
 use windows_sys::Win32::System::IO::{
-    CreateIoCompletionPort, GetQueuedCompletionStatusEx, PostQueuedCompletionStatus, OVERLAPPED,
+    CreateIoCompletionPort, GetQueuedCompletionStatusEx, PostQueuedCompletionStatus,
     OVERLAPPED_ENTRY,
 };
 
@@ -141,12 +141,6 @@ impl CompletionPort {
         }
         Ok(n as usize)
     }
-
-    /// The raw handle, for handles that are associated with the port.
-    #[allow(dead_code)]
-    pub(crate) fn as_raw(&self) -> HANDLE {
-        self.handle
-    }
 }
 
 impl Drop for CompletionPort {
@@ -175,10 +169,6 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> u32 {
 pub(crate) fn entries(n: usize) -> Vec<OVERLAPPED_ENTRY> {
     vec![OVERLAPPED_ENTRY::default(); n]
 }
-
-/// The `OVERLAPPED` type packets point at, re-exported for issue 5.
-#[allow(dead_code)]
-pub(crate) type Overlapped = OVERLAPPED;
 
 #[cfg(test)]
 mod tests {
