@@ -4,7 +4,14 @@
 //! Everything that is not the OS mechanism lives here: the FIFO ready queue,
 //! the timer heap, run/stop/close, the cross-thread queue, exception
 //! handling, debug checks, the default executor, readiness callbacks and
-//! Unix signals.
+//! Unix signals. The networking methods written on top of the backend
+//! plumbing hooks are in the submodules.
+
+pub mod connect;
+pub mod datagram;
+pub mod sendfile;
+pub mod server;
+pub mod unix;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -30,6 +37,7 @@ use crate::executor::{Executor, Job, ThreadPoolExecutor};
 use crate::futures::Future;
 use crate::log::{self, Level};
 use crate::tasks::{self, Task, TaskFactory, TaskOptions};
+use crate::transports::BaseTransport;
 
 /// The poll timeout is capped at one day, as asyncio's `MAXIMUM_SELECT_TIMEOUT`.
 pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -191,7 +199,7 @@ impl Remote {
 const REMOTE_BUFFER_KEEP: usize = 1024;
 
 /// The generic event loop over driver `D`. Backends wrap it:
-/// `pub type SelectEventLoop = BaseEventLoop<PollingDriver>`.
+/// `pub type SelectEventLoop = BaseEventLoop<EpollDriver>`.
 pub struct BaseEventLoop<D: Driver> {
     this: Weak<Self>,
     id: u64,
@@ -218,6 +226,8 @@ pub struct BaseEventLoop<D: Driver> {
     remote_spare: RefCell<VecDeque<SendCallback>>,
     readers: RefCell<HashMap<RawFd, Handle>>,
     writers: RefCell<HashMap<RawFd, Handle>>,
+    /// Which transport owns each descriptor (asyncio's `_transports`).
+    transports: RefCell<HashMap<RawFd, Weak<dyn BaseTransport>>>,
     #[cfg(unix)]
     signals: RefCell<Option<crate::unix_signals::Signals>>,
     #[cfg(unix)]
@@ -263,6 +273,7 @@ impl<D: Driver> BaseEventLoop<D> {
             remote_spare: RefCell::new(VecDeque::new()),
             readers: RefCell::new(HashMap::new()),
             writers: RefCell::new(HashMap::new()),
+            transports: RefCell::new(HashMap::new()),
             #[cfg(unix)]
             signals: RefCell::new(None),
             #[cfg(unix)]
@@ -917,19 +928,54 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 
     fn add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
-        self.add_fd_callback(&self.readers, fd, Handle::new_repeating(callback, None))
+        self._ensure_fd_no_transport(fd)?;
+        self._add_reader(fd, callback)
     }
 
     fn remove_reader(&self, fd: RawFd) -> Result<bool> {
-        self.remove_fd_callback(&self.readers, fd)
+        self._ensure_fd_no_transport(fd)?;
+        self._remove_reader(fd)
     }
 
     fn add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
-        self.add_fd_callback(&self.writers, fd, Handle::new_repeating(callback, None))
+        self._ensure_fd_no_transport(fd)?;
+        self._add_writer(fd, callback)
     }
 
     fn remove_writer(&self, fd: RawFd) -> Result<bool> {
+        self._ensure_fd_no_transport(fd)?;
+        self._remove_writer(fd)
+    }
+
+    fn _add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+        self.add_fd_callback(&self.readers, fd, Handle::new_repeating(callback, None))
+    }
+
+    fn _remove_reader(&self, fd: RawFd) -> Result<bool> {
+        self.remove_fd_callback(&self.readers, fd)
+    }
+
+    fn _add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+        self.add_fd_callback(&self.writers, fd, Handle::new_repeating(callback, None))
+    }
+
+    fn _remove_writer(&self, fd: RawFd) -> Result<bool> {
         self.remove_fd_callback(&self.writers, fd)
+    }
+
+    fn _register_transport(&self, fd: RawFd, transport: Weak<dyn BaseTransport>) {
+        self.transports.borrow_mut().insert(fd, transport);
+    }
+
+    fn _ensure_fd_no_transport(&self, fd: RawFd) -> Result<()> {
+        let owner = self.transports.borrow().get(&fd).and_then(Weak::upgrade);
+        match owner {
+            Some(t) if !t.is_closing() => Err(Error::runtime(format!(
+                "File descriptor {fd} is used by transport {}",
+                crate::transports::describe(&*t)
+            ))),
+            _ => Ok(()),
+        }
     }
 
     #[cfg(unix)]

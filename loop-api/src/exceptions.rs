@@ -50,6 +50,14 @@ pub enum Error {
     KeyboardInterrupt,
     /// `asyncio.SendfileNotAvailableError`.
     SendfileNotAvailable(String),
+    /// `ExceptionGroup(message, exceptions)`: several errors at once, as
+    /// `create_connection(all_errors=True)` raises.
+    ExceptionGroup {
+        /// The group's message.
+        message: String,
+        /// The errors, in the order they happened.
+        exceptions: Vec<Error>,
+    },
     /// Any other error a user callback or coroutine wants to raise.
     Other(Arc<dyn std::error::Error + Send + Sync>),
 }
@@ -94,9 +102,27 @@ impl Error {
     /// The `errno`-style code for [`Error::Io`].
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Io(e) => e.raw_os_error(),
+            Error::Io(e) => e.raw_os_error().or_else(|| {
+                e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<OsError>())
+                    .map(|o| o.errno)
+            }),
             _ => None,
         }
+    }
+
+    /// `OSError(errno, message)`: `e`'s kind and errno, with asyncio's
+    /// message (`"[Errno 111] Connect call failed ('127.0.0.1', 80)"`).
+    /// [`raw_os_error`](Error::raw_os_error) still gives the errno.
+    pub fn os(e: &io::Error, message: impl fmt::Display) -> Self {
+        let errno = e.raw_os_error().unwrap_or(0);
+        Error::Io(Arc::new(io::Error::new(
+            e.kind(),
+            OsError {
+                errno,
+                message: format!("[Errno {errno}] {message}"),
+            },
+        )))
     }
 
     /// The Python class this error stands for, used in reports.
@@ -114,6 +140,7 @@ impl Error {
             Error::Panic(_) => "Panic",
             Error::KeyboardInterrupt => "KeyboardInterrupt",
             Error::SendfileNotAvailable(_) => "SendfileNotAvailableError",
+            Error::ExceptionGroup { .. } => "ExceptionGroup",
             Error::Other(_) => "Exception",
         }
     }
@@ -154,10 +181,35 @@ impl fmt::Display for Error {
             Error::Panic(m) => write!(f, "panic: {m}"),
             Error::KeyboardInterrupt => f.write_str("KeyboardInterrupt"),
             Error::SendfileNotAvailable(m) => write!(f, "SendfileNotAvailableError: {m}"),
+            Error::ExceptionGroup {
+                message,
+                exceptions,
+            } => {
+                let n = exceptions.len();
+                let s = if n == 1 { "" } else { "s" };
+                write!(f, "ExceptionGroup: {message} ({n} sub-exception{s})")
+            }
             Error::Other(e) => write!(f, "{e}"),
         }
     }
 }
+
+/// An OS error with asyncio's own message; see [`Error::os`].
+#[derive(Debug)]
+pub struct OsError {
+    /// The OS error number.
+    pub errno: i32,
+    /// The whole message.
+    pub message: String,
+}
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OsError {}
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {

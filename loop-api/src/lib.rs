@@ -30,6 +30,7 @@ pub mod futures;
 pub mod log;
 pub mod protocols;
 pub mod selector_events;
+pub mod staggered;
 pub mod tasks;
 pub mod transports;
 #[cfg(unix)]

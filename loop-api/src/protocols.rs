@@ -6,8 +6,9 @@
 //! `Cell`/`RefCell` fields. Every method has a default that does nothing, so
 //! a protocol implements only what it needs.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
+
+use socket2::SockAddr;
 
 use crate::exceptions::Error;
 use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
@@ -61,8 +62,9 @@ pub trait BufferedProtocol: BaseProtocol {
 pub trait DatagramProtocol: BaseProtocol {
     /// Called once the endpoint is set up.
     fn datagram_connection_made(&self, _transport: Rc<dyn DatagramTransport>) {}
-    /// A datagram arrived from `addr`.
-    fn datagram_received(&self, _data: &[u8], _addr: Option<SocketAddr>) {}
+    /// A datagram arrived from `addr` (an unnamed AF_UNIX sender has an
+    /// empty address).
+    fn datagram_received(&self, _data: &[u8], _addr: &SockAddr) {}
     /// A previous send or receive failed (ICMP errors, for example).
     fn error_received(&self, _exc: Error) {}
 }

@@ -26,6 +26,11 @@
 //! - Resolver errors (asyncio's `socket.gaierror`) are [`Error::Io`] with
 //!   the resolver's message.
 
+pub mod accept;
+pub mod datagram_transport;
+pub mod sendfile;
+pub mod socket_transport;
+
 use std::cell::Cell;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
@@ -56,7 +61,7 @@ enum Step<T> {
 }
 
 /// The descriptor `add_reader` takes.
-fn raw_fd(sock: &Socket) -> RawFd {
+pub(crate) fn raw_fd(sock: &Socket) -> RawFd {
     #[cfg(unix)]
     {
         std::os::fd::AsRawFd::as_raw_fd(sock)
@@ -133,8 +138,8 @@ impl Drop for Watch {
     fn drop(&mut self) {
         if self.alive.get() {
             let _ = match self.dir {
-                Dir::Read => self.lp.remove_reader(self.fd),
-                Dir::Write => self.lp.remove_writer(self.fd),
+                Dir::Read => self.lp._remove_reader(self.fd),
+                Dir::Write => self.lp._remove_writer(self.fd),
             };
         }
     }
@@ -150,6 +155,9 @@ async fn until_done<T: 'static>(
     try_first: bool,
     mut attempt: impl FnMut(&Socket) -> io::Result<Step<T>> + 'static,
 ) -> Result<T> {
+    // Stricter than asyncio, which checks only before it starts waiting:
+    // a transport's socket is refused whether or not it has data ready.
+    lp._ensure_fd_no_transport(raw_fd(&sock))?;
     if try_first {
         match attempt(&sock) {
             Ok(Step::Done(v)) => return Ok(v),
@@ -180,8 +188,8 @@ async fn until_done<T: 'static>(
     });
     let fd = raw_fd(&sock);
     match dir {
-        Dir::Read => lp.add_reader(fd, callback)?,
-        Dir::Write => lp.add_writer(fd, callback)?,
+        Dir::Read => lp._add_reader(fd, callback)?,
+        Dir::Write => lp._add_writer(fd, callback)?,
     }
     let _watch = Watch {
         lp: lp.clone(),
@@ -341,14 +349,44 @@ pub fn sock_connect(
         match sock.connect(&address) {
             Ok(()) => return Ok(()),
             Err(e) if connect_pending(&e) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(connect_failed(&e, &address)),
         }
+        let addr = address.clone();
         until_done(lp, sock, Dir::Write, false, |s| match s.take_error()? {
             Some(e) => Err(e),
             None => Ok(Step::Done(())),
         })
         .await
+        .map_err(|e| match e {
+            Error::Io(io) => connect_failed(&io, &addr),
+            other => other,
+        })
     })
+}
+
+/// asyncio's `OSError(errno, f'Connect call failed {address}')`, the
+/// address as Python prints it: `('127.0.0.1', 80)`, `('::1', 80, 0, 0)`.
+fn connect_failed(e: &io::Error, address: &SockAddr) -> Error {
+    Error::os(e, format!("Connect call failed {}", py_addr(address)))
+}
+
+/// An address as Python prints it: `('127.0.0.1', 80)`,
+/// `('::1', 80, 0, 0)`, `'/tmp/sock'`.
+pub(crate) fn py_addr(address: &SockAddr) -> String {
+    match address.as_socket() {
+        Some(SocketAddr::V4(a)) => format!("('{}', {})", a.ip(), a.port()),
+        Some(SocketAddr::V6(a)) => format!(
+            "('{}', {}, {}, {})",
+            a.ip(),
+            a.port(),
+            a.flowinfo(),
+            a.scope_id()
+        ),
+        None => match crate::transports::extra_addr(address.clone()) {
+            crate::transports::ExtraInfo::UnixPath(p) => format!("'{p}'"),
+            other => format!("{other:?}"),
+        },
+    }
 }
 
 /// `loop.sock_accept(sock)`: a new non-blocking socket and the peer's address.
@@ -371,7 +409,7 @@ pub fn sock_accept(
 // ----- the resolver ---------------------------------------------------------------
 
 /// The `AF_*` number of a [`Family`].
-fn family_number(family: Family) -> i32 {
+pub(crate) fn family_number(family: Family) -> i32 {
     match family {
         Family::Unspec => 0, // AF_UNSPEC everywhere
         Family::Inet => socket2::Domain::IPV4.into(),

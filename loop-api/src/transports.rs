@@ -5,12 +5,18 @@
 //! callbacks. asyncio's `get_extra_info(name)` returns any object; here it
 //! returns an [`ExtraInfo`] value.
 
+use std::fs::File;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::events::RawFd;
+use socket2::SockAddr;
+
+use crate::events::{LocalBoxFuture, RawFd};
 use crate::exceptions::Result;
-use crate::protocols::Protocol;
+use crate::futures::Future;
+use crate::protocols::{DatagramProtocol, Protocol};
+
+pub mod flow_control;
 
 /// What `get_extra_info` can return.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +45,45 @@ pub trait BaseTransport {
     fn set_protocol(&self, protocol: Rc<dyn Protocol>);
     /// The current protocol.
     fn get_protocol(&self) -> Rc<dyn Protocol>;
+}
+
+/// `peername`/`sockname` as `get_extra_info` returns them: an IP address,
+/// or a Unix socket's path (empty when unnamed; an abstract name starts
+/// with a NUL).
+pub fn extra_addr(addr: SockAddr) -> ExtraInfo {
+    if let Some(a) = addr.as_socket() {
+        return ExtraInfo::Addr(a);
+    }
+    #[cfg(unix)]
+    {
+        if let Some(p) = addr.as_pathname() {
+            return ExtraInfo::UnixPath(p.to_string_lossy().into_owned());
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(name) = addr.as_abstract_namespace() {
+            return ExtraInfo::UnixPath(format!("\0{}", String::from_utf8_lossy(name)));
+        }
+    }
+    ExtraInfo::UnixPath(String::new())
+}
+
+/// How a transport names itself in messages (asyncio's `repr(transport)`):
+/// `<Transport fd=7 peername=127.0.0.1:5000>`.
+pub fn describe(t: &dyn BaseTransport) -> String {
+    let mut s = String::from("<Transport");
+    if t.is_closing() {
+        s.push_str(" closing");
+    }
+    if let Some(ExtraInfo::Fd(fd)) = t.get_extra_info("socket") {
+        s.push_str(&format!(" fd={fd}"));
+    }
+    match t.get_extra_info("peername") {
+        Some(ExtraInfo::Addr(a)) => s.push_str(&format!(" peername={a}")),
+        Some(ExtraInfo::UnixPath(p)) if !p.is_empty() => s.push_str(&format!(" peername={p}")),
+        _ => {}
+    }
+    s.push('>');
+    s
 }
 
 /// `asyncio.ReadTransport`.
@@ -77,6 +122,29 @@ pub trait WriteTransport: BaseTransport {
     fn can_write_eof(&self) -> bool;
     /// Closes at once, dropping buffered data; `connection_lost(None)` follows.
     fn abort(&self);
+
+    // ----- plumbing for `loop.sendfile` (asyncio's private hooks) ---------------
+
+    /// asyncio's `_make_empty_waiter`: a future that completes once every
+    /// buffered byte has been handed to the OS (at once if none is buffered),
+    /// or fails with the error that closed the transport. `None` if this
+    /// transport cannot tell, in which case `loop.sendfile` refuses it.
+    fn _make_empty_waiter(&self) -> Option<Future<()>> {
+        None
+    }
+    /// asyncio's `_sendfile_native`: sends `count` bytes of `file` from
+    /// `offset` with the OS's zero-copy call, or `None` if this transport
+    /// has none (then `loop.sendfile` falls back to reading and writing).
+    /// The future fails with `SendfileNotAvailable` when zero-copy turns out
+    /// to be impossible for this file before anything was sent.
+    fn _sendfile_native(
+        &self,
+        _file: Rc<File>,
+        _offset: u64,
+        _count: Option<u64>,
+    ) -> Option<LocalBoxFuture<'static, Result<u64>>> {
+        None
+    }
 }
 
 /// `asyncio.Transport`: a bidirectional stream.
@@ -85,11 +153,19 @@ pub trait Transport: ReadTransport + WriteTransport {}
 /// `asyncio.DatagramTransport`.
 pub trait DatagramTransport: BaseTransport {
     /// Sends a datagram to `addr`, or to the connected peer when `None`.
-    fn sendto(&self, data: &[u8], addr: Option<SocketAddr>) -> Result<()>;
+    /// An address on a connected endpoint must be the peer's (`ValueError`
+    /// otherwise); no address on an unconnected one is a `ValueError`.
+    fn sendto(&self, data: &[u8], addr: Option<SockAddr>) -> Result<()>;
     /// Closes at once.
     fn abort(&self);
     /// Bytes buffered and not yet sent.
     fn get_write_buffer_size(&self) -> usize;
+    /// `set_protocol` for the datagram protocol. (`BaseTransport`'s
+    /// `set_protocol`/`get_protocol` speak of stream protocols; on a
+    /// datagram transport they do nothing and return a placeholder.)
+    fn set_datagram_protocol(&self, protocol: Rc<dyn DatagramProtocol>);
+    /// The current datagram protocol.
+    fn get_datagram_protocol(&self) -> Rc<dyn DatagramProtocol>;
 }
 
 /// `asyncio.SubprocessTransport`.

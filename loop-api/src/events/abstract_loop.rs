@@ -13,8 +13,12 @@
 //!   object-safe trait; they are in [`EventLoopExt`], implemented for every
 //!   loop, `dyn AbstractEventLoop` included, on top of the object-safe
 //!   hooks here.
-//! - A method a loop does not build yet returns [`Error::NotImplemented`];
-//!   one its OS cannot offer returns [`Error::NotSupported`].
+//! - Transports take the socket they are given over, and close it when
+//!   the connection is lost: keep no other clone of an `Rc<Socket>` passed
+//!   in, or the descriptor outlives the transport.
+//! - A method a loop does not build yet (TLS, pipes, subprocesses) returns
+//!   [`Error::NotImplemented`]; one its OS cannot offer returns
+//!   [`Error::NotSupported`].
 
 use std::any::Any;
 use std::ffi::OsString;
@@ -23,7 +27,7 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +38,7 @@ use super::{
     AbstractServer, Callback, ExceptionContext, ExceptionHandler, Handle, RawFd, RepeatCallback,
     SendCallback, TimerHandle,
 };
+use crate::base_events::server::Server;
 use crate::contextvars::Context;
 use crate::exceptions::{Error, Result};
 use crate::executor::{self, Executor, Job};
@@ -43,7 +48,7 @@ use crate::protocols::{
     SubprocessProtocolFactory,
 };
 use crate::tasks::{Task, TaskFactory, TaskOptions};
-use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
+use crate::transports::{BaseTransport, DatagramTransport, SubprocessTransport, Transport};
 
 /// A boxed, non-`Send` future: what coroutine methods return.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
@@ -282,44 +287,74 @@ pub trait AbstractEventLoop {
     /// Opens a streaming connection to `host:port`.
     fn create_connection(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _host: Option<String>,
-        _port: Option<u16>,
-        _options: CreateConnectionOptions,
+        protocol_factory: ProtocolFactory,
+        host: Option<String>,
+        port: Option<u16>,
+        options: CreateConnectionOptions,
     ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-        not_implemented("create_connection")
+        crate::base_events::connect::create_connection(
+            self.as_loop(),
+            protocol_factory,
+            host,
+            port,
+            options,
+        )
     }
     /// Listens on `host:port`.
     fn create_server(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _host: Hosts,
-        _port: Option<u16>,
-        _options: CreateServerOptions,
+        protocol_factory: ProtocolFactory,
+        host: Hosts,
+        port: Option<u16>,
+        options: CreateServerOptions,
     ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
-        not_implemented("create_server")
+        crate::base_events::server::create_server(
+            self.as_loop(),
+            protocol_factory,
+            host,
+            port,
+            options,
+        )
     }
     /// Wraps a socket accepted elsewhere in a transport.
     fn connect_accepted_socket(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _sock: Rc<Socket>,
-        _ssl: Option<SslContext>,
-        _ssl_handshake_timeout: Option<Duration>,
-        _ssl_shutdown_timeout: Option<Duration>,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        ssl: Option<SslContext>,
+        ssl_handshake_timeout: Option<Duration>,
+        ssl_shutdown_timeout: Option<Duration>,
     ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-        not_implemented("connect_accepted_socket")
+        crate::base_events::connect::connect_accepted_socket(
+            self.as_loop(),
+            protocol_factory,
+            sock,
+            ssl,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
     }
-    /// Sends a file over a transport; bytes sent.
+    /// Sends `count` bytes of `file` (to its end when `None`) from `offset`
+    /// over `transport`: bytes sent. Zero-copy where the transport and OS
+    /// allow; otherwise, with `fallback`, reads and writes;
+    /// `SendfileNotAvailable` without it. The file's position is left at
+    /// `offset` + bytes sent.
     fn sendfile(
         &self,
-        _transport: Rc<dyn Transport>,
-        _file: Rc<File>,
-        _offset: u64,
-        _count: Option<u64>,
-        _fallback: bool,
+        transport: Rc<dyn Transport>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
     ) -> LocalBoxFuture<'static, Result<u64>> {
-        not_implemented("sendfile")
+        crate::base_events::sendfile::sendfile(
+            self.as_loop(),
+            transport,
+            file,
+            offset,
+            count,
+            fallback,
+        )
     }
     /// Upgrades a connection to TLS.
     fn start_tls(
@@ -337,20 +372,30 @@ pub trait AbstractEventLoop {
     /// Opens a Unix stream connection to `path`.
     fn create_unix_connection(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _path: Option<PathBuf>,
-        _options: CreateUnixConnectionOptions,
+        protocol_factory: ProtocolFactory,
+        path: Option<PathBuf>,
+        options: CreateUnixConnectionOptions,
     ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-        not_implemented("create_unix_connection")
+        crate::base_events::unix::create_unix_connection(
+            self.as_loop(),
+            protocol_factory,
+            path,
+            options,
+        )
     }
     /// Listens on a Unix socket.
     fn create_unix_server(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _path: Option<PathBuf>,
-        _options: CreateUnixServerOptions,
+        protocol_factory: ProtocolFactory,
+        path: Option<PathBuf>,
+        options: CreateUnixServerOptions,
     ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
-        not_implemented("create_unix_server")
+        crate::base_events::unix::create_unix_server(
+            self.as_loop(),
+            protocol_factory,
+            path,
+            options,
+        )
     }
 
     // ----- UDP ------------------------------------------------------------------
@@ -358,10 +403,14 @@ pub trait AbstractEventLoop {
     /// Creates a datagram endpoint.
     fn create_datagram_endpoint(
         &self,
-        _protocol_factory: DatagramProtocolFactory,
-        _options: CreateDatagramEndpointOptions,
+        protocol_factory: DatagramProtocolFactory,
+        options: CreateDatagramEndpointOptions,
     ) -> LocalBoxFuture<'static, Result<DatagramPair>> {
-        not_implemented("create_datagram_endpoint")
+        crate::base_events::datagram::create_datagram_endpoint(
+            self.as_loop(),
+            protocol_factory,
+            options,
+        )
     }
 
     // ----- pipes and processes ----------------------------------------------------
@@ -465,16 +514,120 @@ pub trait AbstractEventLoop {
     fn sock_accept(&self, sock: Rc<Socket>) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
         crate::selector_events::sock_accept(&self.as_loop(), sock)
     }
-    /// Sends a file over a socket: bytes sent.
+    /// Sends `count` bytes of `file` (to its end when `None`) from `offset`
+    /// over a connected stream socket: bytes sent. Zero-copy where the OS
+    /// allows; otherwise, with `fallback`, reads and `sock_sendall`s;
+    /// `SendfileNotAvailable` without it. The file's position is left at
+    /// `offset` + bytes sent.
     fn sock_sendfile(
         &self,
-        _sock: Rc<Socket>,
-        _file: Rc<File>,
-        _offset: u64,
-        _count: Option<u64>,
-        _fallback: bool,
+        sock: Rc<Socket>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
     ) -> LocalBoxFuture<'static, Result<u64>> {
-        not_implemented("sock_sendfile")
+        crate::selector_events::sendfile::sock_sendfile(
+            self.as_loop(),
+            sock,
+            file,
+            offset,
+            count,
+            fallback,
+        )
+    }
+
+    // ----- backend plumbing (asyncio's private hooks) ------------------------------
+    //
+    // The generic networking code (`create_connection`, `create_server`,
+    // `create_datagram_endpoint`, `sendfile`, ...) is written once, in
+    // `crate::base_events`, and reaches the I/O model only through these
+    // hooks, as asyncio's `BaseEventLoop` reaches its selector or proactor
+    // subclass through `_make_socket_transport` and friends. The defaults
+    // are the readiness-based ones (`crate::selector_events`); a
+    // completion-based backend overrides them with its own transports.
+
+    /// `add_reader` without the check that no transport owns `fd`: what
+    /// transports and `sock_*` methods use.
+    fn _add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+        self.add_reader(fd, callback)
+    }
+    /// `remove_reader` without the transport check.
+    fn _remove_reader(&self, fd: RawFd) -> Result<bool> {
+        self.remove_reader(fd)
+    }
+    /// `add_writer` without the transport check.
+    fn _add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+        self.add_writer(fd, callback)
+    }
+    /// `remove_writer` without the transport check.
+    fn _remove_writer(&self, fd: RawFd) -> Result<bool> {
+        self.remove_writer(fd)
+    }
+    /// Records that `transport` owns `fd`, so that `add_reader`,
+    /// `add_writer` and the `sock_*` methods refuse it until the transport
+    /// is closing.
+    fn _register_transport(&self, _fd: RawFd, _transport: Weak<dyn BaseTransport>) {}
+    /// asyncio's `_ensure_fd_no_transport`: `RuntimeError("File descriptor
+    /// N is used by transport ...")` while a transport that is not closing
+    /// owns `fd`.
+    fn _ensure_fd_no_transport(&self, _fd: RawFd) -> Result<()> {
+        Ok(())
+    }
+    /// Wraps a connected stream socket in this loop's transport; the
+    /// protocol's `connection_made` and then `waiter`'s result follow on
+    /// the loop. The transport takes `sock` over and closes it.
+    fn _make_socket_transport(
+        &self,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+        server: Option<Rc<Server>>,
+    ) -> Result<Rc<dyn Transport>> {
+        crate::selector_events::socket_transport::SocketTransport::create(
+            self.as_loop(),
+            sock,
+            protocol,
+            waiter,
+            server,
+        )
+    }
+    /// Wraps a datagram socket (connected to `address` if given).
+    fn _make_datagram_transport(
+        &self,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn DatagramProtocol>,
+        address: Option<SockAddr>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn DatagramTransport>> {
+        crate::selector_events::datagram_transport::DatagramSocketTransport::create(
+            self.as_loop(),
+            sock,
+            protocol,
+            address,
+            waiter,
+        )
+    }
+    /// Starts accepting on a listening socket for `server`, up to `backlog`
+    /// connections per wakeup.
+    fn _start_serving(
+        &self,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        server: Rc<Server>,
+        backlog: i32,
+    ) -> Result<()> {
+        crate::selector_events::accept::start_serving(
+            self.as_loop(),
+            protocol_factory,
+            sock,
+            server,
+            backlog,
+        )
+    }
+    /// Stops accepting on `sock`.
+    fn _stop_serving(&self, sock: &Socket) {
+        crate::selector_events::accept::stop_serving(&self.as_loop(), sock)
     }
 }
 

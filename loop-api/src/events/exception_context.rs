@@ -46,6 +46,25 @@ impl ExceptionContext {
         self
     }
 
+    /// Adds `protocol` (an `Rc<dyn Protocol>`-like value, boxed as `Any`:
+    /// downcast to the `Rc` type the transport holds).
+    pub fn with_protocol(mut self, p: Rc<dyn Any>) -> Self {
+        self.protocol = Some(p);
+        self
+    }
+
+    /// Adds `transport` (boxed as `Any`, like `protocol`).
+    pub fn with_transport(mut self, t: Rc<dyn Any>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
+    /// Adds `socket`.
+    pub fn with_socket(mut self, fd: RawFd) -> Self {
+        self.socket = Some(fd);
+        self
+    }
+
     /// Adds `handle`.
     pub fn with_handle(mut self, h: Handle) -> Self {
         self.handle = Some(h);

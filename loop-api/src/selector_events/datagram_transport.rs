@@ -1,0 +1,418 @@
+//! The datagram transport on readiness (asyncio's
+//! `_SelectorDatagramTransport`), for UDP and AF_UNIX datagram sockets.
+//!
+//! # As in asyncio
+//! - Each readiness event receives one datagram (up to 256 KiB) and hands
+//!   it to `datagram_received` with the sender's address.
+//! - Errors of one send or receive (an ICMP "port unreachable" surfacing
+//!   as `ECONNREFUSED`, for instance) go to `error_received`; the endpoint
+//!   stays open and keeps receiving.
+//! - `sendto` sends at once when nothing is queued, else queues the
+//!   datagram (counted with 8 bytes of header, as asyncio does) and drains
+//!   the queue when the socket is writable; flow control as for streams.
+//! - On a connected endpoint, `sendto` takes no address or the peer's;
+//!   writes after the connection is lost are dropped, with asyncio's
+//!   warning from the fifth on.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+
+use socket2::{SockAddr, Socket};
+
+use super::socket_transport::{put_read_buf, take_read_buf, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::{is_retry, raw_fd, recv_from_init};
+use crate::events::{ExceptionContext, Loop, RawFd};
+use crate::exceptions::{Error, Result};
+use crate::futures::Future;
+use crate::log::{self, Level};
+use crate::protocols::{BaseProtocol, DatagramProtocol};
+use crate::transports::flow_control::{Crossing, FlowControl};
+use crate::transports::{extra_addr, BaseTransport, DatagramTransport, ExtraInfo};
+
+/// asyncio counts each queued datagram with this many bytes of header.
+const DATAGRAM_HEADER: usize = 8;
+
+/// The protocol a transport keeps once the connection is lost.
+struct Detached;
+impl BaseProtocol for Detached {}
+impl DatagramProtocol for Detached {}
+
+/// The `Protocol` half of `set_protocol`'s signature has no use on a
+/// datagram transport; this adapter refuses it.
+struct NotAStreamProtocol;
+impl BaseProtocol for NotAStreamProtocol {}
+impl crate::protocols::Protocol for NotAStreamProtocol {}
+
+/// asyncio's `_SelectorDatagramTransport`.
+pub struct DatagramSocketTransport {
+    lp: Loop,
+    this: Weak<DatagramSocketTransport>,
+    sock: RefCell<Option<Rc<Socket>>>,
+    fd: RawFd,
+    protocol: RefCell<Rc<dyn DatagramProtocol>>,
+    /// The peer `sendto` defaults to (and insists on), if connected.
+    address: Option<SockAddr>,
+    /// The socket is connected: `send`, not `sendto`.
+    connected: bool,
+    queue: RefCell<VecDeque<(Vec<u8>, Option<SockAddr>)>>,
+    queued_size: Cell<usize>,
+    flow: FlowControl,
+    conn_lost: Cell<u32>,
+    closing: Cell<bool>,
+    sockname: Option<ExtraInfo>,
+    peername: Option<ExtraInfo>,
+}
+
+impl DatagramSocketTransport {
+    /// Wraps a datagram socket (asyncio's `_make_datagram_transport`);
+    /// `connection_made`, the reader and `waiter`'s result follow on the loop.
+    pub fn create(
+        lp: Loop,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn DatagramProtocol>,
+        address: Option<SockAddr>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn DatagramTransport>> {
+        if lp.is_closed() {
+            return Err(Error::loop_closed());
+        }
+        sock.set_nonblocking(true)?;
+        let peer = sock.peer_addr().ok();
+        let fd = raw_fd(&sock);
+        let t = Rc::new_cyclic(|this| DatagramSocketTransport {
+            lp: lp.clone(),
+            this: this.clone(),
+            fd,
+            protocol: RefCell::new(protocol),
+            address,
+            connected: peer.is_some(),
+            queue: RefCell::new(VecDeque::new()),
+            queued_size: Cell::new(0),
+            flow: FlowControl::default(),
+            conn_lost: Cell::new(0),
+            closing: Cell::new(false),
+            sockname: sock.local_addr().ok().map(extra_addr),
+            peername: peer.map(extra_addr),
+            sock: RefCell::new(Some(sock)),
+        });
+        let weak: Weak<dyn BaseTransport> = t.this.clone();
+        lp._register_transport(fd, weak);
+        let me = t.clone();
+        lp.call_soon(
+            Box::new(move || {
+                let proto = me.protocol.borrow().clone();
+                let tr: Rc<dyn DatagramTransport> = me.clone();
+                if let Err(p) =
+                    catch_unwind(AssertUnwindSafe(|| proto.datagram_connection_made(tr)))
+                {
+                    me.fatal_error(
+                        Error::from_panic(p),
+                        "Fatal error: protocol.connection_made() call failed.",
+                    );
+                }
+            }),
+            None,
+        )?;
+        let me = t.clone();
+        lp.call_soon(Box::new(move || me.add_reader()), None)?;
+        if let Some(w) = waiter {
+            lp.call_soon(
+                Box::new(move || {
+                    if !w.cancelled() {
+                        let _ = w.set_result(());
+                    }
+                }),
+                None,
+            )?;
+        }
+        Ok(t)
+    }
+
+    fn me(&self) -> Rc<DatagramSocketTransport> {
+        self.this
+            .upgrade()
+            .expect("a transport is used through its Rc")
+    }
+
+    fn socket(&self) -> Option<Rc<Socket>> {
+        self.sock.borrow().clone()
+    }
+
+    fn add_reader(&self) {
+        if self.closing.get() || self.sock.borrow().is_none() {
+            return;
+        }
+        let me = self.me();
+        if let Err(e) = self
+            .lp
+            ._add_reader(self.fd, Box::new(move || me.read_ready()))
+        {
+            self.fatal_error(e, "Fatal error: cannot watch the socket for reading.");
+        }
+    }
+
+    fn read_ready(&self) {
+        if self.conn_lost.get() > 0 {
+            return;
+        }
+        let Some(sock) = self.socket() else { return };
+        let mut buf = take_read_buf();
+        let r = recv_from_init(&sock, &mut buf);
+        let proto = self.protocol.borrow().clone();
+        let outcome = match r {
+            Ok((n, addr)) => catch_unwind(AssertUnwindSafe(|| {
+                proto.datagram_received(&buf[..n], &addr)
+            })),
+            Err(e) if is_retry(&e) => Ok(()),
+            Err(e) => catch_unwind(AssertUnwindSafe(|| proto.error_received(e.into()))),
+        };
+        put_read_buf(buf);
+        // asyncio lets this reach the loop through the reader's handle and
+        // goes on reading: the endpoint stays open.
+        if let Err(p) = outcome {
+            self.report(
+                Error::from_panic(p),
+                "Exception in callback DatagramSocketTransport._read_ready()",
+            );
+        }
+    }
+
+    fn send_one(
+        &self,
+        sock: &Socket,
+        data: &[u8],
+        addr: Option<&SockAddr>,
+    ) -> std::io::Result<usize> {
+        match addr {
+            Some(a) if !self.connected => sock.send_to(data, a),
+            _ => sock.send(data),
+        }
+    }
+
+    fn sendto_ready(&self) {
+        let Some(sock) = self.socket() else { return };
+        loop {
+            let Some((data, addr)) = self.queue.borrow_mut().pop_front() else {
+                break;
+            };
+            self.queued_size
+                .set(self.queued_size.get() - data.len() - DATAGRAM_HEADER);
+            match self.send_one(&sock, &data, addr.as_ref()) {
+                Ok(_) => {}
+                Err(e) if is_retry(&e) => {
+                    self.queued_size
+                        .set(self.queued_size.get() + data.len() + DATAGRAM_HEADER);
+                    self.queue.borrow_mut().push_front((data, addr));
+                    break;
+                }
+                Err(e) => {
+                    self.error_received(e.into());
+                    return;
+                }
+            }
+        }
+        if self.flow.after_drain(self.queued_size.get()) == Crossing::Resume {
+            let proto = self.protocol.borrow().clone();
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.resume_writing())) {
+                self.report(Error::from_panic(p), "protocol.resume_writing() failed");
+            }
+        }
+        if self.queue.borrow().is_empty() {
+            let _ = self.lp._remove_writer(self.fd);
+            if self.closing.get() {
+                self.call_connection_lost(None);
+            }
+        }
+    }
+
+    fn error_received(&self, e: Error) {
+        let proto = self.protocol.borrow().clone();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.error_received(e))) {
+            self.fatal_error(
+                Error::from_panic(p),
+                "Fatal error: protocol.error_received() call failed.",
+            );
+        }
+    }
+
+    fn report(&self, exc: Error, message: &str) {
+        let proto: Rc<dyn Any> = Rc::new(self.protocol.borrow().clone());
+        let tr: Rc<dyn Any> = Rc::new(self.me() as Rc<dyn DatagramTransport>);
+        self.lp.call_exception_handler(
+            ExceptionContext::new(message)
+                .with_exception(exc)
+                .with_transport(tr)
+                .with_protocol(proto),
+        );
+    }
+
+    fn fatal_error(&self, exc: Error, message: &str) {
+        if !matches!(exc, Error::Io(_)) {
+            self.report(exc.clone(), message);
+        } else if self.lp.get_debug() {
+            log::log(Level::Debug, &format!("{message}: {exc}"));
+        }
+        self.force_close(Some(exc));
+    }
+
+    fn force_close(&self, exc: Option<Error>) {
+        if self.conn_lost.get() > 0 {
+            return;
+        }
+        if !self.queue.borrow().is_empty() {
+            self.queue.borrow_mut().clear();
+            self.queued_size.set(0);
+            let _ = self.lp._remove_writer(self.fd);
+        }
+        if !self.closing.replace(true) {
+            let _ = self.lp._remove_reader(self.fd);
+        }
+        self.conn_lost.set(self.conn_lost.get() + 1);
+        self.schedule_connection_lost(exc);
+    }
+
+    fn schedule_connection_lost(&self, exc: Option<Error>) {
+        let me = self.me();
+        let slot = Rc::new(Cell::new(Some(exc)));
+        let s = slot.clone();
+        let queued = self.lp.call_soon(
+            Box::new(move || {
+                if let Some(exc) = s.take() {
+                    me.call_connection_lost(exc)
+                }
+            }),
+            None,
+        );
+        if queued.is_err() {
+            if let Some(exc) = slot.take() {
+                self.call_connection_lost(exc);
+            }
+        }
+    }
+
+    fn call_connection_lost(&self, exc: Option<Error>) {
+        if self.sock.borrow().is_none() {
+            return;
+        }
+        let proto = self.protocol.borrow().clone();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.connection_lost(exc))) {
+            self.report(
+                Error::from_panic(p),
+                "Fatal error: protocol.connection_lost() call failed.",
+            );
+        }
+        let _ = self.lp._remove_reader(self.fd);
+        let _ = self.lp._remove_writer(self.fd);
+        self.sock.borrow_mut().take();
+        *self.protocol.borrow_mut() = Rc::new(Detached);
+    }
+}
+
+impl BaseTransport for DatagramSocketTransport {
+    fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        match name {
+            "peername" => self.peername.clone(),
+            "sockname" => self.sockname.clone(),
+            "socket" => self.sock.borrow().as_ref().map(|_| ExtraInfo::Fd(self.fd)),
+            _ => None,
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    fn close(&self) {
+        if self.closing.replace(true) {
+            return;
+        }
+        let _ = self.lp._remove_reader(self.fd);
+        if self.queue.borrow().is_empty() {
+            self.conn_lost.set(self.conn_lost.get() + 1);
+            let _ = self.lp._remove_writer(self.fd);
+            self.schedule_connection_lost(None);
+        }
+    }
+
+    /// A datagram transport's protocol is a `DatagramProtocol`: use
+    /// [`DatagramTransport::set_datagram_protocol`]. This one does nothing.
+    fn set_protocol(&self, _protocol: Rc<dyn crate::protocols::Protocol>) {}
+
+    fn get_protocol(&self) -> Rc<dyn crate::protocols::Protocol> {
+        Rc::new(NotAStreamProtocol)
+    }
+}
+
+impl DatagramTransport for DatagramSocketTransport {
+    fn sendto(&self, data: &[u8], addr: Option<SockAddr>) -> Result<()> {
+        let addr = match (&self.address, addr) {
+            (Some(peer), Some(a)) if a != *peer => {
+                return Err(Error::value(format!(
+                    "Invalid address: must be None or {}",
+                    super::py_addr(peer)
+                )))
+            }
+            (Some(peer), _) => Some(peer.clone()),
+            (None, a) => a,
+        };
+        if addr.is_none() && !self.connected {
+            return Err(Error::value(
+                "sendto() needs an address on an unconnected datagram transport",
+            ));
+        }
+        let lost = self.conn_lost.get();
+        if lost > 0 {
+            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                log::log(Level::Warning, "socket.send() raised exception.");
+            }
+            self.conn_lost.set(lost + 1);
+            return Ok(());
+        }
+        let Some(sock) = self.socket() else {
+            return Ok(());
+        };
+        if self.queue.borrow().is_empty() {
+            match self.send_one(&sock, data, addr.as_ref()) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_retry(&e) => {
+                    let me = self.me();
+                    self.lp
+                        ._add_writer(self.fd, Box::new(move || me.sendto_ready()))?;
+                }
+                Err(e) => {
+                    self.error_received(e.into());
+                    return Ok(());
+                }
+            }
+        }
+        self.queue.borrow_mut().push_back((data.to_vec(), addr));
+        self.queued_size
+            .set(self.queued_size.get() + data.len() + DATAGRAM_HEADER);
+        if self.flow.after_write(self.queued_size.get()) == Crossing::Pause {
+            let proto = self.protocol.borrow().clone();
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.pause_writing())) {
+                self.report(Error::from_panic(p), "protocol.pause_writing() failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.force_close(None);
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.queued_size.get()
+    }
+
+    fn set_datagram_protocol(&self, protocol: Rc<dyn DatagramProtocol>) {
+        *self.protocol.borrow_mut() = protocol;
+    }
+
+    fn get_datagram_protocol(&self) -> Rc<dyn DatagramProtocol> {
+        self.protocol.borrow().clone()
+    }
+}
