@@ -17,6 +17,7 @@ use crate::futures::Future;
 use crate::protocols::{DatagramProtocol, Protocol};
 
 pub mod flow_control;
+pub mod lifecycle;
 
 /// What `get_extra_info` can return.
 #[derive(Clone, Debug, PartialEq, Eq)]

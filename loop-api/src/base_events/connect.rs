@@ -132,17 +132,9 @@ pub(crate) async fn create_connection_transport(
     let transport =
         lp._make_socket_transport(sock, protocol.clone(), Some(waiter.clone()), None)?;
     // Closes the transport if the wait is cancelled (the future dropped).
-    struct CloseUnlessDone(Option<Rc<dyn crate::transports::Transport>>);
-    impl Drop for CloseUnlessDone {
-        fn drop(&mut self) {
-            if let Some(t) = self.0.take() {
-                t.close();
-            }
-        }
-    }
-    let mut guard = CloseUnlessDone(Some(transport.clone()));
+    let guard = crate::transports::lifecycle::CloseOnDrop::new(transport.clone());
     waiter.await?;
-    guard.0 = None;
+    guard.defuse();
     Ok((transport, protocol))
 }
 

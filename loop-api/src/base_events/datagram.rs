@@ -21,7 +21,6 @@ use crate::events::options::{CreateDatagramEndpointOptions, DatagramAddr, Family
 use crate::events::{DatagramPair, EventLoopExt, LocalBoxFuture, Loop};
 use crate::exceptions::{Error, Result};
 use crate::protocols::DatagramProtocolFactory;
-use crate::transports::DatagramTransport;
 
 /// asyncio's message for `reuse_address=True`.
 pub const REUSE_ADDRESS_REFUSED: &str = "Passing `reuse_address=True` is no longer supported, as the usage of SO_REUSEPORT in UDP poses a significant security concern.";
@@ -44,17 +43,9 @@ pub fn create_datagram_endpoint(
         let waiter = lp.create_future::<()>();
         let transport =
             lp._make_datagram_transport(sock, protocol.clone(), r_addr, Some(waiter.clone()))?;
-        struct CloseUnlessDone(Option<Rc<dyn DatagramTransport>>);
-        impl Drop for CloseUnlessDone {
-            fn drop(&mut self) {
-                if let Some(t) = self.0.take() {
-                    t.close();
-                }
-            }
-        }
-        let mut guard = CloseUnlessDone(Some(transport.clone()));
+        let guard = crate::transports::lifecycle::CloseOnDrop::new(transport.clone());
         waiter.await?;
-        guard.0 = None;
+        guard.defuse();
         Ok((transport, protocol))
     })
 }

@@ -22,15 +22,15 @@ use std::rc::{Rc, Weak};
 
 use socket2::{SockAddr, Socket};
 
-use super::socket_transport::{put_read_buf, take_read_buf, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::socket_transport::{put_read_buf, take_read_buf};
 use super::{is_retry, raw_fd, recv_from_init};
-use crate::events::{ExceptionContext, Loop, RawFd};
+use crate::events::{Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
-use crate::log::{self, Level};
 use crate::protocols::{BaseProtocol, DatagramProtocol};
 use crate::transports::flow_control::{Crossing, FlowControl};
-use crate::transports::{extra_addr, BaseTransport, DatagramTransport, ExtraInfo};
+use crate::transports::lifecycle::{self, SocketInfo};
+use crate::transports::{BaseTransport, DatagramTransport, ExtraInfo};
 
 /// asyncio counts each queued datagram with this many bytes of header.
 const DATAGRAM_HEADER: usize = 8;
@@ -62,8 +62,7 @@ pub struct DatagramSocketTransport {
     flow: FlowControl,
     conn_lost: Cell<u32>,
     closing: Cell<bool>,
-    sockname: Option<ExtraInfo>,
-    peername: Option<ExtraInfo>,
+    info: SocketInfo,
 }
 
 impl DatagramSocketTransport {
@@ -94,40 +93,23 @@ impl DatagramSocketTransport {
             flow: FlowControl::default(),
             conn_lost: Cell::new(0),
             closing: Cell::new(false),
-            sockname: sock.local_addr().ok().map(extra_addr),
-            peername: peer.map(extra_addr),
+            info: SocketInfo::new(fd, sock.local_addr().ok(), peer),
             sock: RefCell::new(Some(sock)),
         });
         let weak: Weak<dyn BaseTransport> = t.this.clone();
         lp._register_transport(fd, weak);
-        let me = t.clone();
-        lp.call_soon(
-            Box::new(move || {
-                let proto = me.protocol.borrow().clone();
-                let tr: Rc<dyn DatagramTransport> = me.clone();
-                if let Err(p) =
-                    catch_unwind(AssertUnwindSafe(|| proto.datagram_connection_made(tr)))
-                {
-                    me.fatal_error(
-                        Error::from_panic(p),
-                        "Fatal error: protocol.connection_made() call failed.",
-                    );
-                }
-            }),
-            None,
-        )?;
-        let me = t.clone();
-        lp.call_soon(Box::new(move || me.add_reader()), None)?;
-        if let Some(w) = waiter {
-            lp.call_soon(
-                Box::new(move || {
-                    if !w.cancelled() {
-                        let _ = w.set_result(());
-                    }
-                }),
-                None,
-            )?;
-        }
+        let (me, me2) = (t.clone(), t.clone());
+        let made = move || {
+            let proto = me.protocol.borrow().clone();
+            let tr: Rc<dyn DatagramTransport> = me.clone();
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.datagram_connection_made(tr))) {
+                me.fatal_error(
+                    Error::from_panic(p),
+                    "Fatal error: protocol.connection_made() call failed.",
+                );
+            }
+        };
+        lifecycle::schedule_start(&lp, made, move || me2.add_reader(), waiter)?;
         Ok(t)
     }
 
@@ -241,20 +223,14 @@ impl DatagramSocketTransport {
     fn report(&self, exc: Error, message: &str) {
         let proto: Rc<dyn Any> = Rc::new(self.protocol.borrow().clone());
         let tr: Rc<dyn Any> = Rc::new(self.me() as Rc<dyn DatagramTransport>);
-        self.lp.call_exception_handler(
-            ExceptionContext::new(message)
-                .with_exception(exc)
-                .with_transport(tr)
-                .with_protocol(proto),
-        );
+        lifecycle::report(&self.lp, exc, message, tr, proto);
     }
 
     fn fatal_error(&self, exc: Error, message: &str) {
-        if !matches!(exc, Error::Io(_)) {
-            self.report(exc.clone(), message);
-        } else if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{message}: {exc}"));
-        }
+        let describe = crate::transports::describe(self);
+        lifecycle::report_fatal(&self.lp, &exc, message, &describe, || {
+            self.report(exc.clone(), message)
+        });
         self.force_close(Some(exc));
     }
 
@@ -271,26 +247,8 @@ impl DatagramSocketTransport {
             let _ = self.lp._remove_reader(self.fd);
         }
         self.conn_lost.set(self.conn_lost.get() + 1);
-        self.schedule_connection_lost(exc);
-    }
-
-    fn schedule_connection_lost(&self, exc: Option<Error>) {
         let me = self.me();
-        let slot = Rc::new(Cell::new(Some(exc)));
-        let s = slot.clone();
-        let queued = self.lp.call_soon(
-            Box::new(move || {
-                if let Some(exc) = s.take() {
-                    me.call_connection_lost(exc)
-                }
-            }),
-            None,
-        );
-        if queued.is_err() {
-            if let Some(exc) = slot.take() {
-                self.call_connection_lost(exc);
-            }
-        }
+        lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(exc));
     }
 
     fn call_connection_lost(&self, exc: Option<Error>) {
@@ -313,12 +271,7 @@ impl DatagramSocketTransport {
 
 impl BaseTransport for DatagramSocketTransport {
     fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        match name {
-            "peername" => self.peername.clone(),
-            "sockname" => self.sockname.clone(),
-            "socket" => self.sock.borrow().as_ref().map(|_| ExtraInfo::Fd(self.fd)),
-            _ => None,
-        }
+        self.info.get(name, self.sock.borrow().is_some())
     }
 
     fn is_closing(&self) -> bool {
@@ -333,7 +286,8 @@ impl BaseTransport for DatagramSocketTransport {
         if self.queue.borrow().is_empty() {
             self.conn_lost.set(self.conn_lost.get() + 1);
             let _ = self.lp._remove_writer(self.fd);
-            self.schedule_connection_lost(None);
+            let me = self.me();
+            lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(None));
         }
     }
 
@@ -363,12 +317,7 @@ impl DatagramTransport for DatagramSocketTransport {
                 "sendto() needs an address on an unconnected datagram transport",
             ));
         }
-        let lost = self.conn_lost.get();
-        if lost > 0 {
-            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                log::log(Level::Warning, "socket.send() raised exception.");
-            }
-            self.conn_lost.set(lost + 1);
+        if lifecycle::drop_lost_write(&self.conn_lost) {
             return Ok(());
         }
         let Some(sock) = self.socket() else {

@@ -68,19 +68,23 @@ pub fn sock_sendfile(
 
 /// Leaves the file's position at `start` + bytes sent when the operation
 /// ends, however it ends (asyncio's `_sock_sendfile_update_filepos` and the
-/// fallback's `finally`); untouched when nothing was sent.
+/// fallback's `finally`); where it was when nothing was sent (Windows'
+/// positional reads move it, so it is put back).
 pub(crate) struct FilePosition {
     pub(crate) file: Rc<File>,
     pub(crate) start: u64,
     pub(crate) sent: Rc<Cell<u64>>,
+    before: Option<u64>,
 }
 
 impl FilePosition {
     pub(crate) fn new(file: Rc<File>, start: u64) -> Self {
+        let before = (&*file).stream_position().ok();
         FilePosition {
             file,
             start,
             sent: Rc::new(Cell::new(0)),
+            before,
         }
     }
 }
@@ -88,10 +92,12 @@ impl FilePosition {
 impl Drop for FilePosition {
     fn drop(&mut self) {
         let sent = self.sent.get();
+        // A file that cannot seek (a pipe read by the fallback) has no
+        // position to update: the seeks fail and change nothing.
         if sent > 0 {
-            // A file that cannot seek (a pipe read by the fallback) has no
-            // position to update.
             let _ = (&*self.file).seek(SeekFrom::Start(self.start.saturating_add(sent)));
+        } else if let Some(p) = self.before {
+            let _ = (&*self.file).seek(SeekFrom::Start(p));
         }
     }
 }

@@ -35,19 +35,14 @@ use socket2::Socket;
 use super::{is_retry, raw_fd};
 use crate::base_events::server::Server;
 use crate::events::options::MAX_READ_SIZE;
-use crate::events::{EventLoopExt, ExceptionContext, LocalBoxFuture, Loop, RawFd};
+use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
 use crate::protocols::{BaseProtocol, Protocol};
 use crate::transports::flow_control::{Crossing, FlowControl};
-use crate::transports::{
-    extra_addr, BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport,
-};
-
-/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`: writes after the
-/// connection is lost are dropped, with a warning from this many on.
-pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+use crate::transports::lifecycle::{self, SocketInfo};
+use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// The most buffers one vectored send hands the kernel.
 const MAX_IOV: usize = 64;
@@ -148,8 +143,7 @@ pub struct SocketTransport {
     eof: Cell<bool>,
     paused: Cell<bool>,
     empty_waiters: RefCell<Vec<Future<()>>>,
-    sockname: Option<ExtraInfo>,
-    peername: Option<ExtraInfo>,
+    info: SocketInfo,
 }
 
 impl SocketTransport {
@@ -164,33 +158,18 @@ impl SocketTransport {
         server: Option<Rc<Server>>,
     ) -> Result<Rc<dyn Transport>> {
         let t = Self::new(lp, sock, protocol, server)?;
-        let lp = t.lp.clone();
-        let me = t.clone();
-        lp.call_soon(
-            Box::new(move || {
-                let proto = me.protocol.borrow().clone();
-                let tr: Rc<dyn Transport> = me.clone();
-                if let Err(e) = catch_unwind(AssertUnwindSafe(|| proto.connection_made(tr))) {
-                    me.fatal_error(
-                        Error::from_panic(e),
-                        "Fatal error: protocol.connection_made() call failed.",
-                    );
-                }
-            }),
-            None,
-        )?;
-        let me = t.clone();
-        lp.call_soon(Box::new(move || me.add_reader()), None)?;
-        if let Some(w) = waiter {
-            lp.call_soon(
-                Box::new(move || {
-                    if !w.cancelled() {
-                        let _ = w.set_result(());
-                    }
-                }),
-                None,
-            )?;
-        }
+        let (me, me2) = (t.clone(), t.clone());
+        let made = move || {
+            let proto = me.protocol.borrow().clone();
+            let tr: Rc<dyn Transport> = me.clone();
+            if let Err(e) = catch_unwind(AssertUnwindSafe(|| proto.connection_made(tr))) {
+                me.fatal_error(
+                    Error::from_panic(e),
+                    "Fatal error: protocol.connection_made() call failed.",
+                );
+            }
+        };
+        lifecycle::schedule_start(&t.lp, made, move || me2.add_reader(), waiter)?;
         Ok(t)
     }
 
@@ -229,8 +208,7 @@ impl SocketTransport {
             eof: Cell::new(false),
             paused: Cell::new(false),
             empty_waiters: RefCell::new(Vec::new()),
-            sockname: sockname.map(extra_addr),
-            peername: peername.map(extra_addr),
+            info: SocketInfo::new(fd, sockname, peername),
         });
         if let Some(s) = &server {
             let weak: Weak<dyn Transport> = t.this.clone();
@@ -379,15 +357,7 @@ impl SocketTransport {
         if empty {
             return Ok(false);
         }
-        let lost = self.conn_lost.get();
-        if lost > 0 {
-            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                log::log(Level::Warning, "socket.send() raised exception.");
-            }
-            self.conn_lost.set(lost + 1);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(!lifecycle::drop_lost_write(&self.conn_lost))
     }
 
     /// Sends what it can of `data` at once, when nothing is buffered;
@@ -503,24 +473,15 @@ impl SocketTransport {
     fn report(&self, exc: Error, message: &str) {
         let proto: Rc<dyn Any> = Rc::new(self.protocol.borrow().clone());
         let tr: Rc<dyn Any> = Rc::new(self.me() as Rc<dyn Transport>);
-        self.lp.call_exception_handler(
-            ExceptionContext::new(message)
-                .with_exception(exc)
-                .with_transport(tr)
-                .with_protocol(proto),
-        );
+        lifecycle::report(&self.lp, exc, message, tr, proto);
     }
 
     /// asyncio's `_fatal_error`: OS errors only close (logged in debug
     /// mode); anything else is reported first.
     fn fatal_error(&self, exc: Error, message: &str) {
-        if matches!(exc, Error::Io(_)) {
-            if self.lp.get_debug() {
-                log::log(Level::Debug, &format!("{}: {message}: {exc}", self.repr()));
-            }
-        } else {
-            self.report(exc.clone(), message);
-        }
+        lifecycle::report_fatal(&self.lp, &exc, message, &self.repr(), || {
+            self.report(exc.clone(), message)
+        });
         self.force_close(Some(exc));
     }
 
@@ -537,27 +498,7 @@ impl SocketTransport {
         }
         self.conn_lost.set(self.conn_lost.get() + 1);
         let me = self.me();
-        self.schedule_connection_lost(move || me.call_connection_lost(exc));
-    }
-
-    /// `connection_lost` goes through the ready queue; on a closed loop
-    /// (nothing will run) the transport is torn down at once instead.
-    fn schedule_connection_lost(&self, f: impl FnOnce() + 'static) {
-        let cell = Rc::new(Cell::new(Some(f)));
-        let c = cell.clone();
-        let queued = self.lp.call_soon(
-            Box::new(move || {
-                if let Some(f) = c.take() {
-                    f()
-                }
-            }),
-            None,
-        );
-        if queued.is_err() {
-            if let Some(f) = cell.take() {
-                f()
-            }
-        }
+        lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(exc));
     }
 
     fn call_connection_lost(&self, exc: Option<Error>) {
@@ -599,12 +540,7 @@ impl SocketTransport {
 
 impl BaseTransport for SocketTransport {
     fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        match name {
-            "peername" => self.peername.clone(),
-            "sockname" => self.sockname.clone(),
-            "socket" => self.sock.borrow().as_ref().map(|_| ExtraInfo::Fd(self.fd)),
-            _ => None,
-        }
+        self.info.get(name, self.sock.borrow().is_some())
     }
 
     fn is_closing(&self) -> bool {
@@ -620,7 +556,7 @@ impl BaseTransport for SocketTransport {
             self.conn_lost.set(self.conn_lost.get() + 1);
             let _ = self.lp._remove_writer(self.fd);
             let me = self.me();
-            self.schedule_connection_lost(move || me.call_connection_lost(None));
+            lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(None));
         }
     }
 
