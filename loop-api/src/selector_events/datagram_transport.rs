@@ -103,9 +103,11 @@ impl DatagramSocketTransport {
             let proto = me.protocol.borrow().clone();
             let tr: Rc<dyn DatagramTransport> = me.clone();
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.datagram_connection_made(tr))) {
-                me.fatal_error(
+                // As asyncio, where it runs as a plain callback: reported,
+                // and the transport goes on.
+                me.report(
                     Error::from_panic(p),
-                    "Fatal error: protocol.connection_made() call failed.",
+                    "Exception in callback DatagramProtocol.connection_made()",
                 );
             }
         };

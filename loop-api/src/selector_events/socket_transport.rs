@@ -163,9 +163,11 @@ impl SocketTransport {
             let proto = me.protocol.borrow().clone();
             let tr: Rc<dyn Transport> = me.clone();
             if let Err(e) = catch_unwind(AssertUnwindSafe(|| proto.connection_made(tr))) {
-                me.fatal_error(
+                // As asyncio, where it runs as a plain callback: reported,
+                // and the transport goes on.
+                me.report(
                     Error::from_panic(e),
-                    "Fatal error: protocol.connection_made() call failed.",
+                    "Exception in callback Protocol.connection_made()",
                 );
             }
         };
