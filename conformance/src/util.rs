@@ -264,3 +264,90 @@ impl<T: std::os::windows::io::AsRawSocket> RawOf for T {
         self.as_raw_socket()
     }
 }
+
+// ----- helpers for the transport cases (datagram, unix sockets) ------------
+
+/// Wakes a case waiting in [`Wakeup::run_until`]: protocol callbacks call
+/// [`Wakeup::wake`] after recording what happened, and the case runs the
+/// loop until its condition over those records holds. One `Wakeup` may be
+/// shared by every protocol of a case.
+#[derive(Clone, Default)]
+pub struct Wakeup(Rc<RefCell<Option<loop_api::Future<()>>>>);
+
+impl Wakeup {
+    /// A wakeup nobody waits on yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes the waiter, if any (call from inside the loop).
+    pub fn wake(&self) {
+        let waiter = self.0.borrow_mut().take();
+        if let Some(f) = waiter {
+            if !f.done() {
+                let _ = f.set_result(());
+            }
+        }
+    }
+
+    /// Runs `lp` until `cond()` holds, checking it again after each
+    /// [`wake`](Wakeup::wake). `secs` of loop time is a safety net only:
+    /// past it this returns an error naming `what`.
+    pub fn run_until(
+        &self,
+        lp: &Loop,
+        secs: f64,
+        what: &str,
+        mut cond: impl FnMut() -> bool,
+    ) -> loop_api::Result<()> {
+        let deadline = lp.time() + secs;
+        loop {
+            if cond() {
+                return Ok(());
+            }
+            let left = deadline - lp.time();
+            if left <= 0.0 {
+                return Err(loop_api::Error::runtime(format!(
+                    "still waiting for {what} after the {secs}s safety net"
+                )));
+            }
+            let fut = loop_api::Future::<()>::new(lp.clone());
+            *self.0.borrow_mut() = Some(fut.clone());
+            let ran = run_until_done(lp, &*fut.as_obj(), left);
+            self.0.borrow_mut().take();
+            if let Err(e) = ran {
+                if cond() {
+                    return Ok(());
+                }
+                return Err(loop_api::Error::runtime(format!("waiting for {what}: {e}")));
+            }
+        }
+    }
+}
+
+/// A unique socket path under the temporary directory, removed (if
+/// present) when dropped. Short enough for `sun_path`.
+pub struct TempPath(pub std::path::PathBuf);
+
+impl TempPath {
+    /// A fresh path whose file name includes `tag`.
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("rsaio-{}-{n}-{tag}.sock", std::process::id());
+        let p = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_file(&p);
+        TempPath(p)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -2,11 +2,16 @@
 
 pub mod test_base_events;
 pub mod test_context;
+pub mod test_datagram;
 pub mod test_events;
 pub mod test_futures;
 pub mod test_policy;
 pub mod test_runners;
+pub mod test_selector_events;
+pub mod test_sendfile;
+pub mod test_server;
 pub mod test_sock_lowlevel;
+pub mod test_staggered;
 pub mod test_tasks;
 pub mod test_unix_events;
 
@@ -21,4 +26,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("test_runners", include_str!("test_runners.rs")),
     ("test_policy", include_str!("test_policy.rs")),
     ("test_sock_lowlevel", include_str!("test_sock_lowlevel.rs")),
+    (
+        "test_selector_events",
+        include_str!("test_selector_events.rs"),
+    ),
+    ("test_server", include_str!("test_server.rs")),
+    ("test_datagram", include_str!("test_datagram.rs")),
+    ("test_sendfile", include_str!("test_sendfile.rs")),
+    ("test_staggered", include_str!("test_staggered.rs")),
 ];
