@@ -262,6 +262,23 @@ impl Driver for UringDriver {
         self.wake.clone()
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is full: reap into `pending`
+                    // (the next poll, if any, reports them) and retry.
+                    let mut early = std::mem::take(&mut self.pending);
+                    self.reap(&mut early);
+                    self.pending = early;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<(), Error> {
         if fd < 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF).into());

@@ -408,6 +408,7 @@ macro_rules! __cases {
                 test_connection_lost_panic,
                 test_pause_writing_panic,
                 test_create_connection_echo,
+                test_loop_close_tears_down_transports,
             }
             test_server {
                 test_create_server,

@@ -724,6 +724,15 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         }
         self.timer_cancelled_count.set(0);
         drop((ready, timers, readers, writers));
+        // A transport still open holds its protocol, which holds it back,
+        // and both hold this loop: nothing can flush or schedule for them
+        // any more, so they are torn down now (`connection_lost(None)`,
+        // sockets closed), or the cycle would keep every descriptor open.
+        let transports = std::mem::take(&mut *self.transports.borrow_mut());
+        for t in transports.values().filter_map(Weak::upgrade) {
+            t.close();
+        }
+        let _ = self.driver.borrow_mut().flush();
         tasks::_forget_loop_tasks(self.id);
         self.executor_shutdown_called.set(true);
         if let Some(ex) = self.default_executor.borrow_mut().take() {

@@ -63,4 +63,12 @@ pub trait Driver: 'static {
 
     /// Sets what the loop watches `fd` for; both false stops watching it.
     fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<(), Error>;
+
+    /// Hands the OS what the driver has queued and not yet submitted. The
+    /// loop calls it when it closes, since no `poll` follows: a driver that
+    /// batches requests (io_uring's poll removals, which hold a reference to
+    /// the file until processed) must not keep sockets alive past `close`.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

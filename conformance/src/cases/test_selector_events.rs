@@ -2487,3 +2487,35 @@ pub fn test_create_connection_echo(ctx: &Ctx) -> Result<()> {
     lp.run_until_complete(server.wait_closed())?;
     lp.close()
 }
+
+// ----- the loop closing under open transports ---------------------------------------------
+
+/// Closing the loop tears down a transport still open, even one with
+/// buffered data whose protocol keeps it (a reference cycle nothing else
+/// would break): `connection_lost(None)` once, the socket closed, and the
+/// peer reads to the end. (asyncio leaves such a transport to the garbage
+/// collector; Rust has none, so the loop does it.)
+pub fn test_loop_close_tears_down_transports(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let rec = Rec::new();
+    let (t, mut peer) = open(&lp, rec.clone())?;
+    t.write(&vec![b'x'; 8 << 20])?;
+    assert!(t.get_write_buffer_size() > 0, "the peer is not reading yet");
+    assert_eq!(rec.lost_count(), 0);
+    drop(t);
+    lp.close()?;
+    assert_eq!(rec.lost_count(), 1, "{:?}", rec.events());
+    assert!(rec.lost_exc().is_none(), "{:?}", rec.lost_exc());
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(NET as u64)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the peer never saw the end: {e}"),
+        }
+    }
+    Ok(())
+}

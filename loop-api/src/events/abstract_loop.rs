@@ -136,7 +136,10 @@ pub trait AbstractEventLoop {
     /// True once closed.
     fn is_closed(&self) -> bool;
     /// Closes the loop: drops pending callbacks, shuts the default executor
-    /// down without waiting. Idempotent; refuses a running loop.
+    /// down without waiting. Idempotent; refuses a running loop. Transports
+    /// still open are torn down (their protocols get `connection_lost(None)`,
+    /// buffered data is dropped, sockets are closed): asyncio leaves that to
+    /// the garbage collector, which Rust does not have.
     fn close(&self) -> Result<()>;
     /// asyncio finalizes open async generators here. Rust has no async
     /// generators: a stream is finalized when the task owning it is dropped,

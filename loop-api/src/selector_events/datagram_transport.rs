@@ -281,6 +281,15 @@ impl BaseTransport for DatagramSocketTransport {
     }
 
     fn close(&self) {
+        if self.lp.is_closed() {
+            // As for stream transports: nothing can run later, tear down now.
+            self.closing.set(true);
+            self.conn_lost.set(self.conn_lost.get().max(1));
+            self.queue.borrow_mut().clear();
+            self.queued_size.set(0);
+            self.call_connection_lost(None);
+            return;
+        }
         if self.closing.replace(true) {
             return;
         }

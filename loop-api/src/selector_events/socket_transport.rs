@@ -550,6 +550,15 @@ impl BaseTransport for SocketTransport {
     }
 
     fn close(&self) {
+        if self.lp.is_closed() {
+            // Nothing will flush the buffer or run a scheduled
+            // `connection_lost` any more: tear down now.
+            self.closing.set(true);
+            self.conn_lost.set(self.conn_lost.get().max(1));
+            self.buffer.borrow_mut().clear();
+            self.call_connection_lost(None);
+            return;
+        }
         if self.closing.replace(true) {
             return;
         }
