@@ -1,7 +1,7 @@
 //! The IOCP backend: asyncio's `ProactorEventLoop` model on Windows I/O
 //! completion ports. **Windows only.**
 //!
-//! On Windows, [`IocpDriver`] runs the generic core of `loop-api`
+//! On Windows, `IocpDriver` runs the generic core of `loop-api`
 //! ([`loop_api::base_events::BaseEventLoop`]) on one completion port:
 //!
 //! * `poll` is `GetQueuedCompletionStatusEx`, its timeout rounded *up* to

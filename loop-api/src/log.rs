@@ -1,7 +1,7 @@
 //! Where the loop's log lines go (asyncio's `logger`).
 //!
 //! By default, to stderr. A thread may install its own sink, which is how
-//! tests read "Executing <Handle> took 0.150 seconds" and what the default
+//! tests read `"Executing <Handle> took 0.150 seconds"` and what the default
 //! exception handler wrote.
 
 use std::cell::RefCell;

@@ -562,7 +562,7 @@ pub fn test_sendto_connected_same_address(ctx: &Ctx) -> Result<()> {
 }
 
 /// `test_sendto_connected_addr`: another address on a connected endpoint
-/// is a `ValueError` ("Invalid address: must be None or <peer>") and
+/// is a `ValueError` (`"Invalid address: must be None or <peer>"`) and
 /// nothing is sent.
 pub fn test_sendto_connected_addr(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
@@ -925,7 +925,7 @@ pub fn test_create_datagram_endpoint_sock_sockopts(ctx: &Ctx) -> Result<()> {
 }
 
 /// `test_create_datagram_endpoint_wrong_sock`: a stream socket is a
-/// `ValueError` ("A datagram socket was expected, got <socket>").
+/// `ValueError` (`"A datagram socket was expected, got <socket>"`).
 pub fn test_create_datagram_endpoint_wrong_sock(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let sock = Rc::new(Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket"));

@@ -1,8 +1,8 @@
 //! From the policy tests of CPython's `test_events.py`: policies and the running-loop functions.
 //!
 //! The policy is process-wide and cases run on parallel threads: every case
-//! that goes through the global policy holds [`policy_read`], and the ones
-//! that replace it hold [`policy_write`] and put the default back.
+//! that goes through the global policy holds `policy_read`, and the ones
+//! that replace it hold `policy_write` and put the default back.
 //! Current loops are per thread, and each case has its own thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1657,7 +1657,7 @@ fn write_after_lost(ctx: &Ctx, abort: bool) -> Result<()> {
     lp.close()
 }
 
-/// `test_write_closing` (after `close()`): see [`write_after_lost`].
+/// `test_write_closing` (after `close()`): see `write_after_lost`.
 pub fn test_write_after_close(ctx: &Ctx) -> Result<()> {
     write_after_lost(ctx, false)
 }

@@ -4,7 +4,7 @@
 //!
 //! Clients are plain sockets driven through the loop's `sock_*` methods, or
 //! the loop's own `create_connection`; every wait runs the loop until a
-//! condition holds, with a safety net of [`NET`] seconds that only turns a
+//! condition holds, with a safety net of `NET` seconds that only turns a
 //! hang into a failure.
 
 use std::cell::{Cell, RefCell};

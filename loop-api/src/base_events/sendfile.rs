@@ -4,7 +4,7 @@
 //!
 //! # As in asyncio
 //! - A closing transport is refused: `RuntimeError("Transport is closing")`.
-//! - The transport's zero-copy hook ([`WriteTransport::_sendfile_native`])
+//! - The transport's zero-copy hook ([`WriteTransport::_sendfile_native`](crate::transports::WriteTransport::_sendfile_native))
 //!   is tried first. When it has none, or it fails with
 //!   `SendfileNotAvailable` before sending anything, the file is read and
 //!   written through `transport.write` (with `fallback`), or the error is
@@ -12,7 +12,7 @@
 //!   for a transport with no hook asyncio's `RuntimeError("fallback is
 //!   disabled and native sendfile is not supported for transport ...")`.
 //! - A transport that cannot report when its buffer is empty
-//!   ([`WriteTransport::_make_empty_waiter`] is `None`) cannot be used by
+//!   ([`WriteTransport::_make_empty_waiter`](crate::transports::WriteTransport::_make_empty_waiter) is `None`) cannot be used by
 //!   the fallback: `RuntimeError("sendfile is not supported for transport
 //!   ...")`.
 //! - The fallback pauses reading while it runs (and resumes it after, if it
