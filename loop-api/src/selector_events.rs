@@ -47,13 +47,13 @@ use crate::exceptions::{Error, Result};
 
 /// Which readiness an operation waits for.
 #[derive(Clone, Copy, Debug)]
-enum Dir {
+pub(crate) enum Dir {
     Read,
     Write,
 }
 
 /// What one attempt at an operation came to.
-enum Step<T> {
+pub(crate) enum Step<T> {
     /// Finished with this value.
     Done(T),
     /// Made progress (or none) and must wait for readiness again.
@@ -158,12 +158,28 @@ async fn until_done<T: 'static>(
     // Stricter than asyncio, which checks only before it starts waiting:
     // a transport's socket is refused whether or not it has data ready.
     lp._ensure_fd_no_transport(raw_fd(&sock))?;
+    watch_until_done(lp, sock, dir, try_first, move |s| match attempt(s) {
+        Ok(step) => Ok(step),
+        Err(e) if is_retry(&e) => Ok(Step::Again),
+        Err(e) => Err(e.into()),
+    })
+    .await
+}
+
+/// [`until_done`] without the transport check, for an `attempt` that says
+/// itself when to wait again: what a transport uses on its own socket
+/// (`sendfile` through `_sendfile_native`). The watch is removed when the
+/// operation ends or the future is dropped.
+pub(crate) async fn watch_until_done<T: 'static>(
+    lp: Loop,
+    sock: Rc<Socket>,
+    dir: Dir,
+    try_first: bool,
+    mut attempt: impl FnMut(&Socket) -> Result<Step<T>> + 'static,
+) -> Result<T> {
     if try_first {
-        match attempt(&sock) {
-            Ok(Step::Done(v)) => return Ok(v),
-            Ok(Step::Again) => {}
-            Err(e) if is_retry(&e) => {}
-            Err(e) => return Err(e.into()),
+        if let Step::Done(v) = attempt(&sock)? {
+            return Ok(v);
         }
     }
     let fut = lp.create_future::<T>();
@@ -180,9 +196,8 @@ async fn until_done<T: 'static>(
                 let _ = f.set_result(v);
             }
             Ok(Step::Again) => {}
-            Err(e) if is_retry(&e) => {}
             Err(e) => {
-                let _ = f.set_exception(e.into());
+                let _ = f.set_exception(e);
             }
         }
     });

@@ -122,26 +122,15 @@ mod native {
     use std::os::fd::AsRawFd;
 
     use super::*;
-    use crate::events::{EventLoopExt, RawFd, RepeatCallback};
-    use crate::selector_events::AliveFlag;
+    use crate::selector_events::{watch_until_done, Dir, Step};
 
     /// The most one `sendfile(2)` call is asked for (Linux caps a call at
     /// 0x7ffff000 bytes anyway; this also keeps `count` within `size_t` on
     /// 32-bit targets).
     const MAX_CALL: u64 = 1 << 30;
 
-    /// What one `sendfile(2)` attempt came to.
-    enum Attempt {
-        /// Finished: bytes sent in all.
-        Done(u64),
-        /// Wait for the socket to be writable again.
-        Again,
-    }
-
-    /// The state of one transfer, owned by whichever of the first attempt
-    /// or the writer callback runs it.
+    /// The state of one transfer, owned by the writer callback that runs it.
     struct Transfer {
-        sock_fd: RawFd,
         file: Rc<File>,
         /// Where the next call reads from.
         offset: u64,
@@ -153,11 +142,12 @@ mod native {
     }
 
     impl Transfer {
-        /// One `sendfile(2)` call (asyncio's `_sock_sendfile_native_impl`).
-        fn attempt(&mut self) -> Result<Attempt> {
+        /// One `sendfile(2)` call (asyncio's `_sock_sendfile_native_impl`):
+        /// done with the bytes sent in all, or wait for the socket again.
+        fn attempt(&mut self, sock: &Socket) -> Result<Step<u64>> {
             let total = self.sent.get();
             let want = match self.count {
-                Some(c) if c <= total => return Ok(Attempt::Done(total)),
+                Some(c) if c <= total => return Ok(Step::Done(total)),
                 Some(c) => c - total,
                 None => self.blocksize,
             };
@@ -165,18 +155,18 @@ mod native {
             let mut off: libc::off_t = libc::off_t::try_from(self.offset)
                 .map_err(|_| Error::value(format!("offset {} is too large", self.offset)))?;
             // SAFETY: both descriptors are open for the whole call: the
-            // socket is kept alive by the `Rc<Socket>` the future holds (and
-            // the callback holds a clone), the file by `self.file`. `off` is
+            // socket is borrowed for it, the file held by `self.file`. `off` is
             // a live, exclusively borrowed `off_t` the kernel reads and
             // updates; no buffer of ours is involved.
-            let n = unsafe { libc::sendfile(self.sock_fd, self.file.as_raw_fd(), &mut off, want) };
+            let n =
+                unsafe { libc::sendfile(sock.as_raw_fd(), self.file.as_raw_fd(), &mut off, want) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) {
-                    return Ok(Attempt::Again);
+                    return Ok(Step::Again);
                 }
                 if total == 0 && not_available(&e) {
                     return Err(Error::SendfileNotAvailable(format!(
@@ -186,15 +176,15 @@ mod native {
                 return Err(e.into());
             }
             if n == 0 {
-                return Ok(Attempt::Done(total)); // end of file
+                return Ok(Step::Done(total)); // end of file
             }
             let n = n as u64;
             self.offset += n;
             self.sent.set(total + n);
             if self.count.is_some_and(|c| c <= total + n) {
-                return Ok(Attempt::Done(total + n));
+                return Ok(Step::Done(total + n));
             }
-            Ok(Attempt::Again)
+            Ok(Step::Again)
         }
     }
 
@@ -204,22 +194,6 @@ mod native {
             e.raw_os_error(),
             Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::ESPIPE)
         )
-    }
-
-    /// Removes our writer when the transfer ends or is dropped, unless the
-    /// loop no longer holds our callback.
-    struct WriterWatch {
-        lp: Loop,
-        fd: RawFd,
-        alive: Rc<Cell<bool>>,
-    }
-
-    impl Drop for WriterWatch {
-        fn drop(&mut self) {
-            if self.alive.get() {
-                let _ = self.lp._remove_writer(self.fd);
-            }
-        }
     }
 
     pub(super) async fn run(
@@ -239,49 +213,18 @@ mod native {
         if blocksize == 0 {
             return Ok(0); // empty file
         }
-        // Declared before the watch, so dropped after it: no call runs
-        // once the position has been set.
+        // Declared before the watch (inside `watch_until_done`), so dropped
+        // after it: no call runs once the position has been set.
         let position = FilePosition::new(file.clone(), offset);
         let mut transfer = Transfer {
-            sock_fd: raw_fd(&sock),
             file,
             offset,
             blocksize,
             count,
             sent: position.sent.clone(),
         };
-        if let Attempt::Done(total) = transfer.attempt()? {
-            return Ok(total);
-        }
-        let fut = lp.create_future::<u64>();
-        let alive = Rc::new(Cell::new(true));
-        let flag = AliveFlag(alive.clone());
-        let f = fut.clone();
-        let held_sock = sock.clone();
-        let callback: RepeatCallback = Box::new(move || {
-            let _held_by_the_loop = (&flag, &held_sock);
-            if f.done() {
-                return; // cancelled, or finished and not yet unwatched
-            }
-            match transfer.attempt() {
-                Ok(Attempt::Done(total)) => {
-                    let _ = f.set_result(total);
-                }
-                Ok(Attempt::Again) => {}
-                Err(e) => {
-                    let _ = f.set_exception(e);
-                }
-            }
-        });
-        let fd = raw_fd(&sock);
-        lp._add_writer(fd, callback)?;
-        let _watch = WriterWatch {
-            lp: lp.clone(),
-            fd,
-            alive,
-        };
-        let result = fut.await;
-        drop(_watch);
+        let result =
+            watch_until_done(lp, sock, Dir::Write, true, move |s| transfer.attempt(s)).await;
         drop(position);
         result
     }

@@ -33,6 +33,7 @@ use std::rc::{Rc, Weak};
 use socket2::Socket;
 
 use super::{is_retry, raw_fd};
+use crate::base_events::sendfile::ReadingPaused;
 use crate::base_events::server::Server;
 use crate::events::options::MAX_READ_SIZE;
 use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd};
@@ -707,21 +708,12 @@ impl WriteTransport for SocketTransport {
         let me = self.me();
         let sock = self.socket()?;
         Some(Box::pin(async move {
-            // As asyncio: no reads while the file goes out, and nothing
-            // of it before what was written earlier.
-            let was_reading = me.is_reading();
-            me.pause_reading();
-            let r = async {
-                let empty = me._make_empty_waiter().expect("socket transports can tell");
-                empty.await?;
-                super::sendfile::sock_sendfile_native(me.lp.clone(), sock, file, offset, count)
-                    .await
-            }
-            .await;
-            if was_reading {
-                me.resume_reading();
-            }
-            r
+            // As asyncio: no reads while the file goes out (resumed however
+            // this ends), and nothing of it before what was written earlier.
+            let _paused = ReadingPaused::new(me.clone());
+            let empty = me._make_empty_waiter().expect("socket transports can tell");
+            empty.await?;
+            super::sendfile::sock_sendfile_native(me.lp.clone(), sock, file, offset, count).await
         }))
     }
 }
