@@ -126,7 +126,6 @@ pub(crate) async fn create_connection_transport(
     sock: Rc<Socket>,
     protocol_factory: ProtocolFactory,
 ) -> Result<StreamPair> {
-    sock.set_nonblocking(true)?;
     let protocol = protocol_factory();
     let waiter = lp.create_future::<()>();
     let transport =

@@ -92,7 +92,6 @@ fn check_given_socket(sock: Rc<Socket>, o: &CreateDatagramEndpointOptions) -> Re
             problems.join(", ")
         )));
     }
-    sock.set_nonblocking(true)?;
     Ok(sock)
 }
 

@@ -48,7 +48,7 @@ use socket2::Socket;
 use crate::events::{EventLoopExt, LocalBoxFuture, Loop};
 use crate::exceptions::{Error, Result};
 use crate::selector_events::sendfile::FilePosition;
-use crate::transports::Transport;
+use crate::transports::{describe, Transport};
 
 /// asyncio's `SENDFILE_FALLBACK_READBUFFER_SIZE`: block size of
 /// `sock_sendfile`'s fallback.
@@ -96,11 +96,6 @@ pub(crate) fn check_count(count: Option<u64>) -> Result<()> {
         Some(0) => Err(Error::value("count must be a positive integer (got 0)")),
         _ => Ok(()),
     }
-}
-
-/// How a transport is named in errors (asyncio prints its `repr`).
-fn describe(t: &dyn Transport) -> String {
-    crate::transports::describe(t)
 }
 
 fn not_supported(t: &dyn Transport) -> Error {

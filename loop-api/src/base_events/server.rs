@@ -373,19 +373,12 @@ pub fn create_server(
     options: CreateServerOptions,
 ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
     Box::pin(async move {
-        if options.ssl.is_some() {
-            return Err(Error::NotImplemented("create_server(ssl=...)"));
-        }
-        if options.ssl_handshake_timeout.is_some() {
-            return Err(Error::value(
-                "ssl_handshake_timeout is only meaningful with ssl",
-            ));
-        }
-        if options.ssl_shutdown_timeout.is_some() {
-            return Err(Error::value(
-                "ssl_shutdown_timeout is only meaningful with ssl",
-            ));
-        }
+        super::connect::check_no_ssl(
+            options.ssl.is_some(),
+            false,
+            options.ssl_handshake_timeout,
+            options.ssl_shutdown_timeout,
+        )?;
         if lp.is_closed() {
             return Err(Error::loop_closed());
         }
@@ -413,8 +406,9 @@ pub fn create_server(
         }
         let server = Server::new(lp.clone(), sockets, protocol_factory, options.backlog);
         if options.keep_alive {
-            // Accepted sockets inherit SO_KEEPALIVE from the listener on the
-            // platforms we run on; asyncio sets it on the listener too.
+            // On every listener, bound here or given: accepted sockets
+            // inherit SO_KEEPALIVE from it on the platforms we run on;
+            // asyncio sets it on the listener too.
             for s in server.sockets() {
                 s.set_keepalive(true)?;
             }
@@ -477,9 +471,6 @@ async fn bind_all(
         }
         if options.reuse_port {
             set_reuse_port(&sock)?;
-        }
-        if options.keep_alive {
-            sock.set_keepalive(true)?;
         }
         if domain == Domain::IPV6 {
             // One socket per family, as asyncio: no dual-stack listener.

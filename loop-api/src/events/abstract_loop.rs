@@ -579,7 +579,8 @@ pub trait AbstractEventLoop {
     }
     /// Wraps a connected stream socket in this loop's transport; the
     /// protocol's `connection_made` and then `waiter`'s result follow on
-    /// the loop. The transport takes `sock` over and closes it.
+    /// the loop. The transport takes `sock` over and closes it, and puts it
+    /// in the blocking mode its I/O needs (callers do not).
     fn _make_socket_transport(
         &self,
         sock: Rc<Socket>,
@@ -595,7 +596,8 @@ pub trait AbstractEventLoop {
             server,
         )
     }
-    /// Wraps a datagram socket (connected to `address` if given).
+    /// Wraps a datagram socket (connected to `address` if given), in any
+    /// blocking mode, as for [`_make_socket_transport`](AbstractEventLoop::_make_socket_transport).
     fn _make_datagram_transport(
         &self,
         sock: Rc<Socket>,

@@ -114,7 +114,6 @@ fn accept_one(lp: &Loop, factory: &ProtocolFactory, conn: Socket, server: &Rc<Se
     let made = catch_unwind(AssertUnwindSafe(|| factory()))
         .map_err(Error::from_panic)
         .and_then(|protocol| {
-            conn.set_nonblocking(true)?;
             lp._make_socket_transport(Rc::new(conn), protocol, None, Some(server.clone()))
         });
     if let Err(e) = made {
