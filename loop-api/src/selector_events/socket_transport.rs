@@ -132,7 +132,6 @@ pub struct SocketTransport {
     sock: RefCell<Option<Rc<Socket>>>,
     fd: RawFd,
     protocol: RefCell<Rc<dyn Protocol>>,
-    protocol_connected: Cell<bool>,
     server: RefCell<Option<Rc<Server>>>,
     buffer: RefCell<WriteBuffer>,
     flow: FlowControl,
@@ -202,7 +201,6 @@ impl SocketTransport {
             sock: RefCell::new(Some(sock)),
             fd,
             protocol: RefCell::new(protocol),
-            protocol_connected: Cell::new(true),
             server: RefCell::new(server.clone()),
             buffer: RefCell::new(WriteBuffer::default()),
             flow: FlowControl::default(),
@@ -508,15 +506,13 @@ impl SocketTransport {
         if self.sock.borrow().is_none() {
             return; // already torn down
         }
-        if self.protocol_connected.get() {
-            let proto = self.protocol.borrow().clone();
-            let e = exc.clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.connection_lost(e))) {
-                self.report(
-                    Error::from_panic(p),
-                    "Fatal error: protocol.connection_lost() call failed.",
-                );
-            }
+        let proto = self.protocol.borrow().clone();
+        let e = exc.clone();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.connection_lost(e))) {
+            self.report(
+                Error::from_panic(p),
+                "Fatal error: protocol.connection_lost() call failed.",
+            );
         }
         let _ = self.lp._remove_reader(self.fd);
         let _ = self.lp._remove_writer(self.fd);
@@ -574,7 +570,6 @@ impl BaseTransport for SocketTransport {
 
     fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
         *self.protocol.borrow_mut() = protocol;
-        self.protocol_connected.set(true);
     }
 
     fn get_protocol(&self) -> Rc<dyn Protocol> {
