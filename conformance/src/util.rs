@@ -325,6 +325,34 @@ impl Wakeup {
     }
 }
 
+/// Runs `lp` until a recorder's `events` hold a `connection_lost` (as
+/// `lost_of` picks it out), then two more iterations, and checks that it
+/// came exactly once, with `None`, and after every other callback: what a
+/// clean close looks like to any protocol.
+pub fn wait_lost_once<E: Clone + std::fmt::Debug>(
+    lp: &Loop,
+    wake: &Wakeup,
+    secs: f64,
+    events: &Log<E>,
+    lost_of: fn(&E) -> Option<Option<loop_api::Error>>,
+) -> loop_api::Result<()> {
+    let lost =
+        || -> Vec<Option<loop_api::Error>> { events.get().iter().filter_map(lost_of).collect() };
+    wake.run_until(lp, secs, "connection_lost", || !lost().is_empty())?;
+    // A second call would show up in these iterations.
+    run_once(lp)?;
+    run_once(lp)?;
+    let lost = lost();
+    assert_eq!(lost.len(), 1, "connection_lost called {} times", lost.len());
+    assert!(lost[0].is_none(), "connection_lost({:?})", lost[0]);
+    let all = events.get();
+    assert!(
+        all.last().is_some_and(|e| lost_of(e).is_some()),
+        "callbacks after connection_lost: {all:?}"
+    );
+    Ok(())
+}
+
 /// A unique socket path under the temporary directory, removed (if
 /// present) when dropped. Short enough for `sun_path`.
 pub struct TempPath(pub std::path::PathBuf);

@@ -773,19 +773,10 @@ mod unix_stream {
 
         /// Runs until `connection_lost`; checks it came once, with `None`, last.
         fn wait_lost(&self, lp: &Loop) -> Result<()> {
-            self.wake
-                .run_until(lp, NET, "connection_lost", || !self.lost().is_empty())?;
-            crate::util::run_once(lp)?;
-            crate::util::run_once(lp)?;
-            let lost = self.lost();
-            assert_eq!(lost.len(), 1, "connection_lost called {} times", lost.len());
-            assert!(lost[0].is_none(), "connection_lost({:?})", lost[0]);
-            assert!(
-                matches!(self.ev.get().last(), Some(Ev::Lost(_))),
-                "callbacks after connection_lost: {:?}",
-                self.ev.get()
-            );
-            Ok(())
+            crate::util::wait_lost_once(lp, &self.wake, NET, &self.ev, |e| match e {
+                Ev::Lost(x) => Some(x.clone()),
+                _ => None,
+            })
         }
 
         fn wait_received(&self, lp: &Loop, n: usize) -> Result<Vec<u8>> {
