@@ -21,6 +21,10 @@ pub struct Capabilities {
     pub no_unix_sockets: Option<&'static str>,
     /// `Some(reason)` if subprocesses are unavailable.
     pub no_subprocesses: Option<&'static str>,
+    /// `Some(reason)` if the `sock_*` methods do not wait with
+    /// `add_reader`/`add_writer` (a completion-based backend's own
+    /// requests), so that cases which look for those watches cannot.
+    pub no_readiness_sock_ops: Option<&'static str>,
 }
 
 /// A feature named in [`Capabilities`].
@@ -34,6 +38,8 @@ pub enum Feature {
     UnixSockets,
     /// Child processes.
     Subprocesses,
+    /// `sock_*` methods built on `add_reader`/`add_writer`.
+    ReadinessSockOps,
 }
 
 /// What a case gets: a way to make loops of the backend under test.
@@ -61,6 +67,7 @@ impl Ctx {
             Feature::Readiness => self.caps.no_readiness,
             Feature::UnixSockets => self.caps.no_unix_sockets,
             Feature::Subprocesses => self.caps.no_subprocesses,
+            Feature::ReadinessSockOps => self.caps.no_readiness_sock_ops,
         };
         match missing {
             Some(reason) => Err(Error::NotSupported {
@@ -83,6 +90,7 @@ fn feature_name(f: Feature) -> &'static str {
         Feature::Readiness => "readiness",
         Feature::UnixSockets => "unix sockets",
         Feature::Subprocesses => "subprocesses",
+        Feature::ReadinessSockOps => "sock_* methods on readiness",
     }
 }
 

@@ -36,8 +36,11 @@ use crate::exceptions::{Error, Result};
 use crate::executor::{Executor, Job, ThreadPoolExecutor};
 use crate::futures::Future;
 use crate::log::{self, Level};
+use crate::protocols::{Protocol, ProtocolFactory};
 use crate::tasks::{self, Task, TaskFactory, TaskOptions};
-use crate::transports::BaseTransport;
+use crate::transports::{BaseTransport, Transport};
+use server::Server;
+use socket2::{SockAddr, Socket};
 
 /// The poll timeout is capped at one day, as asyncio's `MAXIMUM_SELECT_TIMEOUT`.
 pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -285,8 +288,18 @@ impl<D: Driver> BaseEventLoop<D> {
 
     /// Runs `f` with the driver borrowed; backends use it to reach their own
     /// driver (transports, completions).
+    ///
+    /// # Panics
+    /// If the driver is borrowed already: from inside `Driver::poll` (which
+    /// runs no user code) or a nested `with_driver`.
     pub fn with_driver<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
         f(&mut self.driver.borrow_mut())
+    }
+
+    /// [`with_driver`](Self::with_driver), or `None` when the driver is
+    /// borrowed already: for destructors, which may run anywhere.
+    pub fn try_with_driver<R>(&self, f: impl FnOnce(&mut D) -> R) -> Option<R> {
+        self.driver.try_borrow_mut().ok().map(|mut d| f(&mut d))
     }
 
     fn me(&self) -> Rc<Self> {
@@ -970,6 +983,62 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     fn _remove_writer(&self, fd: RawFd) -> Result<bool> {
         self.remove_fd_callback(&self.writers, fd)
+    }
+
+    fn sock_recv(
+        &self,
+        sock: Rc<Socket>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
+        D::sock_recv(&self.me(), sock, nbytes)
+    }
+
+    fn sock_recv_into(
+        &self,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
+        D::sock_recv_into(&self.me(), sock, buf)
+    }
+
+    fn sock_sendall(&self, sock: Rc<Socket>, data: Vec<u8>) -> LocalBoxFuture<'static, Result<()>> {
+        D::sock_sendall(&self.me(), sock, data)
+    }
+
+    fn sock_connect(
+        &self,
+        sock: Rc<Socket>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<()>> {
+        D::sock_connect(&self.me(), sock, address)
+    }
+
+    fn sock_accept(&self, sock: Rc<Socket>) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
+        D::sock_accept(&self.me(), sock)
+    }
+
+    fn _make_socket_transport(
+        &self,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+        server: Option<Rc<Server>>,
+    ) -> Result<Rc<dyn Transport>> {
+        D::make_socket_transport(&self.me(), sock, protocol, waiter, server)
+    }
+
+    fn _start_serving(
+        &self,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        server: Rc<Server>,
+        backlog: i32,
+    ) -> Result<()> {
+        D::start_serving(&self.me(), protocol_factory, sock, server, backlog)
+    }
+
+    fn _stop_serving(&self, sock: &Socket) {
+        D::stop_serving(&self.me(), sock)
     }
 
     fn _register_transport(&self, fd: RawFd, transport: Weak<dyn BaseTransport>) {

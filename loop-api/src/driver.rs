@@ -11,7 +11,8 @@
 //! readable and/or writable events; interest is level-triggered, as a
 //! selector's is: while a descriptor stays readable, every `poll` reports it.
 //! A driver without readiness (a pure proactor) returns
-//! [`Error::NotSupported`] and `add_reader` fails with it.
+//! [`Error::NotSupported`](crate::Error::NotSupported) and `add_reader` fails
+//! with it.
 //!
 //! # Waking
 //! [`Driver::notifier`] is a `Send + Sync` handle that makes a blocked
@@ -19,17 +20,30 @@
 //! lost: that `poll` returns at once. Spurious returns are allowed.
 //!
 //! # Completions
-//! Completion-based drivers (io_uring, IOCP) will add operations whose
-//! buffers they own until the kernel is done with them; the loop core
-//! reaches them through the same `poll`, as [`IoEvent`]s carrying a
-//! completion. The readiness part of the contract does not change.
+//! A completion-based driver (io_uring, IOCP) also runs operations whose
+//! buffers it owns until the kernel is done with them. The loop core does
+//! not see them: the driver hands each completion to the operation's owner
+//! during `poll`, and the owner only records it and schedules itself on the
+//! ready queue (no user code runs inside `poll`). Such a driver plugs its
+//! own transports and socket operations into the loop through the
+//! associated functions below (asyncio's `_make_socket_transport` and
+//! friends, overridden by `ProactorEventLoop`); their defaults are the
+//! readiness ones of [`crate::selector_events`].
 
 use std::io;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::events::RawFd;
-use crate::exceptions::Error;
+use socket2::{SockAddr, Socket};
+
+use crate::base_events::server::Server;
+use crate::base_events::BaseEventLoop;
+use crate::events::{LocalBoxFuture, RawFd};
+use crate::exceptions::Result;
+use crate::futures::Future;
+use crate::protocols::{Protocol, ProtocolFactory};
+use crate::transports::Transport;
 
 /// One readiness event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +76,7 @@ pub trait Driver: 'static {
     fn notifier(&self) -> Arc<dyn Notify>;
 
     /// Sets what the loop watches `fd` for; both false stops watching it.
-    fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<(), Error>;
+    fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<()>;
 
     /// Hands the OS what the driver has queued and not yet submitted. The
     /// loop calls it when it closes, since no `poll` follows: a driver that
@@ -70,5 +84,120 @@ pub trait Driver: 'static {
     /// the file until processed) must not keep sockets alive past `close`.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    // ----- the backend's transports and socket operations ----------------------
+    //
+    // What `BaseEventLoop<Self>` answers for asyncio's private hooks and the
+    // `sock_*` methods. The defaults are readiness-based; a completion-based
+    // driver overrides them with operations on its own mechanism.
+
+    /// `_make_socket_transport`: see
+    /// [`AbstractEventLoop::_make_socket_transport`](crate::events::AbstractEventLoop::_make_socket_transport).
+    fn make_socket_transport(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+        server: Option<Rc<Server>>,
+    ) -> Result<Rc<dyn Transport>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::socket_transport::SocketTransport::create(
+            lp.clone(),
+            sock,
+            protocol,
+            waiter,
+            server,
+        )
+    }
+
+    /// `_start_serving`: accept connections on `sock` for `server`.
+    fn start_serving(
+        lp: &Rc<BaseEventLoop<Self>>,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        server: Rc<Server>,
+        backlog: i32,
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::accept::start_serving(
+            lp.clone(),
+            protocol_factory,
+            sock,
+            server,
+            backlog,
+        )
+    }
+
+    /// `_stop_serving`: stop accepting on `sock` and shut it down.
+    fn stop_serving(lp: &Rc<BaseEventLoop<Self>>, sock: &Socket)
+    where
+        Self: Sized,
+    {
+        let lp: crate::events::Loop = lp.clone();
+        crate::selector_events::accept::stop_serving(&lp, sock)
+    }
+
+    /// `sock_recv`.
+    fn sock_recv(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<u8>>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::sock_recv(&(lp.clone() as _), sock, nbytes)
+    }
+
+    /// `sock_recv_into`.
+    fn sock_recv_into(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::sock_recv_into(&(lp.clone() as _), sock, buf)
+    }
+
+    /// `sock_sendall`.
+    fn sock_sendall(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<()>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::sock_sendall(&(lp.clone() as _), sock, data)
+    }
+
+    /// `sock_connect`.
+    fn sock_connect(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<()>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::sock_connect(&(lp.clone() as _), sock, address)
+    }
+
+    /// `sock_accept`.
+    fn sock_accept(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::sock_accept(&(lp.clone() as _), sock)
     }
 }

@@ -74,7 +74,7 @@ pub(crate) fn raw_fd(sock: &Socket) -> RawFd {
 
 /// asyncio's "the socket must be non-blocking" check (Unix only: Windows
 /// cannot report a socket's blocking mode).
-fn check_nonblocking(sock: &Socket) -> Result<()> {
+pub fn check_nonblocking(sock: &Socket) -> Result<()> {
     #[cfg(unix)]
     {
         if !sock.nonblocking()? {
@@ -381,7 +381,7 @@ pub fn sock_connect(
 
 /// asyncio's `OSError(errno, f'Connect call failed {address}')`, the
 /// address as Python prints it: `('127.0.0.1', 80)`, `('::1', 80, 0, 0)`.
-fn connect_failed(e: &io::Error, address: &SockAddr) -> Error {
+pub fn connect_failed(e: &io::Error, address: &SockAddr) -> Error {
     Error::os(e, format!("Connect call failed {}", py_addr(address)))
 }
 

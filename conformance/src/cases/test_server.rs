@@ -1758,6 +1758,8 @@ pub fn test_create_connection(ctx: &Ctx) -> Result<()> {
     assert_eq!(extra_addr(&*t, "peername"), addr);
     assert_eq!(extra_addr(&*t, "sockname"), peer_addr);
     t.write(b"hello")?;
+    // A completion-based backend sends when the loop next runs.
+    run_until(&lp, "the write", || t.get_write_buffer_size() == 0)?;
     let mut buf = [0u8; 5];
     peer.read_exact(&mut buf)?;
     assert_eq!(&buf, b"hello");
@@ -2875,9 +2877,12 @@ mod emfile {
     pub(super) fn child(ctx: &Ctx) -> Result<()> {
         let lp = ctx.new_loop();
         let (factory, protos) = recorder(true);
-        let (server, addr) = serve_local(&lp, factory)?;
-        // The client connects (into the backlog) and sends before any accept.
-        let c = client(addr);
+        // The client connects (into the backlog) and sends before any
+        // accept; the server starts on that listener once the limit is
+        // lowered (io_uring reads RLIMIT_NOFILE when it prepares an accept
+        // request, so one armed earlier would accept past the new limit).
+        let listener = TcpListener::bind(v4(0))?;
+        let c = client(listener.local_addr()?);
         (&*c).write_all(b"ping")?;
         let hog = Rc::new(RefCell::new(hog_descriptors()?));
         let reports: Log<(f64, String, Option<i32>)> = Log::new();
@@ -2894,6 +2899,11 @@ mod emfile {
                     .expect("loop open");
             },
         )));
+        let options = CreateServerOptions {
+            sock: Some(Rc::new(Socket::from(listener))),
+            ..Default::default()
+        };
+        let server = serve(&lp, factory, Hosts::All, None, options)?;
         let echoed = recv_n(&lp, &c, 4)?;
         let served_at = lp.time();
         assert_eq!(echoed, b"ping", "the waiting client was served");

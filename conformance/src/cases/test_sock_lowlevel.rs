@@ -393,6 +393,7 @@ pub fn test_cancel_sock_recv(ctx: &Ctx) -> Result<()> {
 /// reader it registered; dropping one never polled registers nothing.
 pub fn test_drop_pending_sock_recv(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
+    ctx.require(Feature::ReadinessSockOps)?;
     let lp = ctx.new_loop();
     let (a, _b) = socketpair();
     let a = Rc::new(Socket::from(a));

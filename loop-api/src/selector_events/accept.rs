@@ -50,7 +50,7 @@ pub fn stop_serving(lp: &Loop, sock: &Socket) {
 }
 
 /// Out of descriptors or memory: pause accepting and retry later.
-fn out_of_resources(e: &io::Error) -> bool {
+pub fn out_of_resources(e: &io::Error) -> bool {
     #[cfg(unix)]
     {
         matches!(
@@ -110,7 +110,7 @@ fn accept_connections(
 }
 
 /// Wraps one accepted connection (asyncio's `_accept_connection2`).
-fn accept_one(lp: &Loop, factory: &ProtocolFactory, conn: Socket, server: &Rc<Server>) {
+pub fn accept_one(lp: &Loop, factory: &ProtocolFactory, conn: Socket, server: &Rc<Server>) {
     let made = catch_unwind(AssertUnwindSafe(|| factory()))
         .map_err(Error::from_panic)
         .and_then(|protocol| {
