@@ -1,23 +1,106 @@
-//! [`Driver`] on io_uring.
+//! [`Driver`] on io_uring: completion-based operations, readiness through
+//! polls, and the loop's wait, all on one ring.
+//!
+//! # One submission per iteration
+//! Requests are queued in the submission queue as the loop's callbacks
+//! make them and handed to the kernel by the one `io_uring_enter` that
+//! also waits, in [`Driver::poll`]. Only a full submission queue submits
+//! early.
+//!
+//! # Completion tags
+//! A request's `user_data` says what it is: the top two bits are the
+//! class (a driver request, a readiness poll, an operation) and the rest
+//! names the slot and its generation, so that a stale completion (a poll
+//! replaced since, an operation whose slot was reused) is recognised.
+//!
+//! # Errors from `io_uring_enter`
+//! `EINTR` is retried by the loop. `EBUSY` (the completion queue and the
+//! kernel's overflow list are full) and `EAGAIN` (the kernel is short of
+//! memory for requests) mean "reap first": the driver reaps, and the
+//! requests stay queued for the next enter. Completions the kernel had to
+//! hold back when the completion queue overflowed (`IORING_FEAT_NODROP`)
+//! are flushed by an enter with `GETEVENTS`, which `poll` makes while the
+//! overflow flag is up.
+//!
+//! # Closing
+//! [`Driver::flush`] (the loop's `close`) cancels every operation still in
+//! flight and waits, for at most [`CLOSE_DRAIN`], for their completions,
+//! dropping what they kept. Dropping the driver does the same for what is
+//! left. An operation the kernel still has not finished by then keeps its
+//! memory forever (it is leaked, never freed under the kernel), and so does
+//! the provided-buffer ring it may write into.
 
 use std::collections::HashMap;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use loop_api::driver::{Driver, IoEvent, Notify};
-use loop_api::Error;
+use loop_api::{Error, Result};
+use slab::Slab;
 
-/// Completion tag of the eventfd poll that wakes the loop.
-const WAKE: u64 = u64::MAX;
-/// Completion tag of requests whose completion carries no news (removals).
-const IGNORE: u64 = u64::MAX - 1;
+use crate::buf_ring::{BufRing, BGID};
+use crate::ops::{Completion, Keep, OpId, Owner};
 
-/// Ring size; the driver flushes the submission queue when it fills, so
-/// this bounds batching, not the number of watched descriptors.
-const ENTRIES: u32 = 256;
+/// Tag of the eventfd poll that wakes the loop.
+const WAKE: u64 = 0;
+/// Tag of requests whose completion carries no news (removals, cancels).
+const IGNORE: u64 = 1;
+const CLASS_SHIFT: u32 = 62;
+const CLASS_POLL: u64 = 1;
+const CLASS_OP: u64 = 2;
+const GENERATION_MASK: u32 = 0x3fff_ffff;
+
+/// How long closing waits for cancelled operations to complete.
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// How a [`UringDriver`] is set up.
+#[derive(Clone, Debug)]
+pub struct UringConfig {
+    /// Submission queue entries (the completion queue has twice as many).
+    /// This bounds batching, not the number of operations in flight: a
+    /// full queue is submitted early, and a full completion queue overflows
+    /// into the kernel's list, which the driver drains.
+    pub entries: u32,
+    /// Receive with multishot requests into a provided-buffer ring, where
+    /// the kernel has them (Linux 6.0+); otherwise one receive request at a
+    /// time into the transport's own buffer.
+    pub provided_buffers: bool,
+    /// Buffers in the provided-buffer ring (a power of two).
+    pub ring_buffers: u16,
+    /// Size of each provided buffer.
+    pub ring_buffer_size: usize,
+    /// Accept with one multishot request per listener (Linux 5.19+);
+    /// otherwise one accept request at a time.
+    pub multishot_accept: bool,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        UringConfig {
+            entries: 256,
+            provided_buffers: true,
+            ring_buffers: 512,
+            ring_buffer_size: 16 * 1024,
+            multishot_accept: true,
+        }
+    }
+}
+
+/// What the running kernel offers, probed when the driver starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Features {
+    /// Multishot receives into the provided-buffer ring are in use.
+    pub multishot_recv: bool,
+    /// Multishot accepts are in use.
+    pub multishot_accept: bool,
+    /// Completions run only when the loop enters (`IORING_SETUP_DEFER_TASKRUN`).
+    pub defer_taskrun: bool,
+}
 
 struct Watch {
     readable: bool,
@@ -26,15 +109,33 @@ struct Watch {
     armed: Option<u64>,
 }
 
-/// Readiness on io_uring: one-shot polls, re-armed each iteration.
+struct InFlight {
+    generation: u32,
+    kind: u8,
+    keep: Keep,
+    owner: Rc<dyn Owner>,
+    cancelled: bool,
+}
+
+/// The io_uring driver.
 pub struct UringDriver {
-    ring: IoUring,
+    ring: ManuallyDrop<IoUring>,
+    features: Features,
     wake: Arc<EventFd>,
     wake_armed: bool,
     watches: HashMap<RawFd, Watch>,
-    generation: u32,
+    poll_generation: u32,
+    ops: Slab<InFlight>,
+    op_generation: u32,
+    buf_ring: Option<Rc<BufRing>>,
     /// Events reaped early, to make room in a full completion queue.
     pending: Vec<IoEvent>,
+    /// Completions copied out of the queue before they are dispatched.
+    cqes: Vec<(u64, i32, u32)>,
+    /// The loop is closing: completions are dropped, not dispatched.
+    closing: bool,
+    /// The listeners being served, by descriptor.
+    pub(crate) acceptors: HashMap<RawFd, Rc<crate::accept::Acceptor>>,
 }
 
 struct EventFd(OwnedFd);
@@ -64,8 +165,8 @@ impl EventFd {
     }
 }
 
-fn tag(fd: RawFd, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | u64::from(fd as u32)
+fn tag(class: u64, generation: u32, low: u32) -> u64 {
+    (class << CLASS_SHIFT) | (u64::from(generation & GENERATION_MASK) << 32) | u64::from(low)
 }
 
 fn poll_mask(readable: bool, writable: bool) -> u32 {
@@ -79,16 +180,110 @@ fn poll_mask(readable: bool, writable: bool) -> u32 {
     m as u32
 }
 
+/// The running kernel's `(major, minor)`.
+fn kernel_version() -> (u32, u32) {
+    // SAFETY: `utsname` is plain old data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (0, 0);
+    }
+    let release: String = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8 as char)
+        .collect();
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Operations the backend cannot run without.
+const REQUIRED_OPS: &[(u8, &str)] = &[
+    (opcode::PollAdd::CODE, "POLL_ADD"),
+    (opcode::PollRemove::CODE, "POLL_REMOVE"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::Recv::CODE, "RECV"),
+    (opcode::Send::CODE, "SEND"),
+    (opcode::SendMsg::CODE, "SENDMSG"),
+    (opcode::Accept::CODE, "ACCEPT"),
+    (opcode::Connect::CODE, "CONNECT"),
+];
+
+fn build_ring(entries: u32) -> io::Result<(IoUring, bool)> {
+    let entries = entries.max(2);
+    // A single-threaded loop: completions are best run when it enters,
+    // not by interrupting whatever it is doing (Linux 6.1+).
+    if let Ok(ring) = IoUring::builder()
+        .setup_cqsize(entries * 2)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        // Raises IORING_SQ_TASKRUN while deferred work waits, so that a
+        // non-waiting enter still asks for it to run (GETEVENTS).
+        .setup_taskrun_flag()
+        .build(entries)
+    {
+        return Ok((ring, true));
+    }
+    let ring = IoUring::builder()
+        .setup_cqsize(entries * 2)
+        .build(entries)?;
+    Ok((ring, false))
+}
+
 impl UringDriver {
-    /// A driver with a fresh ring; fails where io_uring is unavailable.
+    /// A driver with the default configuration; fails where io_uring is
+    /// unavailable or too old.
     pub fn new() -> io::Result<Self> {
-        let ring = IoUring::new(ENTRIES)?;
+        Self::with_config(&UringConfig::default())
+    }
+
+    /// A driver set up as `config` says.
+    pub fn with_config(config: &UringConfig) -> io::Result<Self> {
+        let (ring, defer_taskrun) = build_ring(config.entries)?;
         if !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "the kernel lacks IORING_FEAT_EXT_ARG (Linux 5.11+)",
             ));
         }
+        if !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel lacks IORING_FEAT_NODROP (Linux 5.5+)",
+            ));
+        }
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (code, name) in REQUIRED_OPS {
+            if !probe.is_supported(*code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("the kernel lacks IORING_OP_{name}"),
+                ));
+            }
+        }
+        let version = kernel_version();
+        let mut buf_ring = None;
+        if config.provided_buffers && version >= (6, 0) {
+            let r = BufRing::new(config.ring_buffers, config.ring_buffer_size)?;
+            // SAFETY: the ring memory is owned by `r`, which the driver
+            // keeps until the io_uring is closed (see `Drop`), or leaks.
+            let registered = unsafe {
+                ring.submitter()
+                    .register_buf_ring_with_flags(r.ring_addr(), r.entries(), BGID, 0)
+            };
+            if registered.is_ok() {
+                buf_ring = Some(Rc::new(r));
+            }
+        }
+        let features = Features {
+            multishot_recv: buf_ring.is_some(),
+            multishot_accept: config.multishot_accept && version >= (5, 19),
+            defer_taskrun,
+        };
         // SAFETY: eventfd returns a new descriptor we take ownership of, or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -97,55 +292,175 @@ impl UringDriver {
         // SAFETY: `fd` is a fresh, owned, open descriptor.
         let wake = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }));
         Ok(UringDriver {
-            ring,
+            ring: ManuallyDrop::new(ring),
+            features,
             wake,
             wake_armed: false,
             watches: HashMap::new(),
-            generation: 0,
+            poll_generation: 0,
+            ops: Slab::new(),
+            op_generation: 0,
+            buf_ring,
             pending: Vec::new(),
+            cqes: Vec::new(),
+            closing: false,
+            acceptors: HashMap::new(),
         })
     }
 
-    /// Queues one request, flushing the submission queue if it is full.
-    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+    /// What the kernel offered when the driver started.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Operations in flight (submitted or queued, not yet completed).
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The provided-buffer ring, where multishot receives are in use.
+    pub(crate) fn buf_ring(&self) -> Option<Rc<BufRing>> {
+        self.buf_ring.clone()
+    }
+
+    /// Queues `entry` as an operation of `owner`'s; its completions go to
+    /// `owner.complete` with `kind`, and `keep` comes back with the last.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` points into `keep`'s heap memory (which the
+    /// driver holds, unmoved, until the last completion), or to memory that
+    /// the caller otherwise keeps valid for as long (the provided-buffer
+    /// ring, which the driver owns).
+    pub(crate) unsafe fn submit(
+        &mut self,
+        entry: squeue::Entry,
+        keep: Keep,
+        owner: Rc<dyn Owner>,
+        kind: u8,
+    ) -> Result<OpId> {
+        if self.closing {
+            return Err(Error::loop_closed());
+        }
+        self.op_generation = self.op_generation.wrapping_add(1) & GENERATION_MASK;
+        let generation = self.op_generation;
+        let key = self.ops.insert(InFlight {
+            generation,
+            kind,
+            keep,
+            owner,
+            cancelled: false,
+        });
+        let entry = entry.user_data(tag(CLASS_OP, generation, key as u32));
+        // SAFETY: the entry's pointers point into the `keep` just stored
+        // in `self.ops[key]` (caller's promise), where it stays until the
+        // completion tagged with this key and generation is reaped.
+        if let Err(e) = unsafe { self.push(entry) } {
+            self.ops.remove(key);
+            return Err(e.into());
+        }
+        Ok(OpId {
+            key: key as u32,
+            generation,
+        })
+    }
+
+    /// Asks the kernel to cancel `id`; its completion (`-ECANCELED`, or its
+    /// result if it finished first) still comes, and only then is its
+    /// memory released. Cancelling an operation that is done does nothing.
+    pub(crate) fn cancel(&mut self, id: OpId) {
+        let Some(op) = self.ops.get_mut(id.key as usize) else {
+            return;
+        };
+        if op.generation != id.generation || op.cancelled {
+            return;
+        }
+        op.cancelled = true;
+        let target = tag(CLASS_OP, id.generation, id.key);
+        // SAFETY: a cancel request carries no pointer, only the tag.
+        let _ = unsafe { self.push(opcode::AsyncCancel::new(target).build().user_data(IGNORE)) };
+    }
+
+    /// Submits what is queued now, and lets the kernel finish what that
+    /// settles (a cancelled request's completion runs as deferred task work),
+    /// so that the files cancelled requests held are released before this
+    /// returns: what closing a transport's socket needs, for the peer to
+    /// see the connection end without waiting for the loop's next enter.
+    pub(crate) fn settle(&mut self) {
+        if self.closing {
+            return;
+        }
+        let _ = self.submit_now();
+        for _ in 0..2 {
+            if !self.ring.submission().taskrun() {
+                break;
+            }
+            let _ = self.ring.submit();
+        }
+        let mut early = std::mem::take(&mut self.pending);
+        self.reap(&mut early);
+        self.pending = early;
+    }
+
+    /// Queues one request, submitting early if the queue is full.
+    ///
+    /// # Safety
+    /// The memory `entry` points at stays valid until its completion.
+    unsafe fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: poll and poll-remove requests carry no buffers or
-            // pointers into our memory; nothing must outlive the call.
+            // SAFETY: the caller's promise.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
+            self.submit_now()?;
+        }
+    }
+
+    /// Submits what is queued, reaping first when the kernel says the
+    /// completion side is full.
+    fn submit_now(&mut self) -> io::Result<()> {
+        loop {
             match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    // The completion queue is full: the kernel takes no more
-                    // submissions until we reap. Keep what we reap for the
-                    // next poll().
-                    let mut early = std::mem::take(&mut self.pending);
-                    self.reap(&mut early);
-                    self.pending = early;
-                }
+                Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    // Completions must be reaped before the kernel takes
+                    // more; readiness news is kept for the next poll().
+                    let mut early = std::mem::take(&mut self.pending);
+                    let reaped = self.reap(&mut early);
+                    self.pending = early;
+                    if reaped == 0 {
+                        // Nothing to reap: flush the overflow list, or let
+                        // the kernel find memory; the next enter retries.
+                        let _ = self.ring.submitter().submit_and_wait(1);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    fn next_generation(&mut self) -> u32 {
-        self.generation = self.generation.wrapping_add(1).max(1);
-        self.generation
+    fn next_poll_generation(&mut self) -> u32 {
+        self.poll_generation = (self.poll_generation.wrapping_add(1) & GENERATION_MASK).max(1);
+        self.poll_generation
     }
 
     /// Arms a poll for every watched descriptor that has none in flight.
     fn arm_all(&mut self) -> io::Result<()> {
         if !self.wake_armed {
             let fd = types::Fd(self.wake.0.as_raw_fd());
-            self.push(
-                opcode::PollAdd::new(fd, libc::POLLIN as u32)
-                    .multi(true)
-                    .build()
-                    .user_data(WAKE),
-            )?;
+            // SAFETY: a poll request carries no pointer into our memory.
+            unsafe {
+                self.push(
+                    opcode::PollAdd::new(fd, libc::POLLIN as u32)
+                        .multi(true)
+                        .build()
+                        .user_data(WAKE),
+                )?;
+            }
             self.wake_armed = true;
+        }
+        if self.watches.is_empty() {
+            return Ok(());
         }
         let to_arm: Vec<(RawFd, u32)> = self
             .watches
@@ -154,13 +469,16 @@ impl UringDriver {
             .map(|(fd, w)| (*fd, poll_mask(w.readable, w.writable)))
             .collect();
         for (fd, mask) in to_arm {
-            let generation = self.next_generation();
-            let t = tag(fd, generation);
-            self.push(
-                opcode::PollAdd::new(types::Fd(fd), mask)
-                    .build()
-                    .user_data(t),
-            )?;
+            let generation = self.next_poll_generation();
+            let t = tag(CLASS_POLL, generation, fd as u32);
+            // SAFETY: a poll request carries no pointer into our memory.
+            unsafe {
+                self.push(
+                    opcode::PollAdd::new(types::Fd(fd), mask)
+                        .build()
+                        .user_data(t),
+                )?;
+            }
             if let Some(w) = self.watches.get_mut(&fd) {
                 w.armed = Some(t);
             }
@@ -169,53 +487,162 @@ impl UringDriver {
     }
 
     fn disarm(&mut self, t: u64) -> io::Result<()> {
-        self.push(opcode::PollRemove::new(t).build().user_data(IGNORE))
+        // SAFETY: a poll removal carries no pointer, only the tag.
+        unsafe { self.push(opcode::PollRemove::new(t).build().user_data(IGNORE)) }
     }
 
-    fn reap(&mut self, out: &mut Vec<IoEvent>) {
+    /// Reaps every completion in the queue: readiness into `out`,
+    /// operations to their owners. Returns how many were reaped.
+    fn reap(&mut self, out: &mut Vec<IoEvent>) -> usize {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
         let mut wake_fired = false;
-        for cqe in self.ring.completion() {
-            let t = cqe.user_data();
-            if t == WAKE {
-                wake_fired = true;
-                if !io_uring::cqueue::more(cqe.flags()) {
-                    self.wake_armed = false;
+        for &(t, res, flags) in &cqes {
+            match t >> CLASS_SHIFT {
+                CLASS_OP => self.complete_op(t, res, flags),
+                CLASS_POLL => self.complete_poll(t, res, out),
+                _ if t == WAKE => {
+                    wake_fired = true;
+                    if !cqueue::more(flags) {
+                        self.wake_armed = false;
+                    }
                 }
-                continue;
+                _ => {} // IGNORE
             }
-            if t == IGNORE {
-                continue;
-            }
-            let fd = (t & 0xffff_ffff) as u32 as RawFd;
-            let Some(w) = self.watches.get_mut(&fd) else {
-                continue;
-            };
-            if w.armed != Some(t) {
-                continue; // a poll replaced since; its news is stale
-            }
-            w.armed = None;
-            let res = cqe.result();
-            if res < 0 {
-                // EBADF and friends: report it ready, so the callback's own
-                // I/O surfaces the error, as a selector does.
-                out.push(IoEvent {
-                    fd,
-                    readable: w.readable,
-                    writable: w.writable,
-                });
-                continue;
-            }
-            let m = res as u32;
-            let err = m & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) as u32 != 0;
-            out.push(IoEvent {
-                fd,
-                readable: w.readable && (m & (libc::POLLIN | libc::POLLPRI) as u32 != 0 || err),
-                writable: w.writable && (m & libc::POLLOUT as u32 != 0 || err),
-            });
         }
         if wake_fired {
             self.wake.drain();
         }
+        let n = cqes.len();
+        self.cqes = cqes;
+        n
+    }
+
+    fn complete_op(&mut self, t: u64, res: i32, flags: u32) {
+        let key = (t & 0xffff_ffff) as usize;
+        let generation = ((t >> 32) as u32) & GENERATION_MASK;
+        match self.ops.get(key) {
+            Some(op) if op.generation == generation => {}
+            _ => return,
+        }
+        let more = cqueue::more(flags);
+        if more {
+            if self.closing {
+                return;
+            }
+            let op = &self.ops[key];
+            let (owner, kind) = (op.owner.clone(), op.kind);
+            owner.complete(Completion {
+                kind,
+                res,
+                flags,
+                more,
+                keep: None,
+            });
+            return;
+        }
+        let op = self.ops.remove(key);
+        if self.closing {
+            return; // dropped: the kernel is done with its memory
+        }
+        op.owner.complete(Completion {
+            kind: op.kind,
+            res,
+            flags,
+            more,
+            keep: Some(op.keep),
+        });
+    }
+
+    fn complete_poll(&mut self, t: u64, res: i32, out: &mut Vec<IoEvent>) {
+        let fd = (t & 0xffff_ffff) as u32 as RawFd;
+        let Some(w) = self.watches.get_mut(&fd) else {
+            return;
+        };
+        if w.armed != Some(t) {
+            return; // a poll replaced since; its news is stale
+        }
+        w.armed = None;
+        if res < 0 {
+            // EBADF and friends: report it ready, so the callback's own
+            // I/O surfaces the error, as a selector does.
+            out.push(IoEvent {
+                fd,
+                readable: w.readable,
+                writable: w.writable,
+            });
+            return;
+        }
+        let m = res as u32;
+        let err = m & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) as u32 != 0;
+        out.push(IoEvent {
+            fd,
+            readable: w.readable && (m & (libc::POLLIN | libc::POLLPRI) as u32 != 0 || err),
+            writable: w.writable && (m & libc::POLLOUT as u32 != 0 || err),
+        });
+    }
+
+    /// Enters the kernel: submits, and waits up to `timeout` for one
+    /// completion (`None`: no limit; zero: no wait).
+    fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let r = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) if t.is_zero() => self.ring.submit(),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            // Reaping makes room; what was not submitted stays queued.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels every operation and waits, up to `limit`, for them all to
+    /// complete (their memory is dropped as they do). Returns how many are
+    /// still in flight.
+    fn cancel_all_and_drain(&mut self, limit: Duration) -> usize {
+        self.closing = true;
+        let ids: Vec<OpId> = self
+            .ops
+            .iter()
+            .map(|(k, op)| OpId {
+                key: k as u32,
+                generation: op.generation,
+            })
+            .collect();
+        for id in ids {
+            self.cancel(id);
+        }
+        let deadline = Instant::now() + limit;
+        let mut sink = Vec::new();
+        loop {
+            self.reap(&mut sink);
+            if self.ops.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.enter(Some(left.min(Duration::from_millis(100)))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.reap(&mut sink);
+        self.ops.len()
     }
 }
 
@@ -225,37 +652,38 @@ impl Driver for UringDriver {
     }
 
     fn poll(&mut self, timeout: Option<Duration>, out: &mut Vec<IoEvent>) -> io::Result<()> {
+        out.append(&mut self.pending);
         if timeout == Some(Duration::ZERO)
             && self.watches.is_empty()
             && self.wake_armed
             && self.ring.submission().is_empty()
+            && !self.ring.submission().cq_overflow()
+            && !self.ring.submission().taskrun()
         {
             // Nothing to submit and nothing to wait for: completions are in
             // shared memory, so reap without entering the kernel.
-            out.append(&mut self.pending);
             self.reap(out);
             return Ok(());
         }
         self.arm_all()?;
-        let r = match timeout {
-            None => self.ring.submit_and_wait(1),
-            Some(t) => {
-                let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
+        // With completions waiting already, do not sleep: submit only.
+        let timeout = if self.ring.completion().is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
         };
-        match r {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // The completion queue overflowed: reaping below makes room.
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-            Err(e) => return Err(e),
-        }
-        out.append(&mut self.pending);
+        let entered = self.enter(timeout);
         self.reap(out);
-        Ok(())
+        // Completions held back by an overflow come out by entering again.
+        while self.ring.submission().cq_overflow() {
+            if self.enter(Some(Duration::ZERO)).is_err() {
+                break;
+            }
+            if self.reap(out) == 0 {
+                break;
+            }
+        }
+        entered
     }
 
     fn notifier(&self) -> Arc<dyn Notify> {
@@ -263,23 +691,16 @@ impl Driver for UringDriver {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    // The completion queue is full: reap into `pending`
-                    // (the next poll, if any, reports them) and retry.
-                    let mut early = std::mem::take(&mut self.pending);
-                    self.reap(&mut early);
-                    self.pending = early;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // The loop is closing: hand the kernel the queued removals and
+        // cancels, and finish what is in flight, so that no socket stays
+        // open in the kernel and nothing keeps this loop alive.
+        self.submit_now()?;
+        self.cancel_all_and_drain(CLOSE_DRAIN);
+        self.acceptors.clear();
+        Ok(())
     }
 
-    fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<(), Error> {
+    fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<()> {
         if fd < 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF).into());
         }
@@ -306,5 +727,92 @@ impl Driver for UringDriver {
             );
         }
         Ok(())
+    }
+
+    fn make_socket_transport(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        sock: Rc<socket2::Socket>,
+        protocol: Rc<dyn loop_api::protocols::Protocol>,
+        waiter: Option<loop_api::Future<()>>,
+        server: Option<Rc<loop_api::base_events::server::Server>>,
+    ) -> Result<Rc<dyn loop_api::transports::Transport>> {
+        crate::transport::UringSocketTransport::create(lp, sock, protocol, waiter, server)
+    }
+
+    fn start_serving(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        protocol_factory: loop_api::protocols::ProtocolFactory,
+        sock: Rc<socket2::Socket>,
+        server: Rc<loop_api::base_events::server::Server>,
+        _backlog: i32,
+    ) -> Result<()> {
+        crate::accept::start_serving(lp, protocol_factory, sock, server)
+    }
+
+    fn stop_serving(lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>, sock: &socket2::Socket) {
+        crate::accept::stop_serving(lp, sock)
+    }
+
+    fn sock_recv(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        sock: Rc<socket2::Socket>,
+        nbytes: usize,
+    ) -> loop_api::events::LocalBoxFuture<'static, Result<Vec<u8>>> {
+        Box::pin(crate::sock_ops::sock_recv(lp.clone(), sock, nbytes))
+    }
+
+    fn sock_recv_into(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        sock: Rc<socket2::Socket>,
+        buf: Vec<u8>,
+    ) -> loop_api::events::LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
+        Box::pin(crate::sock_ops::sock_recv_into(lp.clone(), sock, buf))
+    }
+
+    fn sock_sendall(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        sock: Rc<socket2::Socket>,
+        data: Vec<u8>,
+    ) -> loop_api::events::LocalBoxFuture<'static, Result<()>> {
+        Box::pin(crate::sock_ops::sock_sendall(lp.clone(), sock, data))
+    }
+
+    fn sock_connect(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        sock: Rc<socket2::Socket>,
+        address: socket2::SockAddr,
+    ) -> loop_api::events::LocalBoxFuture<'static, Result<()>> {
+        Box::pin(crate::sock_ops::sock_connect(lp.clone(), sock, address))
+    }
+
+    fn sock_accept(
+        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
+        sock: Rc<socket2::Socket>,
+    ) -> loop_api::events::LocalBoxFuture<'static, Result<(socket2::Socket, socket2::SockAddr)>>
+    {
+        Box::pin(crate::sock_ops::sock_accept(lp.clone(), sock))
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        let left = if self.ops.is_empty() {
+            0
+        } else {
+            self.cancel_all_and_drain(CLOSE_DRAIN)
+        };
+        if left > 0 {
+            // The kernel still holds these operations' memory: leak it
+            // rather than free it under the kernel, and the buffer ring
+            // they may still write into with it.
+            for (_, op) in std::mem::take(&mut self.ops) {
+                std::mem::forget(op.keep);
+            }
+            std::mem::forget(self.buf_ring.take());
+        }
+        // SAFETY: dropped once, here; nothing uses the ring afterwards.
+        // Closing it unregisters the buffer ring, which `buf_ring` (a field
+        // dropped after this body) keeps allocated until then.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
 }

@@ -1,25 +1,50 @@
-//! The io_uring backend (Linux).
+//! The io_uring backend (Linux): asyncio's proactor model on io_uring.
 //!
-//! Today the driver gives the generic loop core what a selector gives it:
-//! readiness, through one-shot `IORING_OP_POLL_ADD` requests re-armed on
-//! each iteration (a fresh poll on a descriptor that is still ready
-//! completes at once, so readiness is level-triggered, as a selector's),
-//! an eventfd for cross-thread wakeups, and `io_uring_enter` with a timeout
-//! (`IORING_ENTER_EXT_ARG`) for timers. One `io_uring_enter` per iteration
-//! submits every pending request and waits.
+//! Socket I/O is completion-based: stream transports receive with one
+//! multishot request into a provided-buffer ring and send with vectored
+//! `sendmsg` requests; servers accept with multishot accepts; `sock_recv`,
+//! `sock_sendall`, `sock_connect` and `sock_accept` are single requests.
+//! Every buffer, iovec and address a request points into is owned by the
+//! driver until the request's completion arrives (see `ops`), cancelled
+//! requests included, and closing the loop cancels and drains what is in
+//! flight without ever freeing memory the kernel still holds.
 //!
-//! Completion-based socket I/O with owned buffers comes on top of this
-//! driver (issue 4); the loop core does not change for it.
+//! Readiness (`add_reader`, `add_writer`, and through them datagram
+//! transports, pipes, signals and `sock_recvfrom`/`sock_sendto`) is a
+//! one-shot `IORING_OP_POLL_ADD` per watched descriptor, re-armed on each
+//! iteration. A fresh poll on a descriptor that is still ready completes at
+//! once, so readiness is level-triggered, as a selector's is; a multishot
+//! poll would report each wakeup once (edge-triggered), which the
+//! `add_reader` contract does not allow.
+//!
+//! One `io_uring_enter` per iteration submits every queued request and
+//! waits, with the loop's next timer as its timeout
+//! (`IORING_ENTER_EXT_ARG`); an eventfd under a multishot poll carries
+//! cross-thread wakeups.
 //!
 //! Where io_uring is unavailable (not Linux, `ENOSYS`, `EPERM` under a
-//! seccomp filter, `io_uring_disabled` sysctl), [`loop_factory`] returns
-//! [`loop_api::Error::NotSupported`] with the reason.
+//! seccomp filter, the `io_uring_disabled` sysctl, a kernel older than
+//! 5.11), [`loop_factory`] returns [`loop_api::Error::NotSupported`] with
+//! the reason, and the policy's `"auto"` falls back to select.
+#![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(target_os = "linux")]
+mod accept;
+#[cfg(target_os = "linux")]
+mod buf_ring;
 #[cfg(target_os = "linux")]
 mod driver;
+#[cfg(target_os = "linux")]
+mod ops;
+#[cfg(target_os = "linux")]
+mod sock_ops;
+#[cfg(target_os = "linux")]
+mod transport;
 
 #[cfg(target_os = "linux")]
-pub use driver::UringDriver;
+pub use driver::{Features, UringConfig, UringDriver, CLOSE_DRAIN};
+#[cfg(target_os = "linux")]
+pub use transport::UringSocketTransport;
 
 use loop_api::{Error, Loop, Result};
 
@@ -30,7 +55,14 @@ pub type UringEventLoop = loop_api::base_events::BaseEventLoop<UringDriver>;
 /// A new io_uring loop.
 #[cfg(target_os = "linux")]
 pub fn new_event_loop() -> Result<std::rc::Rc<UringEventLoop>> {
-    let driver = UringDriver::new().map_err(|e| Error::NotSupported {
+    new_event_loop_with(&UringConfig::default())
+}
+
+/// A new io_uring loop set up as `config` says (ring size, provided
+/// buffers, multishot accept).
+#[cfg(target_os = "linux")]
+pub fn new_event_loop_with(config: &UringConfig) -> Result<std::rc::Rc<UringEventLoop>> {
+    let driver = UringDriver::with_config(config).map_err(|e| Error::NotSupported {
         feature: "uring backend",
         reason: format!("io_uring is unavailable on this machine: {e}"),
     })?;

@@ -6,7 +6,22 @@
 //! Names in [`KNOWN_BACKENDS`] that are not in the table are "unavailable
 //! here" ([`Error::NotSupported`]); any other name is unknown
 //! ([`Error::Value`]). Both messages list what this machine has.
+//!
+//! `"auto"` is decided at run time, once per process ([`auto_choice`]): the
+//! first registered backend whose factory makes a loop wins, and one that
+//! answers [`Error::NotSupported`] (io_uring under a seccomp filter, with
+//! `ENOSYS`, or disabled by the `kernel.io_uring_disabled` sysctl) is
+//! skipped. The choice, and why better backends were skipped, is logged
+//! once through [`loop_api::log`] at [`Level::Info`]:
+//!
+//! ```text
+//! auto backend: chose "select" (uring unavailable: io_uring is unavailable on this machine: Operation not permitted (os error 1))
+//! ```
 
+use std::fmt;
+use std::sync::OnceLock;
+
+use loop_api::log::{self, Level};
 use loop_api::{Error, Loop, Result};
 
 /// A loop factory: what `Runner`'s and `run`'s `loop_factory` take, and what
@@ -18,7 +33,7 @@ pub type LoopFactory = fn() -> Result<Loop>;
 /// Unset or empty: the platform default ([`default_backend`]).
 pub const BACKEND_ENV: &str = "RUST_ASYNCIO_BACKEND";
 
-/// The name that picks the best backend available ([`auto_backend`]).
+/// The name that picks the best backend that works here ([`auto_choice`]).
 pub const AUTO: &str = "auto";
 
 /// Every backend the project has, whether or not this build includes it.
@@ -30,26 +45,27 @@ struct Backend {
     factory: LoopFactory,
 }
 
-/// The backends this build includes, best first: `"auto"` picks the first.
+/// The backends this build includes, best first: `"auto"` takes the first
+/// that works on this machine ([`auto_choice`]).
 ///
 /// To add a backend, add its entry here, e.g.
 /// `#[cfg(windows)] Backend { name: "iocp", factory: backend_iocp::loop_factory },`
 /// and the dependency (`[target.'cfg(windows)'.dependencies]`) in
-/// `policy/Cargo.toml`. `"select"` exists everywhere; a backend goes before
-/// it once it runs everything select runs.
+/// `policy/Cargo.toml`. `"select"` exists everywhere and is the fallback;
+/// a backend goes before it once it runs everything select runs.
 const REGISTRY: &[Backend] = &[
-    Backend {
-        name: "select",
-        factory: backend_select::loop_factory,
-    },
-    // After select until it carries the networking select has (issue 4):
-    // "auto" picks the first entry.
+    // The completion backend (issue 4). Where io_uring is unavailable its
+    // factory answers NotSupported and "auto" falls back to select.
     #[cfg(target_os = "linux")]
     Backend {
         name: "uring",
         factory: backend_uring::loop_factory,
     },
-    // Likewise after select until it has overlapped networking (issue 5).
+    Backend {
+        name: "select",
+        factory: backend_select::loop_factory,
+    },
+    // After select until it has overlapped networking (issue 5).
     #[cfg(windows)]
     Backend {
         name: "iocp",
@@ -59,7 +75,7 @@ const REGISTRY: &[Backend] = &[
 
 /// The platform's default backend, in order of preference: the first one
 /// registered wins (asyncio's `EventLoop`: the proactor on Windows, the
-/// selector loop elsewhere).
+/// selector loop elsewhere). Not `"auto"`: the default stays select on Unix.
 #[cfg(windows)]
 const DEFAULT_PREFERENCE: &[&str] = &["iocp", "select"];
 #[cfg(not(windows))]
@@ -70,14 +86,144 @@ fn registered(name: &str) -> Option<&'static Backend> {
 }
 
 /// The names of the backends this build includes, best first (`"auto"` not
-/// included).
+/// included). A backend listed here may still be unusable on this machine
+/// (its factory then returns [`Error::NotSupported`]); see [`auto_choice`].
 pub fn available_backends() -> Vec<&'static str> {
     REGISTRY.iter().map(|b| b.name).collect()
 }
 
-/// The backend `"auto"` picks: the best one this build includes.
+/// What `"auto"` chose on this machine: see [`auto_choice`].
+#[derive(Clone, Debug)]
+pub struct AutoChoice {
+    /// The backend chosen, e.g. `"uring"`, or `"select"` where io_uring is
+    /// unavailable.
+    pub name: &'static str,
+    /// The better backends skipped, best first, each with the
+    /// [`Error::NotSupported`] its factory returned.
+    pub skipped: Vec<(&'static str, Error)>,
+    factory: LoopFactory,
+}
+
+impl AutoChoice {
+    /// The chosen backend's loop factory.
+    pub fn factory(&self) -> LoopFactory {
+        self.factory
+    }
+}
+
+/// `"select" (uring unavailable: <reason>)`, or `"uring"`.
+impl fmt::Display for AutoChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.name)?;
+        for (i, (name, err)) in self.skipped.iter().enumerate() {
+            let why = match err {
+                Error::NotSupported { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            let sep = if i == 0 { " (" } else { "; " };
+            write!(f, "{sep}{name} unavailable: {why}")?;
+        }
+        if !self.skipped.is_empty() {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// The line [`auto_choice`] logs.
+fn auto_log_line(choice: &AutoChoice) -> String {
+    format!("{AUTO} backend: chose {choice}")
+}
+
+/// Picks `"auto"`'s backend among `candidates` (best first): the first whose
+/// factory makes a loop (closed again at once) wins; one answering
+/// [`Error::NotSupported`] is skipped, with its error recorded. Any other
+/// error stops the search and comes back unchanged, with the name of the
+/// backend that failed. All unsupported: `NotSupported` naming each reason.
+fn choose(
+    candidates: &[(&'static str, LoopFactory)],
+) -> std::result::Result<AutoChoice, (&'static str, Error)> {
+    let mut skipped = Vec::new();
+    for &(name, factory) in candidates {
+        match factory() {
+            Ok(lp) => {
+                lp.close().map_err(|e| (name, e))?;
+                return Ok(AutoChoice {
+                    name,
+                    skipped,
+                    factory,
+                });
+            }
+            Err(e @ Error::NotSupported { .. }) => skipped.push((name, e)),
+            Err(e) => return Err((name, e)),
+        }
+    }
+    let reasons: Vec<String> = skipped
+        .iter()
+        .map(|(name, e)| format!("{name}: {e}"))
+        .collect();
+    let fallback = candidates.last().map_or(AUTO, |(name, _)| name);
+    Err((
+        fallback,
+        Error::NotSupported {
+            feature: "event loop backend",
+            reason: format!(
+                "no event loop backend works on this machine ({})",
+                reasons.join("; ")
+            ),
+        },
+    ))
+}
+
+static AUTO_CHOICE: OnceLock<AutoChoice> = OnceLock::new();
+
+fn probe() -> std::result::Result<&'static AutoChoice, (&'static str, Error)> {
+    if let Some(choice) = AUTO_CHOICE.get() {
+        return Ok(choice);
+    }
+    let candidates: Vec<_> = REGISTRY.iter().map(|b| (b.name, b.factory)).collect();
+    let found = choose(&candidates)?;
+    let mut first = false;
+    let choice = AUTO_CHOICE.get_or_init(|| {
+        first = true;
+        found
+    });
+    if first {
+        log::log(Level::Info, &auto_log_line(choice));
+    }
+    Ok(choice)
+}
+
+/// The backend `"auto"` uses on this machine, and why better ones were
+/// skipped.
+///
+/// The first call probes: it makes (and closes) a loop of each registered
+/// backend, best first, until one works; a backend whose factory returns
+/// [`Error::NotSupported`] is skipped (io_uring under a container's
+/// seccomp filter, `ENOSYS`, or `kernel.io_uring_disabled`). The choice is
+/// kept for the life of the process and logged once, at [`Level::Info`]:
+/// `auto backend: chose "uring"`, or
+/// `auto backend: chose "select" (uring unavailable: <reason>)`.
+///
+/// Any other error from a factory is returned as is, and not kept: the next
+/// call probes again.
+pub fn auto_choice() -> Result<&'static AutoChoice> {
+    probe().map_err(|(_, e)| e)
+}
+
+/// The backend `"auto"` picks: [`auto_choice`]'s name. Should the probe
+/// fail (see [`auto_choice`]), the backend that failed.
 pub fn auto_backend() -> &'static str {
-    REGISTRY[0].name
+    match probe() {
+        Ok(choice) => choice.name,
+        Err((name, _)) => name,
+    }
+}
+
+/// The loop factory `"auto"` names: a loop of [`auto_choice`]'s backend.
+/// The probe's error, if it failed; the chosen factory's, if it fails later.
+pub fn auto_loop_factory() -> Result<Loop> {
+    (auto_choice()?.factory)()
 }
 
 /// The platform's default backend (`"select"` on Unix; `"iocp"` on Windows
@@ -86,7 +232,8 @@ pub fn default_backend() -> &'static str {
     DEFAULT_PREFERENCE
         .iter()
         .find_map(|n| registered(n))
-        .unwrap_or(&REGISTRY[0])
+        .or_else(|| registered("select"))
+        .expect("select is always registered")
         .name
 }
 
@@ -96,22 +243,22 @@ pub fn default_loop_factory() -> LoopFactory {
     registered(default_backend()).expect("registered").factory
 }
 
-/// "select (auto = select)": what the error messages list.
+/// "select, uring (auto = uring)": what the error messages list, in
+/// [`KNOWN_BACKENDS`] order.
 fn machine_has() -> String {
-    format!(
-        "{} ({AUTO} = {})",
-        available_backends().join(", "),
-        auto_backend()
-    )
+    let names: Vec<&str> = KNOWN_BACKENDS
+        .iter()
+        .copied()
+        .filter(|n| registered(n).is_some())
+        .collect();
+    format!("{} ({AUTO} = {})", names.join(", "), auto_backend())
 }
 
 fn lookup(name: &str, origin: &str) -> Result<LoopFactory> {
     let wanted = name.trim().to_ascii_lowercase();
-    let wanted = if wanted == AUTO {
-        auto_backend().to_string()
-    } else {
-        wanted
-    };
+    if wanted == AUTO {
+        return Ok(auto_loop_factory);
+    }
     if let Some(b) = registered(&wanted) {
         return Ok(b.factory);
     }
@@ -134,8 +281,11 @@ fn lookup(name: &str, origin: &str) -> Result<LoopFactory> {
 /// The loop factory of the backend called `name` (`"select"`, `"uring"`,
 /// `"iocp"`, or `"auto"`; case and surrounding blanks are ignored).
 ///
+/// `"auto"` gives [`auto_loop_factory`] (the backend [`auto_choice`] picks).
 /// A known backend this build lacks is [`Error::NotSupported`]; an unknown
 /// name is [`Error::Value`]. Both messages list the backends this machine has.
+/// A registered backend that cannot run here (io_uring blocked) is found,
+/// and its factory returns [`Error::NotSupported`] with the reason.
 pub fn backend(name: &str) -> Result<LoopFactory> {
     lookup(name, "")
 }
@@ -172,6 +322,76 @@ mod tests {
         name
     }
 
+    /// A backend this machine cannot run, as uring under seccomp.
+    fn unsupported() -> Result<Loop> {
+        Err(Error::NotSupported {
+            feature: "fake backend",
+            reason: "fake is unavailable on this machine: Operation not permitted (os error 1)"
+                .into(),
+        })
+    }
+
+    /// A backend that fails for another reason.
+    fn broken() -> Result<Loop> {
+        Err(Error::runtime("broken backend"))
+    }
+
+    fn works() -> Result<Loop> {
+        backend_select::loop_factory()
+    }
+
+    #[test]
+    fn choose_skips_not_supported_and_records_why() {
+        let choice = choose(&[("fake", unsupported), ("select", works)]).expect("a choice");
+        assert_eq!(choice.name, "select");
+        assert_eq!(backend_of(choice.factory()), "select");
+        assert_eq!(choice.skipped.len(), 1);
+        let (name, err) = &choice.skipped[0];
+        assert_eq!(*name, "fake");
+        let Error::NotSupported { feature, reason } = err else {
+            panic!("expected NotSupported, got {err}");
+        };
+        assert_eq!(*feature, "fake backend");
+        assert!(reason.contains("Operation not permitted"), "{reason}");
+        assert_eq!(
+            auto_log_line(&choice),
+            "auto backend: chose \"select\" (fake unavailable: fake is unavailable on this \
+             machine: Operation not permitted (os error 1))"
+        );
+    }
+
+    #[test]
+    fn choose_takes_the_first_that_works() {
+        let choice = choose(&[("select", works), ("fake", unsupported)]).expect("a choice");
+        assert_eq!(choice.name, "select");
+        assert!(choice.skipped.is_empty());
+        assert_eq!(auto_log_line(&choice), "auto backend: chose \"select\"");
+    }
+
+    #[test]
+    fn choose_returns_other_errors_as_they_are() {
+        let (name, err) = choose(&[("fake", unsupported), ("broken", broken), ("select", works)])
+            .expect_err("broken is not skipped");
+        assert_eq!(name, "broken");
+        assert!(
+            matches!(&err, Error::Runtime(m) if m == "broken backend"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn choose_with_nothing_supported_names_every_reason() {
+        let (_, err) =
+            choose(&[("fake", unsupported), ("other", unsupported)]).expect_err("nothing works");
+        let Error::NotSupported { feature, reason } = &err else {
+            panic!("expected NotSupported, got {err}");
+        };
+        assert_eq!(*feature, "event loop backend");
+        assert!(reason.contains("no event loop backend works"), "{reason}");
+        assert!(reason.contains("fake: "), "{reason}");
+        assert!(reason.contains("other: "), "{reason}");
+    }
+
     #[test]
     fn every_available_backend_makes_its_own_loops() {
         let names = available_backends();
@@ -183,10 +403,41 @@ mod tests {
     }
 
     #[test]
-    fn auto_is_the_first_registered_and_select_for_now() {
-        assert_eq!(auto_backend(), available_backends()[0]);
-        assert_eq!(auto_backend(), "select");
-        assert_eq!(backend_of(backend("auto").unwrap()), auto_backend());
+    fn uring_comes_before_select() {
+        let names = available_backends();
+        #[cfg(target_os = "linux")]
+        assert_eq!(names, ["uring", "select"]);
+        #[cfg(windows)]
+        assert_eq!(names, ["select", "iocp"]);
+        #[cfg(not(any(target_os = "linux", windows)))]
+        assert_eq!(names, ["select"]);
+    }
+
+    #[test]
+    fn auto_is_the_first_registered_backend_that_works_here() {
+        let choice = auto_choice().expect("auto choice");
+        assert_eq!(auto_backend(), choice.name);
+        let names = available_backends();
+        let pos = names
+            .iter()
+            .position(|n| *n == choice.name)
+            .expect("registered");
+        // Everything better was skipped as unsupported, with its reason.
+        let skipped: Vec<_> = choice.skipped.iter().map(|(n, _)| *n).collect();
+        assert_eq!(skipped, names[..pos]);
+        for (name, err) in &choice.skipped {
+            assert!(matches!(err, Error::NotSupported { .. }), "{name}: {err}");
+        }
+        // On Linux with io_uring working (this machine), that is uring.
+        #[cfg(target_os = "linux")]
+        if backend_uring::loop_factory().map(|lp| lp.close()).is_ok() {
+            assert_eq!(choice.name, "uring");
+            assert!(choice.skipped.is_empty());
+        }
+        assert_eq!(backend_of(backend("auto").unwrap()), choice.name);
+        assert_eq!(backend_of(auto_loop_factory), choice.name);
+        // Cached: the same choice every time.
+        assert!(std::ptr::eq(choice, auto_choice().unwrap()));
     }
 
     #[test]
@@ -217,7 +468,11 @@ mod tests {
         for name in available_backends() {
             assert!(msg.contains(name), "{msg} lacks {name}");
         }
-        assert!(msg.contains("auto = select"), "{msg}");
+        assert!(msg.contains("this machine has: select"), "{msg}");
+        assert!(
+            msg.contains(&format!("(auto = {})", auto_backend())),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -226,8 +481,8 @@ mod tests {
             .iter()
             .filter(|n| !available_backends().contains(n))
             .collect();
-        // On this Linux build, uring and iocp are not registered yet; once
-        // they are, this loop checks whatever remains.
+        // On this Linux build, iocp is not registered; once it is (on
+        // Windows), this loop checks whatever remains.
         #[cfg(target_os = "linux")]
         assert!(missing.contains(&&"iocp"), "iocp is Windows only");
         for name in missing {

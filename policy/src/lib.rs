@@ -10,7 +10,9 @@
 //! - [`backend`], [`backend_from_env`], [`available_backends`]: backends by
 //!   name (`"select"`, `"uring"`, `"iocp"`, `"auto"`), and the
 //!   [`BACKEND_ENV`] variable (`RUST_ASYNCIO_BACKEND`) that picks the
-//!   backend of loops made without a `loop_factory`.
+//!   backend of loops made without a `loop_factory`. [`auto_choice`] says
+//!   which backend `"auto"` chose at run time (uring where io_uring works,
+//!   else select) and why better ones were skipped.
 //!
 //! ```
 //! let answer = policy::run(async { Ok(6 * 7) }, None, None).unwrap();
@@ -24,8 +26,9 @@ pub mod events;
 pub mod runners;
 
 pub use backends::{
-    auto_backend, available_backends, backend, backend_from_env, default_backend,
-    default_loop_factory, LoopFactory, AUTO, BACKEND_ENV, KNOWN_BACKENDS,
+    auto_backend, auto_choice, auto_loop_factory, available_backends, backend, backend_from_env,
+    default_backend, default_loop_factory, AutoChoice, LoopFactory, AUTO, BACKEND_ENV,
+    KNOWN_BACKENDS,
 };
 pub use events::{
     get_event_loop, get_event_loop_policy, new_event_loop, set_event_loop, set_event_loop_policy,

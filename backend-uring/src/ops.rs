@@ -1,0 +1,105 @@
+//! Operations in flight: the memory the kernel may still touch, and who
+//! hears of the completion.
+//!
+//! Every request that carries a pointer into our memory is submitted with
+//! the owned allocation it points into, as a [`Keep`]. The driver holds the
+//! `Keep` in its table of operations until the request's last completion
+//! has been reaped (a cancelled request included: cancellation is only a
+//! request too, and the kernel may finish the operation first), and only
+//! then hands it back to the [`Owner`]. So no buffer, iovec or socket
+//! address is freed or moved while the kernel holds a pointer to it: moving
+//! a `Vec` or a `Box` into the table moves the handle, not the heap memory
+//! the pointer names.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use socket2::SockAddr;
+
+/// Owned memory an operation's pointers point into.
+pub(crate) enum Keep {
+    /// The request points at nothing of ours (polls, accepts without an
+    /// address, provided-buffer receives, cancels).
+    Nothing,
+    /// A receive or send buffer.
+    Buf(Vec<u8>),
+    /// A vectored send: chunks, their iovecs and the `msghdr`.
+    Send(Box<SendBufs>),
+    /// A socket address, read by `connect`.
+    Addr(Box<SockAddr>),
+}
+
+/// A vectored send's memory: `msg` points at `iov`, each iovec into a chunk.
+pub(crate) struct SendBufs {
+    /// The chunks, in order; `head` bytes of the first were sent before.
+    pub chunks: VecDeque<Vec<u8>>,
+    pub head: usize,
+    pub iov: Vec<libc::iovec>,
+    pub msg: libc::msghdr,
+}
+
+impl SendBufs {
+    /// Chunks (the first from `head` on) made ready for `sendmsg`: the
+    /// iovecs and the header point into `self`, which is boxed so that
+    /// they stay valid wherever the box goes.
+    pub fn new(chunks: VecDeque<Vec<u8>>, head: usize) -> Box<SendBufs> {
+        let mut b = Box::new(SendBufs {
+            chunks,
+            head,
+            iov: Vec::new(),
+            // SAFETY: `msghdr` is plain old data; all-zero is a valid value
+            // (no name, no control data, no flags).
+            msg: unsafe { std::mem::zeroed() },
+        });
+        let iov: Vec<libc::iovec> = b
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let c = if i == 0 { &c[head..] } else { &c[..] };
+                libc::iovec {
+                    iov_base: c.as_ptr() as *mut libc::c_void,
+                    iov_len: c.len(),
+                }
+            })
+            .collect();
+        b.iov = iov;
+        b.msg.msg_iov = b.iov.as_mut_ptr();
+        b.msg.msg_iovlen = b.iov.len() as _;
+        b
+    }
+
+    /// Bytes this send hands the kernel.
+    pub fn len(&self) -> usize {
+        self.iov.iter().map(|v| v.iov_len).sum()
+    }
+}
+
+/// One completion, as the owner hears it.
+pub(crate) struct Completion {
+    /// Which of the owner's operations (the owner's own numbering).
+    pub kind: u8,
+    /// The CQE's result: a count, a descriptor, or `-errno`.
+    pub res: i32,
+    /// The CQE's flags (buffer id, `IORING_CQE_F_MORE`).
+    pub flags: u32,
+    /// A multishot request goes on after this completion.
+    pub more: bool,
+    /// The operation's memory, handed back with its last completion.
+    pub keep: Option<Keep>,
+}
+
+/// Who hears of an operation's completions.
+pub(crate) trait Owner {
+    /// Called from inside the driver's `poll`, with the driver borrowed:
+    /// record the completion and schedule work on the ready queue; never
+    /// run user code or touch the driver here.
+    fn complete(self: Rc<Self>, completion: Completion);
+}
+
+/// An operation in flight, named by its slot and the slot's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpId {
+    pub key: u32,
+    pub generation: u32,
+}
