@@ -26,6 +26,8 @@ pub(crate) struct BufRing {
     buf_size: usize,
     /// Our copy of the tail; the kernel reads the one in the ring.
     tail: Cell<u16>,
+    /// Buffers the kernel handed us that are not recycled yet.
+    lent: Cell<u32>,
 }
 
 /// The group id our receives name.
@@ -58,6 +60,7 @@ impl BufRing {
             entries,
             buf_size,
             tail: Cell::new(0),
+            lent: Cell::new(0),
         };
         for bid in 0..entries {
             r.push(bid);
@@ -99,8 +102,19 @@ impl BufRing {
         unsafe { &*tail }.store(self.tail.get(), Ordering::Release);
     }
 
+    /// Notes that a completion handed us a buffer.
+    pub fn lent(&self) {
+        self.lent.set(self.lent.get() + 1);
+    }
+
+    /// Buffers handed to us and not given back yet.
+    pub fn outstanding(&self) -> u32 {
+        self.lent.get()
+    }
+
     /// Gives buffer `bid` back to the kernel.
     pub fn recycle(&self, bid: u16) {
+        self.lent.set(self.lent.get().saturating_sub(1));
         self.push(bid);
         self.publish();
     }

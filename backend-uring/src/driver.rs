@@ -84,8 +84,8 @@ impl Default for UringConfig {
         UringConfig {
             entries: 256,
             provided_buffers: true,
-            ring_buffers: 512,
-            ring_buffer_size: 16 * 1024,
+            ring_buffers: 256,
+            ring_buffer_size: 64 * 1024,
             multishot_accept: true,
         }
     }
@@ -318,6 +318,12 @@ impl UringDriver {
         self.ops.len()
     }
 
+    /// Provided buffers the kernel filled and the loop has not given back
+    /// yet (always 0 without provided buffers).
+    pub fn buffers_outstanding(&self) -> u32 {
+        self.buf_ring.as_ref().map_or(0, |r| r.outstanding())
+    }
+
     /// The provided-buffer ring, where multishot receives are in use.
     pub(crate) fn buf_ring(&self) -> Option<Rc<BufRing>> {
         self.buf_ring.clone()
@@ -524,6 +530,11 @@ impl UringDriver {
     }
 
     fn complete_op(&mut self, t: u64, res: i32, flags: u32) {
+        if cqueue::buffer_select(flags).is_some() {
+            if let Some(r) = &self.buf_ring {
+                r.lent();
+            }
+        }
         let key = (t & 0xffff_ffff) as usize;
         let generation = ((t >> 32) as u32) & GENERATION_MASK;
         match self.ops.get(key) {

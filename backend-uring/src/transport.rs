@@ -90,6 +90,9 @@ pub struct UringSocketTransport {
     outgoing: RefCell<Outgoing>,
     inbox: RefCell<VecDeque<Completion>>,
     scheduled: Cell<bool>,
+    /// Inside this transport's step: writes only buffer, and the step
+    /// sends them all in one request when it ends.
+    in_step: Cell<bool>,
     flow: FlowControl,
     /// asyncio's `_conn_lost`.
     conn_lost: Cell<u32>,
@@ -141,6 +144,7 @@ impl UringSocketTransport {
             outgoing: RefCell::new(Outgoing::default()),
             inbox: RefCell::new(VecDeque::new()),
             scheduled: Cell::new(false),
+            in_step: Cell::new(false),
             flow: FlowControl::default(),
             conn_lost: Cell::new(0),
             closing: Cell::new(false),
@@ -380,7 +384,7 @@ impl UringSocketTransport {
 
     /// Sends what is buffered, if no send is in flight.
     fn start_send(&self) {
-        if self.send_op.get().is_some() || self.conn_lost.get() > 0 {
+        if self.send_op.get().is_some() || self.conn_lost.get() > 0 || self.in_step.get() {
             return;
         }
         let (chunks, head) = {
@@ -595,6 +599,7 @@ impl Owner for UringSocketTransport {
 impl Step for UringSocketTransport {
     fn run_step(self: Rc<Self>) {
         self.scheduled.set(false);
+        self.in_step.set(true);
         loop {
             let next = self.inbox.borrow_mut().pop_front();
             let Some(c) = next else { break };
@@ -603,6 +608,9 @@ impl Step for UringSocketTransport {
                 _ => self.on_send(c),
             }
         }
+        self.in_step.set(false);
+        // What the protocol wrote while its data came in, in one request.
+        self.start_send();
     }
 
     fn describe(&self) -> String {
