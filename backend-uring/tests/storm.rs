@@ -26,7 +26,7 @@ fn open_fds() -> usize {
 /// Echoes, and keeps its transport where the test can reach it.
 struct Echo {
     transport: RefCell<Option<Rc<dyn Transport>>>,
-    all: Rc<RefCell<Vec<Rc<dyn Transport>>>>,
+    all: Transports,
 }
 
 impl BaseProtocol for Echo {
@@ -46,6 +46,19 @@ impl Protocol for Echo {
             let _ = t.write(data);
         }
     }
+}
+
+type Transports = Rc<RefCell<Vec<Rc<dyn Transport>>>>;
+
+/// Makes `Echo` protocols that record their transports in `all`.
+fn echo_factory(all: &Transports) -> ProtocolFactory {
+    let all = all.clone();
+    Rc::new(move || {
+        Rc::new(Echo {
+            transport: RefCell::new(None),
+            all: all.clone(),
+        }) as Rc<dyn Protocol>
+    })
 }
 
 fn run_until(lp: &UringEventLoop, what: &str, mut cond: impl FnMut() -> bool) {
@@ -73,14 +86,8 @@ fn buffers_out(lp: &UringEventLoop) -> u32 {
 /// server is closed nothing is in flight and every buffer is back.
 fn pause_resume_storm() {
     let lp = new_event_loop().expect("uring");
-    let all: Rc<RefCell<Vec<Rc<dyn Transport>>>> = Rc::default();
-    let a = all.clone();
-    let factory: ProtocolFactory = Rc::new(move || {
-        Rc::new(Echo {
-            transport: RefCell::new(None),
-            all: a.clone(),
-        }) as Rc<dyn Protocol>
-    });
+    let all: Transports = Rc::default();
+    let factory = echo_factory(&all);
     let server = lp
         .run_until_complete(lp.create_server(
             factory,
@@ -189,14 +196,8 @@ fn cancelled_sock_ops_storm() -> Result<()> {
 /// under the drain limit), and afterwards nothing is in flight.
 fn close_with_operations_in_flight() -> Result<()> {
     let lp = new_event_loop()?;
-    let all: Rc<RefCell<Vec<Rc<dyn Transport>>>> = Rc::default();
-    let a = all.clone();
-    let factory: ProtocolFactory = Rc::new(move || {
-        Rc::new(Echo {
-            transport: RefCell::new(None),
-            all: a.clone(),
-        }) as Rc<dyn Protocol>
-    });
+    let all: Transports = Rc::default();
+    let factory = echo_factory(&all);
     let server = lp.run_until_complete(lp.create_server(
         factory,
         Hosts::One("127.0.0.1".into()),
