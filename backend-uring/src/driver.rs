@@ -435,9 +435,11 @@ impl UringDriver {
                     let reaped = self.reap(&mut early);
                     self.pending = early;
                     if reaped == 0 {
-                        // Nothing to reap: flush the overflow list, or let
-                        // the kernel find memory; the next enter retries.
-                        let _ = self.ring.submitter().submit_and_wait(1);
+                        // Nothing to reap: flush the overflow list, or give
+                        // the kernel a moment to find memory (bounded: this
+                        // runs inside a callback's write, which must not
+                        // block on completions that may never come).
+                        let _ = self.enter(Some(Duration::from_millis(1)));
                     }
                 }
                 Err(e) => return Err(e),

@@ -33,14 +33,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
 use io_uring::{cqueue, opcode, types};
-use loop_api::base_events::sendfile::ReadingPaused;
 use loop_api::base_events::server::Server;
 use loop_api::events::options::MAX_READ_SIZE;
-use loop_api::events::{AbstractEventLoop, EventLoopExt, LocalBoxFuture, Loop, RawFd, Step};
+use loop_api::events::{AbstractEventLoop, LocalBoxFuture, Loop, RawFd, Step};
 use loop_api::futures::Future;
 use loop_api::log::{self, Level};
-use loop_api::protocols::{BaseProtocol, Protocol};
-use loop_api::transports::flow_control::{Crossing, FlowControl};
+use loop_api::protocols::Protocol;
+use loop_api::transports::flow_control::FlowControl;
 use loop_api::transports::lifecycle::{self, SocketInfo};
 use loop_api::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 use loop_api::{Error, Result};
@@ -54,11 +53,6 @@ const RECV: u8 = 0;
 const SEND: u8 = 1;
 /// The most chunks one `sendmsg` hands the kernel (well under `IOV_MAX`).
 const MAX_IOV: usize = 64;
-
-/// What a protocol is replaced with once the connection is lost.
-struct Detached;
-impl BaseProtocol for Detached {}
-impl Protocol for Detached {}
 
 /// Buffered outgoing bytes, as whole chunks.
 #[derive(Default)]
@@ -298,16 +292,7 @@ impl UringSocketTransport {
         if let Some(bp) = proto.as_buffered() {
             let mut rest = data;
             while !rest.is_empty() && self.conn_lost.get() == 0 {
-                let got = catch_unwind(AssertUnwindSafe(|| bp.get_buffer(rest.len())))
-                    .unwrap_or_else(|p| Err(Error::from_panic(p)))
-                    .and_then(|b| {
-                        if b.is_empty() {
-                            Err(Error::runtime("get_buffer() returned an empty buffer"))
-                        } else {
-                            Ok(b)
-                        }
-                    });
-                let mut buf = match got {
+                let mut buf = match lifecycle::get_buffer(bp, rest.len()) {
                     Ok(b) => b,
                     Err(e) => {
                         self.fatal_error(e, "Fatal error: protocol.get_buffer() call failed.");
@@ -317,9 +302,7 @@ impl UringSocketTransport {
                 let n = buf.len().min(rest.len());
                 buf[..n].copy_from_slice(&rest[..n]);
                 rest = &rest[n..];
-                let r = catch_unwind(AssertUnwindSafe(|| bp.buffer_updated(buf, n)))
-                    .unwrap_or_else(|p| Err(Error::from_panic(p)));
-                if let Err(e) = r {
+                if let Err(e) = lifecycle::buffer_updated(bp, buf, n) {
                     self.fatal_error(e, "Fatal error: protocol.buffer_updated() call failed.");
                     return;
                 }
@@ -339,15 +322,8 @@ impl UringSocketTransport {
             log::log(Level::Debug, &format!("{} received EOF", self.repr()));
         }
         let proto = self.protocol.borrow().clone();
-        let keep_open = catch_unwind(AssertUnwindSafe(|| match proto.as_buffered() {
-            Some(bp) => bp.eof_received(),
-            None => proto.eof_received(),
-        }));
-        match keep_open {
-            Err(p) => self.fatal_error(
-                Error::from_panic(p),
-                "Fatal error: protocol.eof_received() call failed.",
-            ),
+        match lifecycle::eof_received(&*proto) {
+            Err(e) => self.fatal_error(e, "Fatal error: protocol.eof_received() call failed."),
             Ok(true) => {} // half-closed: nothing more to read
             Ok(false) => self.close(),
         }
@@ -367,15 +343,7 @@ impl UringSocketTransport {
     // ----- writing -------------------------------------------------------------------
 
     fn write_allowed(&self, empty: bool, method: &str) -> Result<bool> {
-        if self.eof.get() {
-            return Err(Error::runtime(format!(
-                "Cannot call {method}() after write_eof()"
-            )));
-        }
-        if empty {
-            return Ok(false);
-        }
-        Ok(!lifecycle::drop_lost_write(&self.conn_lost))
+        lifecycle::check_write(self.eof.get(), empty, method, &self.conn_lost)
     }
 
     fn buffer_size(&self) -> usize {
@@ -433,9 +401,8 @@ impl UringSocketTransport {
             return; // aborted: the rest is dropped
         }
         if c.res < 0 {
+            // `fatal_error` drops what is buffered.
             let e: Error = io::Error::from_raw_os_error(-c.res).into();
-            self.outgoing.borrow_mut().chunks.clear();
-            self.outgoing.borrow_mut().size = 0;
             for w in self.empty_waiters.borrow_mut().drain(..) {
                 let _ = w.set_exception(e.clone());
             }
@@ -486,20 +453,16 @@ impl UringSocketTransport {
     }
 
     fn maybe_pause_protocol(&self) {
-        if self.flow.after_write(self.buffer_size()) == Crossing::Pause {
-            let proto = self.protocol.borrow().clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.pause_writing())) {
-                self.report(Error::from_panic(p), "protocol.pause_writing() failed");
-            }
+        let proto = self.protocol.borrow().clone();
+        if let Some(e) = self.flow.pause_if_over(self.buffer_size(), &*proto) {
+            self.report(e, "protocol.pause_writing() failed");
         }
     }
 
     fn maybe_resume_protocol(&self) {
-        if self.flow.after_drain(self.buffer_size()) == Crossing::Resume {
-            let proto = self.protocol.borrow().clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.resume_writing())) {
-                self.report(Error::from_panic(p), "protocol.resume_writing() failed");
-            }
+        let proto = self.protocol.borrow().clone();
+        if let Some(e) = self.flow.resume_if_drained(self.buffer_size(), &*proto) {
+            self.report(e, "protocol.resume_writing() failed");
         }
     }
 
@@ -568,11 +531,9 @@ impl UringSocketTransport {
             let _ = self.lp.try_with_driver(|d| d.settle());
         }
         self.sock.borrow_mut().take();
-        *self.protocol.borrow_mut() = Rc::new(Detached);
+        *self.protocol.borrow_mut() = Rc::new(lifecycle::Detached);
         self.held.borrow_mut().clear();
-        let closed = exc.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::ConnectionAborted, "Connection is closed").into()
-        });
+        let closed = exc.unwrap_or_else(lifecycle::connection_closed);
         for w in self.empty_waiters.borrow_mut().drain(..) {
             let _ = w.set_exception(closed.clone());
         }
@@ -751,17 +712,12 @@ impl WriteTransport for UringSocketTransport {
     }
 
     fn _make_empty_waiter(&self) -> Option<Future<()>> {
-        let f = self.lp.create_future::<()>();
-        if self.conn_lost.get() > 0 || self.sock.borrow().is_none() {
-            let _ = f.set_exception(
-                io::Error::new(io::ErrorKind::ConnectionAborted, "Connection is closed").into(),
-            );
-        } else if self.buffer_size() == 0 {
-            let _ = f.set_result(());
-        } else {
-            self.empty_waiters.borrow_mut().push(f.clone());
-        }
-        Some(f)
+        Some(lifecycle::empty_waiter(
+            &self.lp(),
+            self.conn_lost.get() > 0 || self.sock.borrow().is_none(),
+            self.buffer_size() == 0,
+            &self.empty_waiters,
+        ))
     }
 
     fn _sendfile_native(
@@ -770,23 +726,15 @@ impl WriteTransport for UringSocketTransport {
         offset: u64,
         count: Option<u64>,
     ) -> Option<LocalBoxFuture<'static, Result<u64>>> {
-        let me = self.me();
         let sock = self.socket()?;
-        Some(Box::pin(async move {
-            // As asyncio: no reads while the file goes out, and nothing of
-            // it before what was written earlier.
-            let _paused = ReadingPaused::new(me.clone());
-            let empty = me._make_empty_waiter().expect("socket transports can tell");
-            empty.await?;
-            loop_api::selector_events::sendfile::sock_sendfile_native(
-                me.lp(),
-                sock,
-                file,
-                offset,
-                count,
-            )
-            .await
-        }))
+        Some(lifecycle::sendfile_native(
+            self.me(),
+            self.lp(),
+            sock,
+            file,
+            offset,
+            count,
+        ))
     }
 }
 

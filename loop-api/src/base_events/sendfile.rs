@@ -217,14 +217,14 @@ pub(crate) async fn sock_sendfile_fallback(
 /// Pauses reading for the duration of a sendfile (asyncio's
 /// `_SendfileFallbackProtocol`, and `_sendfile_native`'s `finally`),
 /// resuming it on drop if it was reading.
-pub struct ReadingPaused {
+pub(crate) struct ReadingPaused {
     transport: Rc<dyn Transport>,
     resume: bool,
 }
 
 impl ReadingPaused {
     /// Pauses `transport`'s reading if it reads.
-    pub fn new(transport: Rc<dyn Transport>) -> Self {
+    pub(crate) fn new(transport: Rc<dyn Transport>) -> Self {
         let resume = transport.is_reading();
         if resume {
             transport.pause_reading();

@@ -28,17 +28,12 @@ use crate::events::{Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::{BaseProtocol, DatagramProtocol};
-use crate::transports::flow_control::{Crossing, FlowControl};
+use crate::transports::flow_control::FlowControl;
 use crate::transports::lifecycle::{self, SocketInfo};
 use crate::transports::{BaseTransport, DatagramTransport, ExtraInfo};
 
 /// asyncio counts each queued datagram with this many bytes of header.
 const DATAGRAM_HEADER: usize = 8;
-
-/// The protocol a transport keeps once the connection is lost.
-struct Detached;
-impl BaseProtocol for Detached {}
-impl DatagramProtocol for Detached {}
 
 /// The `Protocol` half of `set_protocol`'s signature has no use on a
 /// datagram transport; this adapter refuses it.
@@ -198,11 +193,9 @@ impl DatagramSocketTransport {
                 }
             }
         }
-        if self.flow.after_drain(self.queued_size.get()) == Crossing::Resume {
-            let proto = self.protocol.borrow().clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.resume_writing())) {
-                self.report(Error::from_panic(p), "protocol.resume_writing() failed");
-            }
+        let proto = self.protocol.borrow().clone();
+        if let Some(e) = self.flow.resume_if_drained(self.queued_size.get(), &*proto) {
+            self.report(e, "protocol.resume_writing() failed");
         }
         if self.queue.borrow().is_empty() {
             let _ = self.lp._remove_writer(self.fd);
@@ -267,7 +260,7 @@ impl DatagramSocketTransport {
         let _ = self.lp._remove_reader(self.fd);
         let _ = self.lp._remove_writer(self.fd);
         self.sock.borrow_mut().take();
-        *self.protocol.borrow_mut() = Rc::new(Detached);
+        *self.protocol.borrow_mut() = Rc::new(lifecycle::Detached);
     }
 }
 
@@ -351,11 +344,9 @@ impl DatagramTransport for DatagramSocketTransport {
         self.queue.borrow_mut().push_back((data.to_vec(), addr));
         self.queued_size
             .set(self.queued_size.get() + data.len() + DATAGRAM_HEADER);
-        if self.flow.after_write(self.queued_size.get()) == Crossing::Pause {
-            let proto = self.protocol.borrow().clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.pause_writing())) {
-                self.report(Error::from_panic(p), "protocol.pause_writing() failed");
-            }
+        let proto = self.protocol.borrow().clone();
+        if let Some(e) = self.flow.pause_if_over(self.queued_size.get(), &*proto) {
+            self.report(e, "protocol.pause_writing() failed");
         }
         Ok(())
     }

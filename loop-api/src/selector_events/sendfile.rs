@@ -106,7 +106,7 @@ impl Drop for FilePosition {
 /// Watches the socket with the unchecked `_add_writer` hook, so that a
 /// transport's `_sendfile_native` may call it on the transport's own socket
 /// (after flushing its buffer and pausing reading).
-pub fn sock_sendfile_native(
+pub(crate) fn sock_sendfile_native(
     lp: Loop,
     sock: Rc<Socket>,
     file: Rc<File>,

@@ -25,7 +25,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, IoSlice, Read};
+use std::io::{IoSlice, Read};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
@@ -33,15 +33,14 @@ use std::rc::{Rc, Weak};
 use socket2::Socket;
 
 use super::{is_retry, raw_fd};
-use crate::base_events::sendfile::ReadingPaused;
 use crate::base_events::server::Server;
 use crate::events::options::MAX_READ_SIZE;
-use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd};
+use crate::events::{LocalBoxFuture, Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
-use crate::protocols::{BaseProtocol, Protocol};
-use crate::transports::flow_control::{Crossing, FlowControl};
+use crate::protocols::Protocol;
+use crate::transports::flow_control::FlowControl;
 use crate::transports::lifecycle::{self, SocketInfo};
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
@@ -67,13 +66,6 @@ pub(crate) fn take_read_buf() -> Box<[u8]> {
 pub(crate) fn put_read_buf(buf: Box<[u8]>) {
     READ_BUF.set(Some(buf));
 }
-
-/// What a protocol is replaced with once the connection is lost, so that
-/// the transport no longer keeps the user's protocol (and whatever cycle
-/// it forms with the transport) alive.
-struct Detached;
-impl BaseProtocol for Detached {}
-impl Protocol for Detached {}
 
 /// Buffered outgoing bytes: whole chunks, the first partly sent.
 #[derive(Default)]
@@ -289,16 +281,7 @@ impl SocketTransport {
         let Some(bp) = proto.as_buffered() else {
             return;
         };
-        let got = catch_unwind(AssertUnwindSafe(|| bp.get_buffer(0)))
-            .unwrap_or_else(|p| Err(Error::from_panic(p)))
-            .and_then(|b| {
-                if b.is_empty() {
-                    Err(Error::runtime("get_buffer() returned an empty buffer"))
-                } else {
-                    Ok(b)
-                }
-            });
-        let mut buf = match got {
+        let mut buf = match lifecycle::get_buffer(bp, 0) {
             Ok(b) => b,
             Err(e) => {
                 self.fatal_error(e, "Fatal error: protocol.get_buffer() call failed.");
@@ -318,9 +301,7 @@ impl SocketTransport {
             self.read_ready_on_eof(proto);
             return;
         }
-        let r = catch_unwind(AssertUnwindSafe(|| bp.buffer_updated(buf, n)))
-            .unwrap_or_else(|p| Err(Error::from_panic(p)));
-        if let Err(e) = r {
+        if let Err(e) = lifecycle::buffer_updated(bp, buf, n) {
             self.fatal_error(e, "Fatal error: protocol.buffer_updated() call failed.");
         }
     }
@@ -329,15 +310,8 @@ impl SocketTransport {
         if self.lp.get_debug() {
             log::log(Level::Debug, &format!("{} received EOF", self.repr()));
         }
-        let keep_open = catch_unwind(AssertUnwindSafe(|| match proto.as_buffered() {
-            Some(bp) => bp.eof_received(),
-            None => proto.eof_received(),
-        }));
-        match keep_open {
-            Err(p) => self.fatal_error(
-                Error::from_panic(p),
-                "Fatal error: protocol.eof_received() call failed.",
-            ),
+        match lifecycle::eof_received(proto) {
+            Err(e) => self.fatal_error(e, "Fatal error: protocol.eof_received() call failed."),
             // The protocol may still write; nothing more can be read.
             Ok(true) => {
                 let _ = self.lp._remove_reader(self.fd);
@@ -350,15 +324,7 @@ impl SocketTransport {
 
     /// Checks shared by `write` and `writelines`; `Ok(false)`: drop the data.
     fn write_allowed(&self, empty: bool, method: &str) -> Result<bool> {
-        if self.eof.get() {
-            return Err(Error::runtime(format!(
-                "Cannot call {method}() after write_eof()"
-            )));
-        }
-        if empty {
-            return Ok(false);
-        }
-        Ok(!lifecycle::drop_lost_write(&self.conn_lost))
+        lifecycle::check_write(self.eof.get(), empty, method, &self.conn_lost)
     }
 
     /// Sends what it can of `data` at once, when nothing is buffered;
@@ -451,20 +417,18 @@ impl SocketTransport {
     }
 
     fn maybe_pause_protocol(&self) {
-        if self.flow.after_write(self.buffer.borrow().len()) == Crossing::Pause {
-            let proto = self.protocol.borrow().clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.pause_writing())) {
-                self.report(Error::from_panic(p), "protocol.pause_writing() failed");
-            }
+        let proto = self.protocol.borrow().clone();
+        let size = self.buffer.borrow().len();
+        if let Some(e) = self.flow.pause_if_over(size, &*proto) {
+            self.report(e, "protocol.pause_writing() failed");
         }
     }
 
     fn maybe_resume_protocol(&self) {
-        if self.flow.after_drain(self.buffer.borrow().len()) == Crossing::Resume {
-            let proto = self.protocol.borrow().clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.resume_writing())) {
-                self.report(Error::from_panic(p), "protocol.resume_writing() failed");
-            }
+        let proto = self.protocol.borrow().clone();
+        let size = self.buffer.borrow().len();
+        if let Some(e) = self.flow.resume_if_drained(size, &*proto) {
+            self.report(e, "protocol.resume_writing() failed");
         }
     }
 
@@ -519,10 +483,8 @@ impl SocketTransport {
         // Dropping our reference closes the socket (unless the user kept a
         // clone of the `Rc<Socket>` they passed in).
         self.sock.borrow_mut().take();
-        *self.protocol.borrow_mut() = Rc::new(Detached);
-        let closed = exc.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::ConnectionAborted, "Connection is closed").into()
-        });
+        *self.protocol.borrow_mut() = Rc::new(lifecycle::Detached);
+        let closed = exc.unwrap_or_else(lifecycle::connection_closed);
         for w in self.empty_waiters.borrow_mut().drain(..) {
             let _ = w.set_exception(closed.clone());
         }
@@ -681,17 +643,12 @@ impl WriteTransport for SocketTransport {
     }
 
     fn _make_empty_waiter(&self) -> Option<Future<()>> {
-        let f = self.lp.create_future::<()>();
-        if self.conn_lost.get() > 0 || self.sock.borrow().is_none() {
-            let _ = f.set_exception(
-                io::Error::new(io::ErrorKind::ConnectionAborted, "Connection is closed").into(),
-            );
-        } else if self.buffer.borrow().is_empty() {
-            let _ = f.set_result(());
-        } else {
-            self.empty_waiters.borrow_mut().push(f.clone());
-        }
-        Some(f)
+        Some(lifecycle::empty_waiter(
+            &self.lp,
+            self.conn_lost.get() > 0 || self.sock.borrow().is_none(),
+            self.buffer.borrow().is_empty(),
+            &self.empty_waiters,
+        ))
     }
 
     fn _sendfile_native(
@@ -700,16 +657,15 @@ impl WriteTransport for SocketTransport {
         offset: u64,
         count: Option<u64>,
     ) -> Option<LocalBoxFuture<'static, Result<u64>>> {
-        let me = self.me();
         let sock = self.socket()?;
-        Some(Box::pin(async move {
-            // As asyncio: no reads while the file goes out (resumed however
-            // this ends), and nothing of it before what was written earlier.
-            let _paused = ReadingPaused::new(me.clone());
-            let empty = me._make_empty_waiter().expect("socket transports can tell");
-            empty.await?;
-            super::sendfile::sock_sendfile_native(me.lp.clone(), sock, file, offset, count).await
-        }))
+        Some(lifecycle::sendfile_native(
+            self.me(),
+            self.lp.clone(),
+            sock,
+            file,
+            offset,
+            count,
+        ))
     }
 }
 

@@ -7,9 +7,11 @@
 //! is called once per crossing, never twice in a row.
 
 use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::events::options::WRITE_BUFFER_HIGH_WATER;
 use crate::exceptions::{Error, Result};
+use crate::protocols::BaseProtocol;
 
 /// The marks and whether the protocol is paused.
 #[derive(Debug)]
@@ -86,6 +88,30 @@ impl FlowControl {
         } else {
             Crossing::None
         }
+    }
+
+    /// After the buffer grew to `size`: calls the protocol's
+    /// `pause_writing` on crossing the high mark. A panic in it comes back
+    /// as the error to report ("protocol.pause_writing() failed").
+    pub fn pause_if_over(&self, size: usize, protocol: &dyn BaseProtocol) -> Option<Error> {
+        if self.after_write(size) != Crossing::Pause {
+            return None;
+        }
+        catch_unwind(AssertUnwindSafe(|| protocol.pause_writing()))
+            .err()
+            .map(Error::from_panic)
+    }
+
+    /// After the buffer shrank to `size`: calls `resume_writing` on
+    /// draining to the low mark; a panic comes back as the error to report
+    /// ("protocol.resume_writing() failed").
+    pub fn resume_if_drained(&self, size: usize, protocol: &dyn BaseProtocol) -> Option<Error> {
+        if self.after_drain(size) != Crossing::Resume {
+            return None;
+        }
+        catch_unwind(AssertUnwindSafe(|| protocol.resume_writing()))
+            .err()
+            .map(Error::from_panic)
     }
 
     /// After the buffer shrank: `Resume` when it drained to the low mark.
