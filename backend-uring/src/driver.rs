@@ -749,7 +749,7 @@ impl Driver for UringDriver {
         waiter: Option<loop_api::Future<()>>,
         server: Option<Rc<loop_api::base_events::server::Server>>,
     ) -> Result<Rc<dyn loop_api::transports::Transport>> {
-        crate::transport::UringSocketTransport::create(lp, sock, protocol, waiter, server)
+        crate::transport::create(lp, sock, protocol, waiter, server)
     }
 
     fn start_serving(

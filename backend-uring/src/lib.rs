@@ -44,7 +44,7 @@ mod transport;
 #[cfg(target_os = "linux")]
 pub use driver::{Features, UringConfig, UringDriver, CLOSE_DRAIN};
 #[cfg(target_os = "linux")]
-pub use transport::UringSocketTransport;
+pub use transport::{UringSocketTransport, UringStream};
 
 use loop_api::{Error, Loop, Result};
 

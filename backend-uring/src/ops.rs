@@ -11,9 +11,9 @@
 //! a `Vec` or a `Box` into the table moves the handle, not the heap memory
 //! the pointer names.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 
+use loop_api::proactor_events::SendBatch;
 use socket2::SockAddr;
 
 /// Owned memory an operation's pointers point into.
@@ -29,38 +29,32 @@ pub(crate) enum Keep {
     Addr(Box<SockAddr>),
 }
 
-/// A vectored send's memory: `msg` points at `iov`, each iovec into a chunk.
+/// A vectored send's memory: `msg` points at `iov`, each iovec into a
+/// chunk of `batch`.
 pub(crate) struct SendBufs {
-    /// The chunks, in order; `head` bytes of the first were sent before.
-    pub chunks: VecDeque<Vec<u8>>,
-    pub head: usize,
-    pub iov: Vec<libc::iovec>,
+    batch: SendBatch,
+    iov: Vec<libc::iovec>,
     pub msg: libc::msghdr,
 }
 
 impl SendBufs {
-    /// Chunks (the first from `head` on) made ready for `sendmsg`: the
-    /// iovecs and the header point into `self`, which is boxed so that
-    /// they stay valid wherever the box goes.
-    pub fn new(chunks: VecDeque<Vec<u8>>, head: usize) -> Box<SendBufs> {
+    /// A batch made ready for `sendmsg`: the iovecs and the header point
+    /// into `self`, which is boxed so that they stay valid wherever the box
+    /// goes (the chunks' heap memory does not move with their `Vec`s).
+    pub fn new(batch: SendBatch) -> Box<SendBufs> {
         let mut b = Box::new(SendBufs {
-            chunks,
-            head,
+            batch,
             iov: Vec::new(),
             // SAFETY: `msghdr` is plain old data; all-zero is a valid value
             // (no name, no control data, no flags).
             msg: unsafe { std::mem::zeroed() },
         });
         let iov: Vec<libc::iovec> = b
-            .chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let c = if i == 0 { &c[head..] } else { &c[..] };
-                libc::iovec {
-                    iov_base: c.as_ptr() as *mut libc::c_void,
-                    iov_len: c.len(),
-                }
+            .batch
+            .slices()
+            .map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
             })
             .collect();
         b.iov = iov;
@@ -69,9 +63,9 @@ impl SendBufs {
         b
     }
 
-    /// Bytes this send hands the kernel.
-    pub fn len(&self) -> usize {
-        self.iov.iter().map(|v| v.iov_len).sum()
+    /// The batch back, once the kernel is done with it.
+    pub fn into_batch(self) -> SendBatch {
+        self.batch
     }
 }
 

@@ -28,6 +28,7 @@ pub mod exceptions;
 pub mod executor;
 pub mod futures;
 pub mod log;
+pub mod proactor_events;
 pub mod protocols;
 pub mod selector_events;
 pub mod staggered;

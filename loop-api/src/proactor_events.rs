@@ -1,0 +1,117 @@
+//! What completion-based backends share (asyncio's `proactor_events`).
+//!
+//! asyncio's `ProactorEventLoop` writes its transports once over a
+//! proactor that starts operations and reports their completions. Here the
+//! same split holds: [`ProactorSocketTransport`] is the whole stream
+//! transport — reading, buffering, flow control, EOF, closing, errors —
+//! and a backend supplies only [`StreamIo`]: how to start and cancel one
+//! receive and one send on its mechanism (io_uring, IOCP), and how to hand
+//! their completions back.
+//!
+//! # The contract
+//! - At most one receive and one send are outstanding per transport. The
+//!   transport asks for a receive with [`StreamIo::start_recv`] and for a
+//!   send with [`StreamIo::start_send`], handing over the chunks to send as
+//!   a [`SendBatch`]; it never touches them again until they come back.
+//! - The backend's completion handler runs inside the driver's `poll`: it
+//!   only records the completion and calls
+//!   [`ProactorSocketTransport::schedule`]. Later, on the ready queue, the
+//!   transport calls [`StreamIo::process`], which reports what was recorded,
+//!   in order, through [`ProactorSocketTransport::on_recv`] and
+//!   [`ProactorSocketTransport::on_sent`].
+//! - A receive may complete more than once (a multishot receive); the last
+//!   of its completions says so (`more: false`). Cancelling a receive
+//!   ([`StreamIo::cancel_recv`]) is a request: data that was already on its
+//!   way still arrives, and the transport keeps it.
+//! - The backend owns the memory the kernel may touch until the kernel is
+//!   done with it, cancellation included; the transport never frees or
+//!   reuses a buffer it handed over.
+
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+
+use crate::exceptions::Result;
+
+pub mod socket_transport;
+
+pub use socket_transport::ProactorSocketTransport;
+
+/// Chunks handed to one send, in order; `head` bytes of the first were
+/// sent before.
+#[derive(Debug, Default)]
+pub struct SendBatch {
+    /// Whole chunks, as the protocol wrote them.
+    pub chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk already sent.
+    pub head: usize,
+}
+
+impl SendBatch {
+    /// The bytes to send, chunk by chunk (the first from `head` on).
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { &c[self.head..] } else { &c[..] })
+    }
+
+    /// How many bytes the batch holds.
+    pub fn len(&self) -> usize {
+        self.slices().map(<[u8]>::len).sum()
+    }
+
+    /// True if the batch holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One completion of a receive, as [`ProactorSocketTransport::on_recv`]
+/// takes it.
+#[derive(Debug)]
+pub enum RecvEvent<'a> {
+    /// Bytes received.
+    Data(&'a [u8]),
+    /// The peer closed its end (a receive of zero bytes).
+    Eof,
+    /// The receive failed; reading stops.
+    Error(io::Error),
+    /// Nothing received and nothing wrong: cancelled, interrupted, or out
+    /// of buffers. The transport starts another receive if it still reads.
+    Stopped,
+}
+
+/// What a completion-based backend supplies to [`ProactorSocketTransport`]:
+/// one receive and one send on its own mechanism. See the module docs for
+/// the contract.
+pub trait StreamIo: Sized + 'static {
+    /// The most chunks one send takes (`IOV_MAX`, or what the backend's
+    /// vectored send is comfortable with).
+    const MAX_CHUNKS: usize = 64;
+
+    /// Starts a receive on the transport's socket. Its completions reach
+    /// the transport through [`StreamIo::process`].
+    fn start_recv(transport: &Rc<ProactorSocketTransport<Self>>) -> Result<()>;
+
+    /// Asks the kernel to cancel the receive in flight, if any.
+    fn cancel_recv(&self);
+
+    /// Starts one send of `batch`. The batch comes back with its completion
+    /// through [`ProactorSocketTransport::on_sent`]; on `Err` it is dropped.
+    fn start_send(transport: &Rc<ProactorSocketTransport<Self>>, batch: SendBatch) -> Result<()>;
+
+    /// Asks the kernel to cancel the send in flight, if any.
+    fn cancel_send(&self);
+
+    /// Reports the completions recorded since the last call, in the order
+    /// they arrived, through [`ProactorSocketTransport::on_recv`] and
+    /// [`ProactorSocketTransport::on_sent`].
+    fn process(transport: &Rc<ProactorSocketTransport<Self>>);
+
+    /// Called before the socket is closed while requests are still in
+    /// flight (cancelled): a backend whose in-flight requests keep the
+    /// socket open in the kernel has them released now, so that the peer
+    /// sees the end at once.
+    fn settle(&self) {}
+}
