@@ -4,8 +4,9 @@
 //! # How it runs
 //! - Reading: one receive at a time (it may be multishot), started by the
 //!   backend ([`StreamIo::start_recv`]). A receive of zero bytes is EOF.
-//!   Pausing cancels the receive; data that was already on its way is kept
-//!   and delivered on resume, so nothing is lost.
+//!   Pausing lets the receive in flight complete (a multishot receive is
+//!   cancelled at its next completion) and starts no other; what it brings
+//!   is held and delivered on resume, so nothing is lost.
 //! - Writing: `write` appends to the buffer and, when no send is in flight,
 //!   hands the whole buffer (up to [`StreamIo::MAX_CHUNKS`] chunks, moved,
 //!   not copied) to one send. More writes meanwhile wait for its
@@ -208,7 +209,14 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             self.receiving.set(false);
         }
         match event {
-            RecvEvent::Data(data) => self.received(data),
+            RecvEvent::Data(data) => {
+                self.received(data);
+                // Paused: what this receive brought is held; a multishot
+                // receive would go on bringing more, so stop it now.
+                if more && !self.is_reading() {
+                    self.io.cancel_recv();
+                }
+            }
             RecvEvent::Stopped => {}
             RecvEvent::Eof => {
                 self.read_done.set(true);
@@ -559,7 +567,10 @@ impl<I: StreamIo> ReadTransport for ProactorSocketTransport<I> {
             return;
         }
         self.paused.set(true);
-        self.io.cancel_recv();
+        // The receive in flight is left to complete, as in asyncio's
+        // proactor: what it brings is held for `resume_reading`, and no
+        // new receive starts until then. A pause that ends before data
+        // arrives (flow control on an echo) costs no request at all.
         if self.lp.get_debug() {
             log::log(Level::Debug, &format!("{} pauses reading", self.repr()));
         }
