@@ -44,11 +44,52 @@ use crate::transports::flow_control::FlowControl;
 use crate::transports::lifecycle::{self, SocketInfo};
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
+/// Chunks kept for reuse: at most this many ...
+const SPARE_CHUNKS: usize = 4;
+/// ... of at most this capacity.
+const SPARE_CAPACITY: usize = 1024 * 1024;
+/// Small writes are appended to the last buffered chunk up to this size.
+const COALESCE: usize = 64 * 1024;
+
 /// Buffered outgoing bytes, as whole chunks.
 #[derive(Default)]
 struct Outgoing {
     batch: SendBatch,
     size: usize,
+    /// Chunks whose bytes were sent, for the next writes: an echo of large
+    /// messages would otherwise allocate (and fault in) fresh memory for
+    /// every message, where a readiness transport sends from the caller's
+    /// slice.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Outgoing {
+    /// Buffers a copy of `data`: appended to the last chunk when both are
+    /// small (that chunk is not in flight: a send takes its chunks out of
+    /// the buffer), else in a chunk of its own, reusing a spare one.
+    fn push(&mut self, data: &[u8]) {
+        self.size += data.len();
+        if let Some(last) = self.batch.chunks.back_mut() {
+            if last.len() + data.len() <= COALESCE {
+                last.extend_from_slice(data);
+                return;
+            }
+        }
+        let mut chunk = match self.spare.iter().position(|c| c.capacity() >= data.len()) {
+            Some(i) => self.spare.swap_remove(i),
+            None => Vec::with_capacity(data.len()),
+        };
+        chunk.extend_from_slice(data);
+        self.batch.chunks.push_back(chunk);
+    }
+
+    /// Keeps a sent chunk for reuse, if there is room.
+    fn recycle(&mut self, mut chunk: Vec<u8>) {
+        if self.spare.len() < SPARE_CHUNKS && chunk.capacity() <= SPARE_CAPACITY {
+            chunk.clear();
+            self.spare.push(chunk);
+        }
+    }
 }
 
 /// asyncio's `_ProactorSocketTransport`, over a backend's [`StreamIo`].
@@ -374,7 +415,9 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             }
             sent -= left;
             head = 0;
-            unsent.pop_front();
+            if let Some(done) = unsent.pop_front() {
+                self.outgoing.borrow_mut().recycle(done);
+            }
         }
         if !unsent.is_empty() {
             let extra = unsent.iter().map(Vec::len).sum::<usize>() - head;
@@ -421,8 +464,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
     fn push_outgoing(&self, parts: &[&[u8]]) {
         let mut o = self.outgoing.borrow_mut();
         for p in parts.iter().filter(|p| !p.is_empty()) {
-            o.size += p.len();
-            o.batch.chunks.push_back(p.to_vec());
+            o.push(p);
         }
     }
 
