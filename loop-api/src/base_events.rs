@@ -1041,6 +1041,16 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         D::stop_serving(&self.me(), sock)
     }
 
+    fn _sock_sendfile_native(
+        &self,
+        sock: Rc<Socket>,
+        file: Rc<std::fs::File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        D::sock_sendfile_native(&self.me(), sock, file, offset, count)
+    }
+
     fn _register_transport(&self, fd: RawFd, transport: Weak<dyn BaseTransport>) {
         self.transports.borrow_mut().insert(fd, transport);
     }

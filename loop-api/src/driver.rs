@@ -30,6 +30,7 @@
 //! friends, overridden by `ProactorEventLoop`); their defaults are the
 //! readiness ones of [`crate::selector_events`].
 
+use std::fs::File;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -188,6 +189,28 @@ pub trait Driver: 'static {
         Self: Sized,
     {
         crate::selector_events::sock_connect(&(lp.clone() as _), sock, address)
+    }
+
+    /// `_sock_sendfile_native`: the zero-copy path of `sock_sendfile` and
+    /// of a transport's `_sendfile_native` (see
+    /// [`AbstractEventLoop::_sock_sendfile_native`](crate::events::AbstractEventLoop::_sock_sendfile_native)).
+    fn sock_sendfile_native(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<u64>>
+    where
+        Self: Sized,
+    {
+        crate::selector_events::sendfile::sock_sendfile_native(
+            lp.clone(),
+            sock,
+            file,
+            offset,
+            count,
+        )
     }
 
     /// `sock_accept`.

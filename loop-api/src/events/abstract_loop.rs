@@ -634,6 +634,27 @@ pub trait AbstractEventLoop {
     fn _stop_serving(&self, sock: &Socket) {
         crate::selector_events::accept::stop_serving(&self.as_loop(), sock)
     }
+    /// asyncio's `_sock_sendfile_native`: the zero-copy path of
+    /// `sock_sendfile` and of a transport's `_sendfile_native`, for a
+    /// socket already checked; `SendfileNotAvailable` when this file and
+    /// socket cannot use it (the caller may then fall back). The socket's
+    /// writes must be flushed before. Readiness loops use `sendfile(2)`;
+    /// IOCP uses `TransmitFile`.
+    fn _sock_sendfile_native(
+        &self,
+        sock: Rc<Socket>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        crate::selector_events::sendfile::sock_sendfile_native(
+            self.as_loop(),
+            sock,
+            file,
+            offset,
+            count,
+        )
+    }
 }
 
 /// The generic half of the loop API, for every loop (`dyn` included).

@@ -58,7 +58,7 @@ pub fn sock_sendfile(
         }
         crate::base_events::sendfile::check_count(count)?;
         lp._ensure_fd_no_transport(raw_fd(&sock))?;
-        match sock_sendfile_native(lp.clone(), sock.clone(), file.clone(), offset, count).await {
+        match lp._sock_sendfile_native(sock.clone(), file.clone(), offset, count).await {
             Err(Error::SendfileNotAvailable(_)) if fallback => {}
             done => return done,
         }
@@ -106,7 +106,7 @@ impl Drop for FilePosition {
 /// Watches the socket with the unchecked `_add_writer` hook, so that a
 /// transport's `_sendfile_native` may call it on the transport's own socket
 /// (after flushing its buffer and pausing reading).
-pub(crate) fn sock_sendfile_native(
+pub fn sock_sendfile_native(
     lp: Loop,
     sock: Rc<Socket>,
     file: Rc<File>,

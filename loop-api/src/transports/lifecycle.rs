@@ -98,7 +98,8 @@ pub fn empty_waiter(
     f
 }
 
-/// A stream transport's `_sendfile_native` over zero-copy `sendfile(2)`:
+/// A stream transport's `_sendfile_native` over the loop's zero-copy path
+/// (`_sock_sendfile_native`: `sendfile(2)`, `TransmitFile`):
 /// no reads while the file goes out (resumed however this ends), and
 /// nothing of it before what was written earlier (asyncio's order).
 pub fn sendfile_native(
@@ -115,7 +116,7 @@ pub fn sendfile_native(
             ._make_empty_waiter()
             .expect("socket transports can tell");
         empty.await?;
-        crate::selector_events::sendfile::sock_sendfile_native(lp, sock, file, offset, count).await
+        lp._sock_sendfile_native(sock, file, offset, count).await
     })
 }
 
