@@ -14,7 +14,7 @@
 //!   processes its completions go out together when it is done.
 //!   `get_write_buffer_size` counts what is buffered and what is in
 //!   flight, as asyncio's proactor does; flow control is the shared
-//!   [`FlowControl`].
+//!   [`FlowControl`](crate::transports::flow_control::FlowControl).
 //! - Closing: as on every backend (`transports::lifecycle`): `close`
 //!   flushes, `abort` drops the buffer, `connection_lost` runs once, then
 //!   the socket is closed. Requests still in flight are cancelled; their
@@ -22,11 +22,9 @@
 //! - The protocol is only ever called from the transport's step on the
 //!   ready queue (or a callback it schedules), never from inside `poll`.
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
-use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
@@ -37,11 +35,9 @@ use crate::base_events::server::Server;
 use crate::events::{LocalBoxFuture, Loop, RawFd, Step};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
-use crate::log::{self, Level};
 use crate::protocols::Protocol;
-use crate::selector_events::raw_fd;
-use crate::transports::flow_control::FlowControl;
-use crate::transports::lifecycle::{self, SocketInfo};
+use crate::transports::lifecycle;
+use crate::transports::stream::{self, StreamBase, StreamTransport};
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// Chunks kept for reuse: at most this many ...
@@ -94,14 +90,9 @@ impl Outgoing {
 
 /// asyncio's `_ProactorSocketTransport`, over a backend's [`StreamIo`].
 pub struct ProactorSocketTransport<I: StreamIo> {
-    lp: Loop,
+    base: StreamBase,
     this: Weak<ProactorSocketTransport<I>>,
     io: I,
-    /// `None` once closed.
-    sock: RefCell<Option<Rc<Socket>>>,
-    fd: RawFd,
-    protocol: RefCell<Rc<dyn Protocol>>,
-    server: RefCell<Option<Rc<Server>>>,
     /// A receive is outstanding (until its last completion).
     receiving: Cell<bool>,
     /// The receive went as far as it can: EOF or an error.
@@ -117,14 +108,6 @@ pub struct ProactorSocketTransport<I: StreamIo> {
     /// Inside this transport's step: writes only buffer, and the step
     /// sends them all in one request when it ends.
     in_step: Cell<bool>,
-    flow: FlowControl,
-    /// asyncio's `_conn_lost`.
-    conn_lost: Cell<u32>,
-    closing: Cell<bool>,
-    eof: Cell<bool>,
-    paused: Cell<bool>,
-    empty_waiters: RefCell<Vec<Future<()>>>,
-    info: SocketInfo,
 }
 
 impl<I: StreamIo> ProactorSocketTransport<I> {
@@ -138,27 +121,11 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         server: Option<Rc<Server>>,
         io: I,
     ) -> Result<Rc<Self>> {
-        if lp.is_closed() {
-            return Err(Error::loop_closed());
-        }
-        sock.set_nonblocking(true)?;
-        let sockname = sock.local_addr().ok();
-        let peername = sock.peer_addr().ok();
-        if sockname
-            .as_ref()
-            .is_some_and(|a| a.is_ipv4() || a.is_ipv6())
-        {
-            let _ = sock.set_tcp_nodelay(true);
-        }
-        let fd = raw_fd(&sock);
-        let t = Rc::new_cyclic(|this| ProactorSocketTransport {
-            lp: lp.clone(),
+        let prepared = StreamBase::prepare(&lp, sock)?;
+        let t = Rc::new_cyclic(|this: &Weak<Self>| ProactorSocketTransport {
+            base: StreamBase::new(lp, prepared, protocol, server, this.clone()),
             this: this.clone(),
             io,
-            sock: RefCell::new(Some(sock)),
-            fd,
-            protocol: RefCell::new(protocol),
-            server: RefCell::new(server.clone()),
             receiving: Cell::new(false),
             read_done: Cell::new(false),
             held: RefCell::new(Vec::new()),
@@ -168,32 +135,9 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             outgoing: RefCell::new(Outgoing::default()),
             scheduled: Cell::new(false),
             in_step: Cell::new(false),
-            flow: FlowControl::default(),
-            conn_lost: Cell::new(0),
-            closing: Cell::new(false),
-            eof: Cell::new(false),
-            paused: Cell::new(false),
-            empty_waiters: RefCell::new(Vec::new()),
-            info: SocketInfo::new(fd, sockname, peername),
         });
-        if let Some(s) = &server {
-            let weak: Weak<dyn Transport> = t.this.clone();
-            s._attach(weak);
-        }
-        let weak: Weak<dyn BaseTransport> = t.this.clone();
-        lp._register_transport(fd, weak);
-        let (me, me2) = (t.clone(), t.clone());
-        let made = move || {
-            let proto = me.protocol.borrow().clone();
-            let tr: Rc<dyn Transport> = me.clone();
-            if let Err(e) = catch_unwind(AssertUnwindSafe(|| proto.connection_made(tr))) {
-                me.report(
-                    Error::from_panic(e),
-                    "Exception in callback Protocol.connection_made()",
-                );
-            }
-        };
-        lifecycle::schedule_start(&lp, made, move || me2.start_reading(), waiter)?;
+        let me = t.clone();
+        stream::start(&t, move || me.start_reading(), waiter)?;
         Ok(t)
     }
 
@@ -204,18 +148,18 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
 
     /// The socket's descriptor (kept after close, for the backend's use).
     pub fn fd(&self) -> RawFd {
-        self.fd
+        self.base.fd()
     }
 
     /// The socket, until the transport closes it.
     pub fn socket(&self) -> Option<Rc<Socket>> {
-        self.sock.borrow().clone()
+        self.base.socket()
     }
 
     /// Has [`StreamIo::process`] run from the ready queue soon. The
     /// backend's completion handler calls this (from inside `poll`).
     pub fn schedule(self: &Rc<Self>) {
-        if !self.scheduled.replace(true) && self.lp.call_soon_step(self.clone()).is_err() {
+        if !self.scheduled.replace(true) && self.base.lp().call_soon_step(self.clone()).is_err() {
             self.scheduled.set(false);
         }
     }
@@ -233,7 +177,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         if !self.is_reading()
             || self.read_done.get()
             || self.receiving.get()
-            || self.sock.borrow().is_none()
+            || !self.base.is_open()
         {
             return;
         }
@@ -261,16 +205,16 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             RecvEvent::Stopped => {}
             RecvEvent::Eof => {
                 self.read_done.set(true);
-                if self.paused.get() {
+                if self.base.paused.get() {
                     self.held_eof.set(true);
-                } else if self.conn_lost.get() == 0 && !self.closing.get() {
+                } else if self.base.conn_lost.get() == 0 && !self.base.closing.get() {
                     self.on_eof();
                 }
                 return;
             }
             RecvEvent::Error(e) => {
                 self.read_done.set(true);
-                if self.conn_lost.get() == 0 {
+                if self.base.conn_lost.get() == 0 {
                     self.fatal_error(e.into(), "Fatal read error on socket transport");
                 }
                 return;
@@ -283,10 +227,10 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
 
     /// Data from the socket: to the protocol, or held while paused.
     fn received(&self, data: &[u8]) {
-        if self.conn_lost.get() > 0 || self.closing.get() {
+        if self.base.conn_lost.get() > 0 || self.base.closing.get() {
             return;
         }
-        if self.paused.get() {
+        if self.base.paused.get() {
             self.held.borrow_mut().extend_from_slice(data);
             return;
         }
@@ -294,10 +238,10 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
     }
 
     fn deliver(&self, data: &[u8]) {
-        let proto = self.protocol.borrow().clone();
+        let proto = self.base.protocol();
         if let Some(bp) = proto.as_buffered() {
             let mut rest = data;
-            while !rest.is_empty() && self.conn_lost.get() == 0 {
+            while !rest.is_empty() && self.base.conn_lost.get() == 0 {
                 let mut buf = match lifecycle::get_buffer(bp, rest.len()) {
                     Ok(b) => b,
                     Err(e) => {
@@ -324,11 +268,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
     }
 
     fn on_eof(&self) {
-        if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{} received EOF", self.repr()));
-        }
-        let proto = self.protocol.borrow().clone();
-        match lifecycle::eof_received(&*proto) {
+        match self.base.eof_received() {
             Err(e) => self.fatal_error(e, "Fatal error: protocol.eof_received() call failed."),
             Ok(true) => {} // half-closed: nothing more to read
             Ok(false) => self.close(),
@@ -338,19 +278,18 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
     /// What was held while paused, now that reading resumed.
     fn deliver_held(&self) {
         let held = std::mem::take(&mut *self.held.borrow_mut());
-        if !held.is_empty() && self.conn_lost.get() == 0 && !self.closing.get() {
+        if !held.is_empty() && self.base.conn_lost.get() == 0 && !self.base.closing.get() {
             self.deliver(&held);
         }
-        if self.held_eof.replace(false) && self.conn_lost.get() == 0 && !self.closing.get() {
+        if self.held_eof.replace(false)
+            && self.base.conn_lost.get() == 0
+            && !self.base.closing.get()
+        {
             self.on_eof();
         }
     }
 
     // ----- writing -------------------------------------------------------------------
-
-    fn write_allowed(&self, empty: bool, method: &str) -> Result<bool> {
-        lifecycle::check_write(self.eof.get(), empty, method, &self.conn_lost)
-    }
 
     fn buffer_size(&self) -> usize {
         self.outgoing.borrow().size + self.in_flight.get()
@@ -358,7 +297,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
 
     /// Sends what is buffered, if no send is in flight.
     fn start_send(&self) {
-        if self.sending.get() || self.conn_lost.get() > 0 || self.in_step.get() {
+        if self.sending.get() || self.base.conn_lost.get() > 0 || self.in_step.get() {
             return;
         }
         let batch = {
@@ -388,7 +327,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
     pub fn on_sent(&self, result: io::Result<usize>, mut batch: SendBatch) {
         self.sending.set(false);
         self.in_flight.set(0);
-        if self.conn_lost.get() > 0 {
+        if self.base.conn_lost.get() > 0 {
             return; // aborted: the rest is dropped
         }
         let mut sent = match result {
@@ -396,9 +335,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             Err(e) => {
                 // `fatal_error` drops what is buffered.
                 let e: Error = e.into();
-                for w in self.empty_waiters.borrow_mut().drain(..) {
-                    let _ = w.set_exception(e.clone());
-                }
+                self.base.wake_empty_waiters(Err(&e));
                 self.fatal_error(e, "Fatal write error on socket transport");
                 return;
             }
@@ -433,32 +370,22 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             self.start_send();
             return;
         }
-        for w in self.empty_waiters.borrow_mut().drain(..) {
-            let _ = w.set_result(());
-        }
-        if self.closing.get() {
-            self.conn_lost.set(self.conn_lost.get() + 1);
+        self.base.wake_empty_waiters(Ok(()));
+        if self.base.closing.get() {
             let me = self.me();
-            lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(None));
-        } else if self.eof.get() {
-            if let Some(s) = self.socket() {
-                let _ = s.shutdown(Shutdown::Write);
-            }
+            self.base
+                .schedule_connection_lost(move || me.call_connection_lost(None));
+        } else if self.base.eof.get() {
+            self.base.shutdown_write();
         }
     }
 
     fn maybe_pause_protocol(&self) {
-        let proto = self.protocol.borrow().clone();
-        if let Some(e) = self.flow.pause_if_over(self.buffer_size(), &*proto) {
-            self.report(e, "protocol.pause_writing() failed");
-        }
+        self.base.pause_if_over(self.buffer_size());
     }
 
     fn maybe_resume_protocol(&self) {
-        let proto = self.protocol.borrow().clone();
-        if let Some(e) = self.flow.resume_if_drained(self.buffer_size(), &*proto) {
-            self.report(e, "protocol.resume_writing() failed");
-        }
+        self.base.resume_if_drained(self.buffer_size());
     }
 
     fn push_outgoing(&self, parts: &[&[u8]]) {
@@ -470,7 +397,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
 
     fn write_parts(&self, parts: &[&[u8]], method: &str) -> Result<()> {
         let total: usize = parts.iter().map(|d| d.len()).sum();
-        if !self.write_allowed(total == 0, method)? {
+        if !self.base.check_write(total == 0, method)? {
             return Ok(());
         }
         self.push_outgoing(parts);
@@ -481,21 +408,13 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
 
     // ----- closing -------------------------------------------------------------------
 
-    fn report(&self, exc: Error, message: &str) {
-        let proto: Rc<dyn Any> = Rc::new(self.protocol.borrow().clone());
-        let tr: Rc<dyn Any> = Rc::new(self.me() as Rc<dyn Transport>);
-        lifecycle::report(&self.lp, exc, message, tr, proto);
-    }
-
     fn fatal_error(&self, exc: Error, message: &str) {
-        lifecycle::report_fatal(&self.lp, &exc, message, &self.repr(), || {
-            self.report(exc.clone(), message)
-        });
+        self.base.report_fatal(&exc, message);
         self.force_close(Some(exc));
     }
 
     fn force_close(&self, exc: Option<Error>) {
-        if self.conn_lost.get() > 0 {
+        if self.base.conn_lost.get() > 0 {
             return;
         }
         *self.outgoing.borrow_mut() = Outgoing::default();
@@ -503,45 +422,28 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         // sent before it saw the cancel is gone already).
         self.io.cancel_send();
         self.in_flight.set(0);
-        self.closing.set(true);
+        self.base.closing.set(true);
         self.io.cancel_recv();
-        self.conn_lost.set(self.conn_lost.get() + 1);
         let me = self.me();
-        lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(exc));
+        self.base
+            .schedule_connection_lost(move || me.call_connection_lost(exc));
     }
 
     fn call_connection_lost(&self, exc: Option<Error>) {
-        if self.sock.borrow().is_none() {
-            return; // already torn down
-        }
-        let proto = self.protocol.borrow().clone();
-        let e = exc.clone();
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.connection_lost(e))) {
-            self.report(
-                Error::from_panic(p),
-                "Fatal error: protocol.connection_lost() call failed.",
-            );
-        }
-        self.io.cancel_recv();
-        self.io.cancel_send();
-        if self.receiving.get() || self.sending.get() {
-            self.io.settle();
-        }
-        self.sock.borrow_mut().take();
-        *self.protocol.borrow_mut() = Rc::new(lifecycle::Detached);
-        self.held.borrow_mut().clear();
-        let closed = exc.unwrap_or_else(lifecycle::connection_closed);
-        for w in self.empty_waiters.borrow_mut().drain(..) {
-            let _ = w.set_exception(closed.clone());
-        }
-        if let Some(server) = self.server.borrow_mut().take() {
-            let weak: Weak<dyn Transport> = self.this.clone();
-            server._detach(&weak);
-        }
+        self.base.connection_lost(exc, || {
+            self.io.cancel_recv();
+            self.io.cancel_send();
+            if self.receiving.get() || self.sending.get() {
+                self.io.settle();
+            }
+            self.held.borrow_mut().clear();
+        });
     }
+}
 
-    fn repr(&self) -> String {
-        crate::transports::describe(self)
+impl<I: StreamIo> StreamTransport for ProactorSocketTransport<I> {
+    fn stream(&self) -> &StreamBase {
+        &self.base
     }
 }
 
@@ -556,97 +458,89 @@ impl<I: StreamIo> Step for ProactorSocketTransport<I> {
     }
 
     fn describe(&self) -> String {
-        format!("<completions of {}>", self.repr())
+        format!("<completions of {}>", self.base.repr())
     }
 }
 
 impl<I: StreamIo> BaseTransport for ProactorSocketTransport<I> {
     fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        self.info.get(name, self.sock.borrow().is_some())
+        self.base.get_extra_info(name)
     }
 
     fn is_closing(&self) -> bool {
-        self.closing.get()
+        self.base.closing.get()
     }
 
     fn close(&self) {
-        if self.lp.is_closed() {
-            // Nothing will flush or run a scheduled `connection_lost` any
-            // more: tear down now.
-            self.closing.set(true);
-            self.conn_lost.set(self.conn_lost.get().max(1));
+        if self.base.closing_with_loop_closed() {
             *self.outgoing.borrow_mut() = Outgoing::default();
             self.call_connection_lost(None);
             return;
         }
-        if self.closing.replace(true) {
+        if self.base.closing.replace(true) {
             return;
         }
         self.io.cancel_recv();
         if self.buffer_size() == 0 {
-            self.conn_lost.set(self.conn_lost.get() + 1);
             let me = self.me();
-            lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(None));
+            self.base
+                .schedule_connection_lost(move || me.call_connection_lost(None));
         }
     }
 
     fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
-        *self.protocol.borrow_mut() = protocol;
+        self.base.set_protocol(protocol);
     }
 
     fn get_protocol(&self) -> Rc<dyn Protocol> {
-        self.protocol.borrow().clone()
+        self.base.protocol()
     }
 }
 
 impl<I: StreamIo> ReadTransport for ProactorSocketTransport<I> {
     fn is_reading(&self) -> bool {
-        !self.paused.get() && !self.closing.get()
+        self.base.is_reading()
     }
 
     fn pause_reading(&self) {
         if !self.is_reading() {
             return;
         }
-        self.paused.set(true);
+        self.base.paused.set(true);
         // The receive in flight is left to complete, as in asyncio's
         // proactor: what it brings is held for `resume_reading`, and no
         // new receive starts until then. A pause that ends before data
         // arrives (flow control on an echo) costs no request at all.
-        if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{} pauses reading", self.repr()));
-        }
+        self.base.debug("pauses reading");
     }
 
     fn resume_reading(&self) {
-        if self.closing.get() || !self.paused.get() {
+        if self.base.closing.get() || !self.base.paused.get() {
             return;
         }
-        self.paused.set(false);
+        self.base.paused.set(false);
         if !self.held.borrow().is_empty() || self.held_eof.get() {
             let me = self.me();
-            lifecycle::call_soon_or_now(&self.lp, move || {
+            lifecycle::call_soon_or_now(self.base.lp(), move || {
                 if me.is_reading() {
                     me.deliver_held();
                 }
             });
         }
         self.start_reading();
-        if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{} resumes reading", self.repr()));
-        }
+        self.base.debug("resumes reading");
     }
 }
 
 impl<I: StreamIo> WriteTransport for ProactorSocketTransport<I> {
     fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
-        self.flow.set_limits(high, low)?;
+        self.base.flow.set_limits(high, low)?;
         self.maybe_pause_protocol();
         Ok(())
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.flow.get_limits()
+        self.base.flow.get_limits()
     }
 
     fn get_write_buffer_size(&self) -> usize {
@@ -662,15 +556,7 @@ impl<I: StreamIo> WriteTransport for ProactorSocketTransport<I> {
     }
 
     fn write_eof(&self) -> Result<()> {
-        if self.closing.get() || self.eof.get() {
-            return Ok(());
-        }
-        self.eof.set(true);
-        if self.buffer_size() == 0 {
-            if let Some(s) = self.socket() {
-                let _ = s.shutdown(Shutdown::Write);
-            }
-        }
+        self.base.write_eof(self.buffer_size() == 0);
         Ok(())
     }
 
@@ -683,12 +569,7 @@ impl<I: StreamIo> WriteTransport for ProactorSocketTransport<I> {
     }
 
     fn _make_empty_waiter(&self) -> Option<Future<()>> {
-        Some(lifecycle::empty_waiter(
-            &self.lp,
-            self.conn_lost.get() > 0 || self.sock.borrow().is_none(),
-            self.buffer_size() == 0,
-            &self.empty_waiters,
-        ))
+        Some(self.base.empty_waiter(self.buffer_size() == 0))
     }
 
     fn _sendfile_native(
@@ -697,15 +578,7 @@ impl<I: StreamIo> WriteTransport for ProactorSocketTransport<I> {
         offset: u64,
         count: Option<u64>,
     ) -> Option<LocalBoxFuture<'static, Result<u64>>> {
-        let sock = self.socket()?;
-        Some(lifecycle::sendfile_native(
-            self.me(),
-            self.lp.clone(),
-            sock,
-            file,
-            offset,
-            count,
-        ))
+        self.base.sendfile_native(file, offset, count)
     }
 }
 

@@ -11,7 +11,8 @@
 //! - Writing: `write` sends at once when nothing is buffered; what the
 //!   socket does not take is buffered and a writer added, which sends the
 //!   buffer with vectored I/O as the socket drains.
-//!   [`FlowControl`] tells the protocol to pause and resume.
+//!   [`FlowControl`](crate::transports::flow_control::FlowControl) tells the
+//!   protocol to pause and resume.
 //! - Closing: `close` stops reading, flushes the buffer, then
 //!   `connection_lost(None)`; `abort` and fatal errors drop the buffer.
 //!   `connection_lost` runs exactly once, from the ready queue, and then
@@ -21,7 +22,6 @@
 //!   reset is not a bug); anything else (a panic in the protocol, a
 //!   protocol's own error) goes to the exception handler first.
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -32,16 +32,15 @@ use std::rc::{Rc, Weak};
 
 use socket2::Socket;
 
-use super::{is_retry, raw_fd};
+use super::is_retry;
 use crate::base_events::server::Server;
 use crate::events::options::MAX_READ_SIZE;
 use crate::events::{LocalBoxFuture, Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
-use crate::log::{self, Level};
 use crate::protocols::Protocol;
-use crate::transports::flow_control::FlowControl;
-use crate::transports::lifecycle::{self, SocketInfo};
+use crate::transports::lifecycle;
+use crate::transports::stream::{self, StreamBase, StreamTransport};
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// The most buffers one vectored send hands the kernel.
@@ -118,24 +117,11 @@ impl WriteBuffer {
 
 /// asyncio's `_SelectorSocketTransport`.
 pub struct SocketTransport {
-    lp: Loop,
+    base: StreamBase,
     this: Weak<SocketTransport>,
-    /// `None` once closed.
-    sock: RefCell<Option<Rc<Socket>>>,
+    /// The socket's descriptor, for the loop's reader and writer.
     fd: RawFd,
-    protocol: RefCell<Rc<dyn Protocol>>,
-    server: RefCell<Option<Rc<Server>>>,
     buffer: RefCell<WriteBuffer>,
-    flow: FlowControl,
-    /// asyncio's `_conn_lost`: 0 while the connection lives, then counts
-    /// the writes made after it was lost.
-    conn_lost: Cell<u32>,
-    closing: Cell<bool>,
-    /// `write_eof` was called.
-    eof: Cell<bool>,
-    paused: Cell<bool>,
-    empty_waiters: RefCell<Vec<Future<()>>>,
-    info: SocketInfo,
 }
 
 impl SocketTransport {
@@ -149,66 +135,16 @@ impl SocketTransport {
         waiter: Option<Future<()>>,
         server: Option<Rc<Server>>,
     ) -> Result<Rc<dyn Transport>> {
-        let t = Self::new(lp, sock, protocol, server)?;
-        let (me, me2) = (t.clone(), t.clone());
-        let made = move || {
-            let proto = me.protocol.borrow().clone();
-            let tr: Rc<dyn Transport> = me.clone();
-            if let Err(e) = catch_unwind(AssertUnwindSafe(|| proto.connection_made(tr))) {
-                // As asyncio, where it runs as a plain callback: reported,
-                // and the transport goes on.
-                me.report(
-                    Error::from_panic(e),
-                    "Exception in callback Protocol.connection_made()",
-                );
-            }
-        };
-        lifecycle::schedule_start(&t.lp, made, move || me2.add_reader(), waiter)?;
-        Ok(t)
-    }
-
-    fn new(
-        lp: Loop,
-        sock: Rc<Socket>,
-        protocol: Rc<dyn Protocol>,
-        server: Option<Rc<Server>>,
-    ) -> Result<Rc<SocketTransport>> {
-        if lp.is_closed() {
-            return Err(Error::loop_closed());
-        }
-        sock.set_nonblocking(true)?;
-        let sockname = sock.local_addr().ok();
-        let peername = sock.peer_addr().ok();
-        if sockname
-            .as_ref()
-            .is_some_and(|a| a.is_ipv4() || a.is_ipv6())
-        {
-            // asyncio's `_set_nodelay`: small writes go out at once.
-            let _ = sock.set_tcp_nodelay(true);
-        }
-        let fd = raw_fd(&sock);
-        let t = Rc::new_cyclic(|this| SocketTransport {
-            lp: lp.clone(),
+        let prepared = StreamBase::prepare(&lp, sock)?;
+        let fd = prepared.fd();
+        let t = Rc::new_cyclic(|this: &Weak<SocketTransport>| SocketTransport {
+            base: StreamBase::new(lp, prepared, protocol, server, this.clone()),
             this: this.clone(),
-            sock: RefCell::new(Some(sock)),
             fd,
-            protocol: RefCell::new(protocol),
-            server: RefCell::new(server.clone()),
             buffer: RefCell::new(WriteBuffer::default()),
-            flow: FlowControl::default(),
-            conn_lost: Cell::new(0),
-            closing: Cell::new(false),
-            eof: Cell::new(false),
-            paused: Cell::new(false),
-            empty_waiters: RefCell::new(Vec::new()),
-            info: SocketInfo::new(fd, sockname, peername),
         });
-        if let Some(s) = &server {
-            let weak: Weak<dyn Transport> = t.this.clone();
-            s._attach(weak);
-        }
-        let weak: Weak<dyn BaseTransport> = t.this.clone();
-        lp._register_transport(fd, weak);
+        let me = t.clone();
+        stream::start(&t, move || me.add_reader(), waiter)?;
         Ok(t)
     }
 
@@ -219,18 +155,19 @@ impl SocketTransport {
     }
 
     fn socket(&self) -> Option<Rc<Socket>> {
-        self.sock.borrow().clone()
+        self.base.socket()
     }
 
     // ----- reading -------------------------------------------------------------------
 
     fn add_reader(&self) {
-        if !self.is_reading() || self.sock.borrow().is_none() {
+        if !self.is_reading() || !self.base.is_open() {
             return;
         }
         let me = self.me();
         if let Err(e) = self
-            .lp
+            .base
+            .lp()
             ._add_reader(self.fd, Box::new(move || me.read_ready()))
         {
             self.fatal_error(e, "Fatal error: cannot watch the socket for reading.");
@@ -238,10 +175,10 @@ impl SocketTransport {
     }
 
     fn read_ready(&self) {
-        if self.conn_lost.get() > 0 {
+        if self.base.conn_lost.get() > 0 {
             return;
         }
-        let proto = self.protocol.borrow().clone();
+        let proto = self.base.protocol();
         if proto.as_buffered().is_some() {
             self.read_ready_buffered(&*proto);
         } else {
@@ -256,7 +193,7 @@ impl SocketTransport {
         match r {
             Ok(0) => {
                 put_read_buf(buf);
-                self.read_ready_on_eof(proto);
+                self.read_ready_on_eof();
             }
             Ok(n) => {
                 let r = catch_unwind(AssertUnwindSafe(|| proto.data_received(&buf[..n])));
@@ -298,7 +235,7 @@ impl SocketTransport {
             }
         };
         if n == 0 {
-            self.read_ready_on_eof(proto);
+            self.read_ready_on_eof();
             return;
         }
         if let Err(e) = lifecycle::buffer_updated(bp, buf, n) {
@@ -306,26 +243,18 @@ impl SocketTransport {
         }
     }
 
-    fn read_ready_on_eof(&self, proto: &dyn Protocol) {
-        if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{} received EOF", self.repr()));
-        }
-        match lifecycle::eof_received(proto) {
+    fn read_ready_on_eof(&self) {
+        match self.base.eof_received() {
             Err(e) => self.fatal_error(e, "Fatal error: protocol.eof_received() call failed."),
             // The protocol may still write; nothing more can be read.
             Ok(true) => {
-                let _ = self.lp._remove_reader(self.fd);
+                let _ = self.base.lp()._remove_reader(self.fd);
             }
             Ok(false) => self.close(),
         }
     }
 
     // ----- writing -------------------------------------------------------------------
-
-    /// Checks shared by `write` and `writelines`; `Ok(false)`: drop the data.
-    fn write_allowed(&self, empty: bool, method: &str) -> Result<bool> {
-        lifecycle::check_write(self.eof.get(), empty, method, &self.conn_lost)
-    }
 
     /// Sends what it can of `data` at once, when nothing is buffered;
     /// returns how much was sent, or `None` after a fatal error.
@@ -363,7 +292,8 @@ impl SocketTransport {
         if was_empty && !self.buffer.borrow().is_empty() {
             let me = self.me();
             if let Err(e) = self
-                .lp
+                .base
+                .lp()
                 ._add_writer(self.fd, Box::new(move || me.write_ready()))
             {
                 self.fatal_error(e, "Fatal error: cannot watch the socket for writing.");
@@ -374,7 +304,7 @@ impl SocketTransport {
     }
 
     fn write_ready(&self) {
-        if self.conn_lost.get() > 0 {
+        if self.base.conn_lost.get() > 0 {
             return;
         }
         let Some(sock) = self.socket() else { return };
@@ -392,190 +322,144 @@ impl SocketTransport {
                 self.buffer.borrow_mut().consume(n);
                 self.maybe_resume_protocol(); // may write and grow the buffer
                 if self.buffer.borrow().is_empty() {
-                    let _ = self.lp._remove_writer(self.fd);
-                    for w in self.empty_waiters.borrow_mut().drain(..) {
-                        let _ = w.set_result(());
-                    }
-                    if self.closing.get() {
+                    let _ = self.base.lp()._remove_writer(self.fd);
+                    self.base.wake_empty_waiters(Ok(()));
+                    if self.base.closing.get() {
                         self.call_connection_lost(None);
-                    } else if self.eof.get() {
+                    } else if self.base.eof.get() {
                         let _ = sock.shutdown(Shutdown::Write);
                     }
                 }
             }
             Some(Err(e)) if is_retry(&e) => {}
             Some(Err(e)) => {
-                let _ = self.lp._remove_writer(self.fd);
+                let _ = self.base.lp()._remove_writer(self.fd);
                 self.buffer.borrow_mut().clear();
                 let e: Error = e.into();
-                for w in self.empty_waiters.borrow_mut().drain(..) {
-                    let _ = w.set_exception(e.clone());
-                }
+                self.base.wake_empty_waiters(Err(&e));
                 self.fatal_error(e, "Fatal write error on socket transport");
             }
         }
     }
 
     fn maybe_pause_protocol(&self) {
-        let proto = self.protocol.borrow().clone();
         let size = self.buffer.borrow().len();
-        if let Some(e) = self.flow.pause_if_over(size, &*proto) {
-            self.report(e, "protocol.pause_writing() failed");
-        }
+        self.base.pause_if_over(size);
     }
 
     fn maybe_resume_protocol(&self) {
-        let proto = self.protocol.borrow().clone();
         let size = self.buffer.borrow().len();
-        if let Some(e) = self.flow.resume_if_drained(size, &*proto) {
-            self.report(e, "protocol.resume_writing() failed");
-        }
+        self.base.resume_if_drained(size);
     }
 
     // ----- closing -------------------------------------------------------------------
 
-    /// Hands `exc` to the exception handler, with this transport and its protocol.
-    fn report(&self, exc: Error, message: &str) {
-        let proto: Rc<dyn Any> = Rc::new(self.protocol.borrow().clone());
-        let tr: Rc<dyn Any> = Rc::new(self.me() as Rc<dyn Transport>);
-        lifecycle::report(&self.lp, exc, message, tr, proto);
-    }
-
     /// asyncio's `_fatal_error`: OS errors only close (logged in debug
     /// mode); anything else is reported first.
     fn fatal_error(&self, exc: Error, message: &str) {
-        lifecycle::report_fatal(&self.lp, &exc, message, &self.repr(), || {
-            self.report(exc.clone(), message)
-        });
+        self.base.report_fatal(&exc, message);
         self.force_close(Some(exc));
     }
 
     fn force_close(&self, exc: Option<Error>) {
-        if self.conn_lost.get() > 0 {
+        if self.base.conn_lost.get() > 0 {
             return;
         }
         if !self.buffer.borrow().is_empty() {
             self.buffer.borrow_mut().clear();
-            let _ = self.lp._remove_writer(self.fd);
+            let _ = self.base.lp()._remove_writer(self.fd);
         }
-        if !self.closing.replace(true) {
-            let _ = self.lp._remove_reader(self.fd);
+        if !self.base.closing.replace(true) {
+            let _ = self.base.lp()._remove_reader(self.fd);
         }
-        self.conn_lost.set(self.conn_lost.get() + 1);
         let me = self.me();
-        lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(exc));
+        self.base
+            .schedule_connection_lost(move || me.call_connection_lost(exc));
     }
 
     fn call_connection_lost(&self, exc: Option<Error>) {
-        if self.sock.borrow().is_none() {
-            return; // already torn down
-        }
-        let proto = self.protocol.borrow().clone();
-        let e = exc.clone();
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.connection_lost(e))) {
-            self.report(
-                Error::from_panic(p),
-                "Fatal error: protocol.connection_lost() call failed.",
-            );
-        }
-        let _ = self.lp._remove_reader(self.fd);
-        let _ = self.lp._remove_writer(self.fd);
-        // Dropping our reference closes the socket (unless the user kept a
-        // clone of the `Rc<Socket>` they passed in).
-        self.sock.borrow_mut().take();
-        *self.protocol.borrow_mut() = Rc::new(lifecycle::Detached);
-        let closed = exc.unwrap_or_else(lifecycle::connection_closed);
-        for w in self.empty_waiters.borrow_mut().drain(..) {
-            let _ = w.set_exception(closed.clone());
-        }
-        if let Some(server) = self.server.borrow_mut().take() {
-            let weak: Weak<dyn Transport> = self.this.clone();
-            server._detach(&weak);
-        }
+        self.base.connection_lost(exc, || {
+            let _ = self.base.lp()._remove_reader(self.fd);
+            let _ = self.base.lp()._remove_writer(self.fd);
+        });
     }
+}
 
-    fn repr(&self) -> String {
-        crate::transports::describe(self)
+impl StreamTransport for SocketTransport {
+    fn stream(&self) -> &StreamBase {
+        &self.base
     }
 }
 
 impl BaseTransport for SocketTransport {
     fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        self.info.get(name, self.sock.borrow().is_some())
+        self.base.get_extra_info(name)
     }
 
     fn is_closing(&self) -> bool {
-        self.closing.get()
+        self.base.closing.get()
     }
 
     fn close(&self) {
-        if self.lp.is_closed() {
-            // Nothing will flush the buffer or run a scheduled
-            // `connection_lost` any more: tear down now.
-            self.closing.set(true);
-            self.conn_lost.set(self.conn_lost.get().max(1));
+        if self.base.closing_with_loop_closed() {
             self.buffer.borrow_mut().clear();
             self.call_connection_lost(None);
             return;
         }
-        if self.closing.replace(true) {
+        if self.base.closing.replace(true) {
             return;
         }
-        let _ = self.lp._remove_reader(self.fd);
+        let _ = self.base.lp()._remove_reader(self.fd);
         if self.buffer.borrow().is_empty() {
-            self.conn_lost.set(self.conn_lost.get() + 1);
-            let _ = self.lp._remove_writer(self.fd);
+            let _ = self.base.lp()._remove_writer(self.fd);
             let me = self.me();
-            lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(None));
+            self.base
+                .schedule_connection_lost(move || me.call_connection_lost(None));
         }
     }
 
     fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
-        *self.protocol.borrow_mut() = protocol;
+        self.base.set_protocol(protocol);
     }
 
     fn get_protocol(&self) -> Rc<dyn Protocol> {
-        self.protocol.borrow().clone()
+        self.base.protocol()
     }
 }
 
 impl ReadTransport for SocketTransport {
     fn is_reading(&self) -> bool {
-        !self.paused.get() && !self.closing.get()
+        self.base.is_reading()
     }
 
     fn pause_reading(&self) {
         if !self.is_reading() {
             return;
         }
-        self.paused.set(true);
-        let _ = self.lp._remove_reader(self.fd);
-        if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{} pauses reading", self.repr()));
-        }
+        self.base.paused.set(true);
+        let _ = self.base.lp()._remove_reader(self.fd);
+        self.base.debug("pauses reading");
     }
 
     fn resume_reading(&self) {
-        if self.closing.get() || !self.paused.get() {
+        if self.base.closing.get() || !self.base.paused.get() {
             return;
         }
-        self.paused.set(false);
+        self.base.paused.set(false);
         self.add_reader();
-        if self.lp.get_debug() {
-            log::log(Level::Debug, &format!("{} resumes reading", self.repr()));
-        }
+        self.base.debug("resumes reading");
     }
 }
 
 impl WriteTransport for SocketTransport {
     fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
-        self.flow.set_limits(high, low)?;
+        self.base.flow.set_limits(high, low)?;
         self.maybe_pause_protocol();
         Ok(())
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.flow.get_limits()
+        self.base.flow.get_limits()
     }
 
     fn get_write_buffer_size(&self) -> usize {
@@ -583,7 +467,7 @@ impl WriteTransport for SocketTransport {
     }
 
     fn write(&self, data: &[u8]) -> Result<()> {
-        if !self.write_allowed(data.is_empty(), "write")? {
+        if !self.base.check_write(data.is_empty(), "write")? {
             return Ok(());
         }
         let mut sent = 0;
@@ -600,7 +484,7 @@ impl WriteTransport for SocketTransport {
 
     fn writelines(&self, data: &[&[u8]]) -> Result<()> {
         let total: usize = data.iter().map(|d| d.len()).sum();
-        if !self.write_allowed(total == 0, "writelines")? {
+        if !self.base.check_write(total == 0, "writelines")? {
             return Ok(());
         }
         let mut sent = 0;
@@ -622,15 +506,8 @@ impl WriteTransport for SocketTransport {
     }
 
     fn write_eof(&self) -> Result<()> {
-        if self.closing.get() || self.eof.get() {
-            return Ok(());
-        }
-        self.eof.set(true);
-        if self.buffer.borrow().is_empty() {
-            if let Some(s) = self.socket() {
-                let _ = s.shutdown(Shutdown::Write);
-            }
-        }
+        let empty = self.buffer.borrow().is_empty();
+        self.base.write_eof(empty);
         Ok(())
     }
 
@@ -643,12 +520,8 @@ impl WriteTransport for SocketTransport {
     }
 
     fn _make_empty_waiter(&self) -> Option<Future<()>> {
-        Some(lifecycle::empty_waiter(
-            &self.lp,
-            self.conn_lost.get() > 0 || self.sock.borrow().is_none(),
-            self.buffer.borrow().is_empty(),
-            &self.empty_waiters,
-        ))
+        let empty = self.buffer.borrow().is_empty();
+        Some(self.base.empty_waiter(empty))
     }
 
     fn _sendfile_native(
@@ -657,15 +530,7 @@ impl WriteTransport for SocketTransport {
         offset: u64,
         count: Option<u64>,
     ) -> Option<LocalBoxFuture<'static, Result<u64>>> {
-        let sock = self.socket()?;
-        Some(lifecycle::sendfile_native(
-            self.me(),
-            self.lp.clone(),
-            sock,
-            file,
-            offset,
-            count,
-        ))
+        self.base.sendfile_native(file, offset, count)
     }
 }
 
