@@ -12,6 +12,9 @@ pub mod datagram;
 pub mod sendfile;
 pub mod server;
 pub mod unix;
+#[cfg(windows)]
+#[doc(hidden)]
+pub mod windows_console;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -635,7 +638,13 @@ impl<D: Driver> BaseEventLoop<D> {
         }
     }
 
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    fn close_signals(&self) {
+        // Ctrl-C goes back to whoever had it; nothing to report from close.
+        let _ = windows_console::remove(self.id);
+    }
+
+    #[cfg(not(any(unix, windows)))]
     fn close_signals(&self) {}
 
     fn default_executor(&self) -> Result<Arc<dyn Executor>> {
@@ -1148,12 +1157,34 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         })
     }
 
-    #[cfg(not(unix))]
+    /// Through the console control handler (`base_events/windows_console.rs`).
+    #[cfg(windows)]
+    fn add_interrupt_handler(&self, callback: Callback) -> Result<bool> {
+        self.check_closed()?;
+        let handle = Handle::new(callback, None);
+        let weak = self.this.clone();
+        // Runs on this loop's thread when the Ctrl-C's wakeup is dispatched.
+        let fire: Box<dyn FnOnce()> = Box::new(move || {
+            if let Some(lp) = weak.upgrade() {
+                if !lp.closed.get() {
+                    lp.push_ready(Ready::Handle(handle));
+                }
+            }
+        });
+        windows_console::add(self.id, &self.remote, fire)
+    }
+
+    #[cfg(windows)]
+    fn remove_interrupt_handler(&self) -> Result<()> {
+        windows_console::remove(self.id)
+    }
+
+    #[cfg(not(any(unix, windows)))]
     fn add_interrupt_handler(&self, _callback: Callback) -> Result<bool> {
         Err(Error::NotImplemented("add_interrupt_handler"))
     }
 
-    #[cfg(not(unix))]
+    #[cfg(not(any(unix, windows)))]
     fn remove_interrupt_handler(&self) -> Result<()> {
         Ok(())
     }

@@ -7,17 +7,26 @@
 //! The first SIGINT cancels the main task; if the task then ends cancelled,
 //! `run` returns [`Error::KeyboardInterrupt`] (a task that catches the
 //! cancellation and returns normally has its result returned, as in
-//! asyncio). The handler is installed with `SA_RESETHAND`: delivering the
-//! first SIGINT puts the default action back, so a second Ctrl-C
-//! terminates the process at once, by SIGINT. That is this crate's
-//! equivalent of asyncio's "a second Ctrl-C raises `KeyboardInterrupt`
-//! immediately", for a main task stuck or swallowing the cancellation.
-//! The handler is removed when `run` returns.
+//! asyncio). A second Ctrl-C terminates the process at once, by its
+//! default action: that is this crate's equivalent of asyncio's "a second
+//! Ctrl-C raises `KeyboardInterrupt` immediately", for a main task stuck or
+//! swallowing the cancellation. The handler is removed when `run` returns.
+//!
+//! - On Unix the handler is a SIGINT handler installed with
+//!   `SA_RESETHAND`: delivering the first SIGINT puts the default action
+//!   back.
+//! - On Windows it is a console control handler
+//!   (`SetConsoleCtrlHandler`) that takes the first `CTRL_C_EVENT` and then
+//!   lets every later one through to the default action; Ctrl-Break,
+//!   closing the console, logoff and shutdown keep theirs. A process that
+//!   ignores Ctrl-C (`SetConsoleCtrlHandler(NULL, TRUE)`, or started in a
+//!   new process group) gets no handler, as a SIGINT set to `SIG_IGN` on
+//!   Unix.
 //!
 //! "Main thread": on Linux and Android, the thread whose id is the process
-//! id; elsewhere, the thread Rust's runtime named `"main"`. On Windows the
-//! loop does not offer the interrupt handler yet (`NotImplemented`); any
-//! error from it means "not installed" and `run` goes on without.
+//! id; elsewhere, the thread Rust's runtime named `"main"`. Any error from
+//! `add_interrupt_handler` means "not installed" and `run` goes on
+//! without.
 
 use std::cell::Cell;
 use std::future::IntoFuture;

@@ -7,6 +7,13 @@
 //! main task runs (so the handler is in place), the parent sends SIGINT
 //! with `kill(2)` and checks what the child prints and how it ends. Every
 //! wait is bounded; a child that overstays is killed and the test fails.
+//!
+//! On Windows, Ctrl-C is a console control event: the child runs in a new
+//! console of its own (`CREATE_NEW_CONSOLE`) and raises Ctrl-C there
+//! itself (`GenerateConsoleCtrlEvent(CTRL_C_EVENT, 0)` reaches every
+//! process on the console, so only the child), on each backend. Where the
+//! event cannot be raised, a case prints `SKIPPED` naming Wine under Wine,
+//! and fails on Windows.
 
 #[cfg(unix)]
 fn main() {
@@ -16,11 +23,17 @@ fn main() {
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
 fn main() {
-    // Runner's Ctrl-C on Windows goes through the console control handler,
-    // which is not built yet (issue 5): say so instead of passing silently.
-    println!("ctrl_c: SKIPPED 3 cases: Runner's Ctrl-C needs the console control handler on Windows (not built yet)");
+    match std::env::var(windows::CHILD_ENV) {
+        Ok(scenario) => windows::child::main(&scenario),
+        Err(_) => windows::parent::main(),
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
+fn main() {
+    println!("ctrl_c: SKIPPED 3 cases: no Ctrl-C support on this OS");
     println!("0 passed, 0 failed, 3 skipped");
 }
 
@@ -309,6 +322,398 @@ mod parent {
         println!("{passed} passed, {failed} failed");
         if failed > 0 {
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    pub const CHILD_ENV: &str = "CTRL_C_CHILD";
+    /// The exit code of a child whose `run` returned `KeyboardInterrupt`.
+    pub const EXIT_KEYBOARD_INTERRUPT: i32 = 42;
+    /// The exit code of a child that could not raise Ctrl-C.
+    pub const EXIT_CANNOT_RAISE: i32 = 3;
+    const CTRL_C_EVENT: u32 = 0;
+
+    type HandlerRoutine = unsafe extern "system" fn(u32) -> i32;
+
+    #[link(name = "kernel32")]
+    extern "system" {
+        fn GenerateConsoleCtrlEvent(ctrl_event: u32, process_group_id: u32) -> i32;
+        fn SetConsoleCtrlHandler(routine: Option<HandlerRoutine>, add: i32) -> i32;
+    }
+
+    pub mod child {
+        use std::io::Write;
+
+        use loop_api::{Error, Loop};
+
+        use super::*;
+
+        fn say(line: &str) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+
+        /// Raises Ctrl-C on this console (the child's own); a child that
+        /// cannot says why and exits with [`EXIT_CANNOT_RAISE`].
+        fn raise_ctrl_c() {
+            // SAFETY: no pointers; group 0 is every process on the console,
+            // which is this one alone.
+            if unsafe { GenerateConsoleCtrlEvent(CTRL_C_EVENT, 0) } == 0 {
+                say(&format!(
+                    "cannot raise Ctrl-C: {}",
+                    std::io::Error::last_os_error()
+                ));
+                std::process::exit(EXIT_CANNOT_RAISE);
+            }
+        }
+
+        fn factory(name: &str) -> Option<policy::LoopFactory> {
+            match name {
+                "default" => None,
+                other => Some(policy::backend(other).expect("backend")),
+            }
+        }
+
+        /// Whether a new loop could take Ctrl-C now (that is, nobody holds
+        /// it): installs and removes an interrupt handler.
+        fn free() -> bool {
+            let lp: Loop = backend_iocp::loop_factory().expect("iocp loop");
+            let ok = lp.add_interrupt_handler(Box::new(|| {})).expect("add");
+            if ok {
+                lp.remove_interrupt_handler().expect("remove");
+            }
+            lp.close().expect("close");
+            ok
+        }
+
+        pub fn main(scenario: &str) {
+            // An inherited "ignore Ctrl-C" (CREATE_NEW_PROCESS_GROUP in an
+            // ancestor) would make Runner leave Ctrl-C alone, rightly: start
+            // from the default, as a console program normally does.
+            // SAFETY: a NULL routine with FALSE only clears that flag.
+            unsafe { SetConsoleCtrlHandler(None, 0) };
+            match scenario.split_once(':') {
+                Some(("cancel", backend)) => cancel(factory(backend)),
+                Some(("swallow", backend)) => swallow(factory(backend)),
+                _ if scenario == "installed" => installed(),
+                _ => {
+                    say(&format!("unknown scenario {scenario}"));
+                    std::process::exit(2);
+                }
+            }
+        }
+
+        /// One Ctrl-C during a long sleep: the main task sees
+        /// `Err(Cancelled)`, ends cancelled, and `run` returns
+        /// `KeyboardInterrupt`.
+        fn cancel(factory: Option<policy::LoopFactory>) {
+            let r = policy::run(
+                async {
+                    let lp = policy::get_running_loop()?;
+                    say(&format!("ready on {}", lp.backend_name()));
+                    raise_ctrl_c();
+                    let r = loop_api::sleep(3600.0).await;
+                    say(&format!(
+                        "main task: {:?}",
+                        r.as_ref().err().map(Error::kind_name)
+                    ));
+                    r
+                },
+                None,
+                factory,
+            );
+            match r {
+                Err(Error::KeyboardInterrupt) => {
+                    say("run: KeyboardInterrupt");
+                    std::process::exit(EXIT_KEYBOARD_INTERRUPT);
+                }
+                other => {
+                    say(&format!("run: unexpected {other:?}"));
+                    std::process::exit(1);
+                }
+            }
+        }
+
+        /// The main task catches the cancellation and sleeps again: the
+        /// handler is gone, so a second Ctrl-C ends the process.
+        fn swallow(factory: Option<policy::LoopFactory>) {
+            let r = policy::run(
+                async {
+                    let lp = policy::get_running_loop()?;
+                    say(&format!("ready on {}", lp.backend_name()));
+                    raise_ctrl_c();
+                    let r = loop_api::sleep(3600.0).await;
+                    say(&format!("swallowed: {:?}", r.err().map(|e| e.kind_name())));
+                    raise_ctrl_c();
+                    loop_api::sleep(3600.0).await
+                },
+                None,
+                factory,
+            );
+            say(&format!("run returned: {r:?}"));
+            std::process::exit(1);
+        }
+
+        /// The handler is held while `run` runs on the main thread, free
+        /// after, and never taken by a `Runner` on another thread.
+        fn installed() {
+            let before = free();
+            let during = policy::run(async { Ok(free()) }, None, None);
+            let after = free();
+            let on_thread = std::thread::spawn(|| {
+                let mut runner = policy::Runner::new(None, None);
+                runner.run(async { Ok(free()) }, None)
+            })
+            .join()
+            .expect("thread");
+            say(&format!(
+                "free before={before} during={during:?} after={after} other thread={on_thread:?}"
+            ));
+        }
+    }
+
+    pub mod parent {
+        use std::io::{BufRead, BufReader};
+        use std::os::windows::process::CommandExt;
+        use std::process::{Child, Command, ExitStatus, Stdio};
+        use std::sync::mpsc::{self, Receiver};
+        use std::time::Duration;
+
+        use super::*;
+
+        const TIMEOUT: Duration = Duration::from_secs(30);
+        const CREATE_NEW_CONSOLE: u32 = 0x10;
+        /// How the default Ctrl-C action ends a process on Windows.
+        const STATUS_CONTROL_C_EXIT: u32 = 0xC000_013A;
+
+        enum Outcome {
+            Passed,
+            Skipped(String),
+        }
+
+        type Test = (&'static str, fn() -> Result<Outcome, String>);
+
+        enum Out {
+            Line(String),
+            Eof,
+        }
+
+        struct Spawned {
+            child: Child,
+            lines: Receiver<Out>,
+        }
+
+        impl Spawned {
+            fn new(scenario: &str) -> Result<Self, String> {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let mut child = Command::new(exe)
+                    .env(CHILD_ENV, scenario)
+                    .creation_flags(CREATE_NEW_CONSOLE)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| format!("spawn: {e}"))?;
+                let out = child.stdout.take().expect("piped");
+                let (tx, lines) = mpsc::channel();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        if tx.send(Out::Line(line)).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Out::Eof);
+                });
+                Ok(Spawned { child, lines })
+            }
+
+            /// The next line (bounded wait); None at the end of output.
+            fn next(&self) -> Result<Option<String>, String> {
+                match self.lines.recv_timeout(TIMEOUT) {
+                    Ok(Out::Line(l)) => Ok(Some(l)),
+                    Ok(Out::Eof) => Ok(None),
+                    Err(_) => Err("the child said nothing in time".into()),
+                }
+            }
+
+            /// Waits for a line starting with `prefix`; returns it.
+            fn expect_line(&self, prefix: &str) -> Result<String, String> {
+                match self.next()? {
+                    Some(l) if l.starts_with(prefix) => Ok(l),
+                    Some(l) => Err(format!("expected {prefix:?}, child said {l:?}")),
+                    None => Err(format!("expected {prefix:?}, the child ended")),
+                }
+            }
+
+            /// The rest of the output (its stdout closes as it exits), then
+            /// the exit status.
+            fn finish(&mut self) -> Result<(Vec<String>, ExitStatus), String> {
+                let mut rest = Vec::new();
+                while let Some(l) = self.next()? {
+                    rest.push(l);
+                }
+                let status = self.child.wait().map_err(|e| e.to_string())?;
+                Ok((rest, status))
+            }
+        }
+
+        impl Drop for Spawned {
+            fn drop(&mut self) {
+                if let Ok(None) = self.child.try_wait() {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                }
+            }
+        }
+
+        /// A child that could not raise Ctrl-C: a skip naming Wine under
+        /// Wine, a failure on Windows.
+        fn cannot_raise(rest: &[String], status: ExitStatus) -> Result<Outcome, String> {
+            let why = rest.join("; ");
+            if status.code() != Some(EXIT_CANNOT_RAISE) {
+                return Err(format!("unexpected exit {status}: {why}"));
+            }
+            if backend_iocp::running_under_wine() {
+                return Ok(Outcome::Skipped(format!(
+                    "Wine {} cannot raise Ctrl-C here ({why})",
+                    backend_iocp::wine_version().unwrap_or("?")
+                )));
+            }
+            Err(why)
+        }
+
+        enum Next {
+            Line(String),
+            Skip(Outcome),
+        }
+
+        /// After "ready": either the child could not raise Ctrl-C, or the
+        /// line `prefix` comes.
+        fn after_ready(c: &mut Spawned, prefix: &str) -> Result<Next, String> {
+            match c.next()? {
+                Some(l) if l.starts_with("cannot raise Ctrl-C") => {
+                    let (mut rest, status) = c.finish()?;
+                    rest.insert(0, l);
+                    cannot_raise(&rest, status).map(Next::Skip)
+                }
+                Some(l) if l.starts_with(prefix) => Ok(Next::Line(l)),
+                Some(l) => Err(format!("expected {prefix:?}, child said {l:?}")),
+                None => Err(format!("expected {prefix:?}, the child ended")),
+            }
+        }
+
+        fn cancel(backend: &str) -> Result<Outcome, String> {
+            let mut c = Spawned::new(&format!("cancel:{backend}"))?;
+            let ready = c.expect_line("ready on ")?;
+            if backend != "default" && ready != format!("ready on {backend}") {
+                return Err(format!("wrong backend: {ready}"));
+            }
+            let seen = match after_ready(&mut c, "main task: ")? {
+                Next::Line(l) => l,
+                Next::Skip(skip) => return Ok(skip),
+            };
+            if seen != "main task: Some(\"CancelledError\")" {
+                return Err(format!("the main task should see CancelledError: {seen}"));
+            }
+            c.expect_line("run: KeyboardInterrupt")?;
+            let (rest, status) = c.finish()?;
+            if status.code() != Some(EXIT_KEYBOARD_INTERRUPT) || !rest.is_empty() {
+                return Err(format!("unexpected exit {status}, output {rest:?}"));
+            }
+            Ok(Outcome::Passed)
+        }
+
+        fn swallow(backend: &str) -> Result<Outcome, String> {
+            let mut c = Spawned::new(&format!("swallow:{backend}"))?;
+            c.expect_line("ready on ")?;
+            let seen = match after_ready(&mut c, "swallowed: ")? {
+                Next::Line(l) => l,
+                Next::Skip(skip) => return Ok(skip),
+            };
+            if seen != "swallowed: Some(\"CancelledError\")" {
+                return Err(format!("the main task should see CancelledError: {seen}"));
+            }
+            let (rest, status) = c.finish()?;
+            // Windows' default action exits with STATUS_CONTROL_C_EXIT;
+            // Wine 8's with 0. The child's own ends print first.
+            let code = status.code().map(|c| c as u32);
+            let killed = code == Some(STATUS_CONTROL_C_EXIT)
+                || (backend_iocp::running_under_wine() && code == Some(0));
+            if !killed || !rest.is_empty() {
+                return Err(format!(
+                    "expected the end by Ctrl-C's default action, got {status}, output {rest:?}"
+                ));
+            }
+            Ok(Outcome::Passed)
+        }
+
+        fn installed() -> Result<Outcome, String> {
+            let mut c = Spawned::new("installed")?;
+            let line = c.expect_line("free ")?;
+            let want = "free before=true during=Ok(false) after=true other thread=Ok(true)";
+            if line != want {
+                return Err(format!("got {line:?}, want {want:?}"));
+            }
+            let (_, status) = c.finish()?;
+            if !status.success() {
+                return Err(format!("unexpected exit: {status}"));
+            }
+            Ok(Outcome::Passed)
+        }
+
+        pub fn main() {
+            let tests: [Test; 6] = [
+                (
+                    "one_ctrl_c_cancels_the_main_task_and_raises_keyboard_interrupt",
+                    || cancel("default"),
+                ),
+                (
+                    "one_ctrl_c_cancels_the_main_task_and_raises_keyboard_interrupt_iocp",
+                    || cancel("iocp"),
+                ),
+                (
+                    "one_ctrl_c_cancels_the_main_task_and_raises_keyboard_interrupt_select",
+                    || cancel("select"),
+                ),
+                (
+                    "a_second_ctrl_c_kills_a_task_that_swallows_the_first",
+                    || swallow("default"),
+                ),
+                (
+                    "a_second_ctrl_c_kills_a_task_that_swallows_the_first_select",
+                    || swallow("select"),
+                ),
+                (
+                    "the_handler_is_installed_only_during_run_on_the_main_thread",
+                    installed,
+                ),
+            ];
+            let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+            for (name, test) in tests {
+                match test() {
+                    Ok(Outcome::Passed) => {
+                        passed += 1;
+                        println!("test {name} ... ok");
+                    }
+                    Ok(Outcome::Skipped(why)) => {
+                        skipped += 1;
+                        println!("test {name} ... SKIPPED: {why}");
+                        eprintln!("ctrl_c: SKIPPED {name}: {why}");
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("test {name} ... FAILED: {e}");
+                    }
+                }
+            }
+            println!("{passed} passed, {failed} failed, {skipped} skipped");
+            if failed > 0 {
+                std::process::exit(1);
+            }
         }
     }
 }
