@@ -15,11 +15,19 @@
 //!   handle associated with the port, re-armed on every `poll` so that
 //!   interest is level-triggered like a selector's.
 //!
+//! * socket operations are overlapped I/O on the same port: `sock_sendall`
+//!   is `WSASend`, `sock_connect` is `ConnectEx`, `sock_accept` and serving
+//!   (`create_server`) are `AcceptEx`, and `sock_recv`/`sock_recv_into`
+//!   wait with a zero-byte `WSARecv` and then receive, so that a cancelled
+//!   receive never takes data. Each operation's `OVERLAPPED` heads a
+//!   heap-pinned header (with its buffers, addresses, accept socket) that
+//!   the driver owns until the kernel's packet for it is dequeued,
+//!   cancelled operations included; closing the loop cancels and drains
+//!   them (for at most [`DRAIN_LIMIT`]) and leaks, never frees, what does
+//!   not come back. The stream transport is still the readiness one.
+//!
 //! Completion packets are told apart by completion key (see
-//! `windows::port`): wakeups, AFD polls, and — reserved for real overlapped
-//! socket operations (`WSARecv`, `WSASend`, `AcceptEx`, issue 5) — packets
-//! whose `OVERLAPPED` heads an operation the driver owns until the kernel
-//! is done with it.
+//! `windows::port`): wakeups, AFD polls, and overlapped operations.
 //!
 //! On every other OS this crate still compiles, so that the workspace
 //! builds everywhere, but [`loop_factory`] returns
@@ -32,7 +40,10 @@
 mod windows;
 
 #[cfg(windows)]
-pub use windows::{running_under_wine, wine_version, IocpDriver, IocpEventLoop};
+pub use windows::{
+    running_under_wine, wine_version, IocpDriver, IocpEventLoop, IocpSocketTransport, IocpStream,
+    ACCEPTS_IN_FLIGHT, DRAIN_LIMIT,
+};
 
 #[cfg(windows)]
 /// A new IOCP loop.

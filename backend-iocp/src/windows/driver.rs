@@ -1,23 +1,89 @@
 //! [`IocpDriver`]: the loop core's [`Driver`] on one I/O completion port.
+//!
+//! # Overlapped operations
+//! [`IocpDriver::submit`] starts an operation (see `ops`) on a socket,
+//! associating the socket with the port ([`Key::Operation`]) the first
+//! time. The driver keeps each operation's header, by address, until its
+//! packet is dequeued; only then is the memory rebuilt and handed back to
+//! the operation's [`Owner`]. [`IocpDriver::cancel`] is `CancelIoEx` and
+//! nothing more: the packet (`ERROR_OPERATION_ABORTED`, or the real result
+//! when the operation finished first) still comes, and the memory waits
+//! for it.
+//!
+//! # Closing
+//! [`Driver::flush`] (the loop's `close`) and dropping the driver cancel
+//! every operation and AFD poll in flight and wait, for at most
+//! [`DRAIN_LIMIT`], for their packets. Whatever has not come back by then
+//! is leaked, never freed under the kernel.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loop_api::base_events::server::Server;
 use loop_api::driver::{Driver, IoEvent, Notify};
-use loop_api::events::RawFd;
+use loop_api::events::{LocalBoxFuture, RawFd};
+use loop_api::protocols::ProtocolFactory;
 use loop_api::Error;
-use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
+use socket2::{SockAddr, Socket};
+use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, HANDLE};
+use windows_sys::Win32::Networking::WinSock::SOCKET;
+use windows_sys::Win32::Storage::FileSystem::SetFileCompletionNotificationModes;
+use windows_sys::Win32::System::WindowsProgramming::FILE_SKIP_SET_EVENT_ON_HANDLE;
+use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED, OVERLAPPED_ENTRY};
 
+use super::accept::Acceptor;
 use super::afd::Afd;
+use super::ops::{self, Completion, OpHeader, OpId, Owner, Request};
 use super::port::{self, CompletionPort, Key};
+use super::sock_ops::LateAccepts;
+use super::IocpEventLoop;
 
 /// Packets dequeued per `GetQueuedCompletionStatusEx` call.
 const ENTRIES: usize = 256;
-/// How long dropping a driver waits for cancelled AFD polls to come back
-/// before it leaks their buffers instead.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long closing or dropping a driver waits for cancelled operations
+/// and AFD polls to come back before it leaks their memory instead.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// The driver's bookkeeping for one operation in flight; the header the
+/// kernel may touch is apart, at the address this is keyed by.
+struct InFlight {
+    serial: u64,
+    /// The socket it was issued on (for an accept, the listener): what
+    /// `CancelIoEx` and `WSAGetOverlappedResult` are given.
+    socket: SOCKET,
+    kind: u8,
+    owner: Rc<dyn Owner>,
+    cancelled: bool,
+}
+
+/// Why an operation could not be started.
+#[derive(Debug)]
+pub(crate) enum SubmitError {
+    /// The socket is associated with another completion port (another
+    /// loop's, or someone else's): overlapped operations on it would
+    /// complete there, so the caller must do without them.
+    ForeignPort,
+    /// The loop is closed.
+    Closed,
+    /// The issuing call (or associating the socket) failed.
+    Io(io::Error),
+}
+
+impl From<SubmitError> for Error {
+    fn from(e: SubmitError) -> Error {
+        match e {
+            SubmitError::ForeignPort => {
+                io::Error::other("the socket is associated with another completion port").into()
+            }
+            SubmitError::Closed => Error::loop_closed(),
+            SubmitError::Io(e) => e.into(),
+        }
+    }
+}
 
 /// The loop core's driver on an I/O completion port.
 ///
@@ -30,6 +96,19 @@ pub struct IocpDriver {
     /// Opened on the first `set_interest`, so a loop that never watches a
     /// socket never touches AFD.
     afd: Option<Afd>,
+    /// Operations in flight, by the address of their header (each one
+    /// from `Box::into_raw`, owned here until its packet is dequeued).
+    ops: HashMap<usize, InFlight>,
+    next_serial: u64,
+    /// Sockets this driver associated with the port (by handle value; see
+    /// [`IocpDriver::associate`] for why a hit alone is not trusted).
+    associated: HashSet<SOCKET>,
+    /// The loop is closing: no new operations; completions are dropped.
+    closing: bool,
+    /// The listeners being served, by socket.
+    pub(crate) acceptors: HashMap<SOCKET, Rc<Acceptor>>,
+    /// Connections accepted by `sock_accept`s cancelled too late.
+    pub(crate) late_accepts: Rc<LateAccepts>,
 }
 
 /// The notifier: posts a [`Key::Wake`] packet. `pending` coalesces
@@ -64,11 +143,203 @@ impl IocpDriver {
             port,
             entries: port::entries(ENTRIES),
             afd: None,
+            ops: HashMap::new(),
+            next_serial: 0,
+            associated: HashSet::new(),
+            closing: false,
+            acceptors: HashMap::new(),
+            late_accepts: Rc::default(),
         })
     }
 
+    /// Overlapped operations in flight: started, and whose completion
+    /// packet has not been dequeued yet (cancelled ones included).
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Associates `socket` with the port for overlapped operations, unless
+    /// this driver did so already.
+    ///
+    /// The association is asked for every time: socket handle values are
+    /// reused, so "this value was associated once" does not mean the socket
+    /// that has it now is. A handle can be associated with one port only:
+    /// `ERROR_INVALID_PARAMETER` says it already is, which is this port's
+    /// doing if this driver associated that value before (a socket closed
+    /// and its value reused by one associated with another port is the one
+    /// case this cannot tell apart), and another port's otherwise.
+    pub(crate) fn associate(&mut self, socket: SOCKET) -> Result<(), SubmitError> {
+        if self.closing {
+            return Err(SubmitError::Closed);
+        }
+        // SAFETY: `associate` only registers the handle (an invalid one is
+        // refused); every operation this driver issues on it keeps its
+        // header alive until the packet is dequeued here (`submit`).
+        match unsafe { self.port.associate(socket as HANDLE, Key::Operation) } {
+            Ok(()) => {
+                self.associated.insert(socket);
+                // SAFETY: a valid handle (just associated); the flag only
+                // stops the kernel signalling the handle as an event,
+                // which nothing waits on. Completion packets are still
+                // queued on success, which `ops::issue` relies on.
+                unsafe {
+                    SetFileCompletionNotificationModes(
+                        socket as HANDLE,
+                        FILE_SKIP_SET_EVENT_ON_HANDLE as u8,
+                    )
+                };
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) => {
+                if self.associated.contains(&socket) {
+                    Ok(())
+                } else {
+                    Err(SubmitError::ForeignPort)
+                }
+            }
+            Err(e) => Err(SubmitError::Io(e)),
+        }
+    }
+
+    /// Starts `request` on `socket` (for an accept, the listener); its
+    /// completion goes to `owner.complete` with `kind`, with the request's
+    /// memory handed back.
+    pub(crate) fn submit(
+        &mut self,
+        socket: SOCKET,
+        request: Request,
+        owner: Rc<dyn Owner>,
+        kind: u8,
+    ) -> Result<OpId, SubmitError> {
+        self.associate(socket)?;
+        let header = Box::into_raw(OpHeader::new(request));
+        let addr = header as usize;
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        self.ops.insert(
+            addr,
+            InFlight {
+                serial,
+                socket,
+                kind,
+                owner,
+                cancelled: false,
+            },
+        );
+        // SAFETY: `header` is a fresh box's pointer, now owned by `ops`,
+        // which frees it only when the packet for it is dequeued (or leaks
+        // it); `socket` is associated with this port, so the packet comes
+        // here.
+        if let Err(e) = unsafe { ops::issue(header, socket) } {
+            self.ops.remove(&addr);
+            // SAFETY: the operation did not start, so no packet will come
+            // and the kernel holds no pointer into the header.
+            drop(unsafe { Box::from_raw(header) });
+            return Err(SubmitError::Io(e));
+        }
+        Ok(OpId { addr, serial })
+    }
+
+    /// Asks the kernel to cancel `id` (`CancelIoEx`). Its packet still
+    /// comes, and only then is its memory released. Cancelling an
+    /// operation that is done, or cancelled already, does nothing.
+    pub(crate) fn cancel(&mut self, id: OpId) {
+        let Some(op) = self.ops.get_mut(&id.addr) else {
+            return;
+        };
+        if op.serial != id.serial || op.cancelled {
+            return;
+        }
+        op.cancelled = true;
+        // SAFETY: the OVERLAPPED is only used to find the request; one that
+        // completed already (or a socket closed since, whose requests were
+        // cancelled by the close) is simply not found.
+        unsafe { CancelIoEx(op.socket as HANDLE, id.addr as *const OVERLAPPED) };
+    }
+
+    /// Handles one [`Key::Operation`] packet.
+    fn complete_op(&mut self, entry: &OVERLAPPED_ENTRY) {
+        let addr = entry.lpOverlapped as usize;
+        // A packet for an OVERLAPPED that is not ours (someone else's
+        // operation on a socket associated here) is not touched.
+        let Some(op) = self.ops.remove(&addr) else {
+            return;
+        };
+        // SAFETY: `addr` is in `ops`, so it is a header from Box::into_raw
+        // that this driver issued; its packet is dequeued, so the kernel is
+        // done with it, and it left `ops`, so nothing else will free it.
+        let header = unsafe { Box::from_raw(addr as *mut OpHeader) };
+        if self.closing {
+            return; // dropped: the kernel is done with its memory
+        }
+        let result = header.result(op.socket, entry.dwNumberOfBytesTransferred);
+        op.owner.complete(Completion {
+            id: OpId {
+                addr,
+                serial: op.serial,
+            },
+            kind: op.kind,
+            result,
+            request: header.into_request(),
+        });
+    }
+
+    /// Cancels every operation and AFD poll in flight and waits, up to
+    /// `limit`, for their packets; what has not come back by then is
+    /// leaked.
+    fn cancel_all_and_drain(&mut self, limit: Duration) {
+        self.closing = true;
+        for (&addr, op) in &mut self.ops {
+            op.cancelled = true;
+            // SAFETY: as in `cancel`: only used to find the request.
+            unsafe { CancelIoEx(op.socket as HANDLE, addr as *const OVERLAPPED) };
+        }
+        if let Some(afd) = self.afd.as_mut() {
+            afd.cancel_all();
+        }
+        let deadline = Instant::now() + limit;
+        let mut sink = Vec::new();
+        loop {
+            let afd_left = self.afd.as_ref().map_or(0, Afd::in_flight);
+            if self.ops.is_empty() && afd_left == 0 {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let n = match self
+                .port
+                .wait(&mut self.entries, port::timeout_ms(Some(left)))
+            {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            for i in 0..n {
+                let entry = self.entries[i];
+                match Key::of(entry.lpCompletionKey) {
+                    Some(Key::Afd) => {
+                        if let Some(afd) = self.afd.as_mut() {
+                            afd.complete(&entry, &mut sink);
+                        }
+                    }
+                    Some(Key::Operation) => self.complete_op(&entry),
+                    Some(Key::Wake) => self.wake.pending.store(false, Ordering::Release),
+                    None => {}
+                }
+            }
+        }
+        // The kernel still holds these: leak their memory (the headers are
+        // raw pointers, which clearing the table does not free).
+        self.ops.clear();
+        if let Some(afd) = self.afd.as_mut() {
+            afd.leak_in_flight();
+        }
+    }
+
     fn dispatch(&mut self, n: usize, out: &mut Vec<IoEvent>) {
-        for entry in &self.entries[..n] {
+        for i in 0..n {
+            let entry = self.entries[i];
             match Key::of(entry.lpCompletionKey) {
                 Some(Key::Wake) => {
                     // Cleared once the packet is out of the port: a
@@ -77,12 +348,11 @@ impl IocpDriver {
                 }
                 Some(Key::Afd) => {
                     if let Some(afd) = self.afd.as_mut() {
-                        afd.complete(entry, out);
+                        afd.complete(&entry, out);
                     }
                 }
-                // Issue 5: overlapped socket operations. Nothing issues
-                // them yet, and nothing else is associated with the port.
-                Some(Key::Operation) | None => {}
+                Some(Key::Operation) => self.complete_op(&entry),
+                None => {}
             }
         }
     }
@@ -129,40 +399,89 @@ impl Driver for IocpDriver {
         afd.set_interest(fd, readable, writable)?;
         Ok(())
     }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // The loop is closing: nothing will dequeue packets any more, so
+        // finish (cancel, and wait for) whatever is in flight now, and let
+        // the listeners go.
+        self.cancel_all_and_drain(DRAIN_LIMIT);
+        self.acceptors.clear();
+        Ok(())
+    }
+
+    fn make_socket_transport(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn loop_api::protocols::Protocol>,
+        waiter: Option<loop_api::Future<()>>,
+        server: Option<Rc<loop_api::base_events::server::Server>>,
+    ) -> loop_api::Result<Rc<dyn loop_api::transports::Transport>> {
+        super::transport::create(lp, sock, protocol, waiter, server)
+    }
+
+    fn start_serving(
+        lp: &Rc<IocpEventLoop>,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        server: Rc<Server>,
+        backlog: i32,
+    ) -> loop_api::Result<()> {
+        super::accept::start_serving(lp, protocol_factory, sock, server, backlog)
+    }
+
+    fn stop_serving(lp: &Rc<IocpEventLoop>, sock: &Socket) {
+        super::accept::stop_serving(lp, sock)
+    }
+
+    fn sock_recv(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, loop_api::Result<Vec<u8>>> {
+        Box::pin(super::sock_ops::sock_recv(lp.clone(), sock, nbytes))
+    }
+
+    fn sock_recv_into(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+    ) -> LocalBoxFuture<'static, loop_api::Result<(Vec<u8>, usize)>> {
+        Box::pin(super::sock_ops::sock_recv_into(lp.clone(), sock, buf))
+    }
+
+    fn sock_sendall(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+    ) -> LocalBoxFuture<'static, loop_api::Result<()>> {
+        Box::pin(super::sock_ops::sock_sendall(lp.clone(), sock, data))
+    }
+
+    fn sock_connect(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, loop_api::Result<()>> {
+        Box::pin(super::sock_ops::sock_connect(lp.clone(), sock, address))
+    }
+
+    fn sock_accept(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+    ) -> LocalBoxFuture<'static, loop_api::Result<(Socket, SockAddr)>> {
+        Box::pin(super::sock_ops::sock_accept(lp.clone(), sock))
+    }
 }
 
 impl Drop for IocpDriver {
     fn drop(&mut self) {
-        let Some(afd) = self.afd.as_mut() else {
-            return;
-        };
-        // The kernel writes each poll's buffers when it completes, so wait
-        // for the cancelled polls to come back before freeing them.
-        afd.cancel_all();
-        let deadline = Instant::now() + DRAIN_LIMIT;
-        let mut sink = Vec::new();
-        while afd.in_flight() > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                afd.leak_in_flight();
-                break;
-            }
-            match self
-                .port
-                .wait(&mut self.entries, port::timeout_ms(Some(left)))
-            {
-                Ok(n) => {
-                    for entry in &self.entries[..n] {
-                        if Key::of(entry.lpCompletionKey) == Some(Key::Afd) {
-                            afd.complete(entry, &mut sink);
-                        }
-                    }
-                }
-                Err(_) => {
-                    afd.leak_in_flight();
-                    break;
-                }
-            }
+        let afd_left = self.afd.as_ref().map_or(0, Afd::in_flight);
+        if !self.ops.is_empty() || afd_left > 0 {
+            // The kernel writes each operation's and poll's memory when it
+            // completes, so wait for the cancelled ones to come back
+            // before freeing it (or leak it).
+            self.cancel_all_and_drain(DRAIN_LIMIT);
         }
+        self.acceptors.clear();
     }
 }

@@ -1,12 +1,18 @@
-//! Everything that touches Win32: the port, AFD polling, the driver, Wine
-//! detection.
+//! Everything that touches Win32: the port, AFD polling, overlapped socket
+//! operations, the driver, Wine detection.
 
+mod accept;
 mod afd;
 mod driver;
+mod ops;
 mod port;
+mod sock_ops;
+mod transport;
 mod wine;
 
-pub use driver::IocpDriver;
+pub use accept::ACCEPTS_IN_FLIGHT;
+pub use driver::{IocpDriver, DRAIN_LIMIT};
+pub use transport::{IocpSocketTransport, IocpStream};
 pub use wine::{running_under_wine, wine_version};
 
 /// The IOCP backend's event loop type.

@@ -8,11 +8,12 @@
 //! * [`Key::Afd`] — an `IOCTL_AFD_POLL` finished; `lpOverlapped` is the
 //!   `ApcContext` the poll was issued with, the address of the driver's
 //!   per-socket state (see `afd.rs`).
-//! * [`Key::Operation`] — reserved for issue 5, real overlapped socket I/O:
-//!   a socket is associated with this key, and each operation's
-//!   `OVERLAPPED` is the first field of a `#[repr(C)]`, heap-pinned header
-//!   that the driver owns until its packet arrives. The driver ignores these
-//!   packets today because nothing issues such operations yet.
+//! * [`Key::Operation`] — an overlapped socket operation (`WSARecv`,
+//!   `WSASend`, `ConnectEx`, `AcceptEx`) finished or was cancelled: sockets
+//!   are associated with this key, and each operation's `OVERLAPPED` is the
+//!   first field of a `#[repr(C)]`, heap-pinned header that the driver owns
+//!   until this packet arrives (see `ops.rs`). A packet whose
+//!   `lpOverlapped` is not one of the driver's operations is ignored.
 
 use std::io;
 use std::ptr;
@@ -33,8 +34,7 @@ pub(crate) enum Key {
     Wake = 1,
     /// An AFD poll completed (readiness).
     Afd = 2,
-    /// An overlapped socket operation completed (issue 5; unused yet).
-    #[allow(dead_code)]
+    /// An overlapped socket operation completed.
     Operation = 3,
 }
 
