@@ -25,6 +25,12 @@ pub struct Capabilities {
     /// `add_reader`/`add_writer` (a completion-based backend's own
     /// requests), so that cases which look for those watches cannot.
     pub no_readiness_sock_ops: Option<&'static str>,
+    /// `Some(reason)` if `sock_sendfile`'s zero-copy path is a
+    /// completion-based request (IOCP's `TransmitFile`) rather than
+    /// `sendfile(2)` on writability: its progress is known only per
+    /// completed request, so cases that cancel or break a transfer midway
+    /// and check the file's position to the byte cannot.
+    pub no_readiness_sendfile: Option<&'static str>,
 }
 
 /// A feature named in [`Capabilities`].
@@ -40,6 +46,8 @@ pub enum Feature {
     Subprocesses,
     /// `sock_*` methods built on `add_reader`/`add_writer`.
     ReadinessSockOps,
+    /// `sock_sendfile`'s zero-copy path on writability, a call at a time.
+    ReadinessSendfile,
 }
 
 /// What a case gets: a way to make loops of the backend under test.
@@ -68,6 +76,7 @@ impl Ctx {
             Feature::UnixSockets => self.caps.no_unix_sockets,
             Feature::Subprocesses => self.caps.no_subprocesses,
             Feature::ReadinessSockOps => self.caps.no_readiness_sock_ops,
+            Feature::ReadinessSendfile => self.caps.no_readiness_sendfile,
         };
         match missing {
             Some(reason) => Err(Error::NotSupported {
@@ -91,6 +100,7 @@ fn feature_name(f: Feature) -> &'static str {
         Feature::UnixSockets => "unix sockets",
         Feature::Subprocesses => "subprocesses",
         Feature::ReadinessSockOps => "sock_* methods on readiness",
+        Feature::ReadinessSendfile => "sock_sendfile on readiness",
     }
 }
 

@@ -419,6 +419,16 @@ impl Driver for IocpDriver {
         super::transport::create(lp, sock, protocol, waiter, server)
     }
 
+    fn sock_sendfile_native(
+        lp: &Rc<IocpEventLoop>,
+        sock: Rc<Socket>,
+        file: Rc<std::fs::File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, loop_api::Result<u64>> {
+        super::sendfile::sock_sendfile_native(lp, sock, file, offset, count)
+    }
+
     fn start_serving(
         lp: &Rc<IocpEventLoop>,
         protocol_factory: ProtocolFactory,

@@ -6,6 +6,7 @@ mod afd;
 mod driver;
 mod ops;
 mod port;
+mod sendfile;
 mod sock_ops;
 mod transport;
 mod wine;

@@ -23,6 +23,7 @@
 //! with exactly one packet.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::ptr;
@@ -30,13 +31,16 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 
 use socket2::{SockAddr, Socket};
-use windows_sys::core::GUID;
-use windows_sys::Win32::Foundation::{RtlNtStatusToDosError, ERROR_OPERATION_ABORTED, NTSTATUS};
+use windows_sys::core::{BOOL, GUID};
+use windows_sys::Win32::Foundation::{
+    RtlNtStatusToDosError, ERROR_OPERATION_ABORTED, HANDLE, NTSTATUS,
+};
 use windows_sys::Win32::Networking::WinSock::{
     WSAGetLastError, WSAGetOverlappedResult, WSAIoctl, WSARecv, WSASend, LPFN_ACCEPTEX,
-    LPFN_CONNECTEX, LPFN_GETACCEPTEXSOCKADDRS, SIO_GET_EXTENSION_FUNCTION_POINTER, SOCKADDR,
-    SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, WSABUF, WSAENOTSOCK, WSAID_ACCEPTEX, WSAID_CONNECTEX,
-    WSAID_GETACCEPTEXSOCKADDRS, WSA_IO_PENDING,
+    LPFN_CONNECTEX, LPFN_GETACCEPTEXSOCKADDRS, LPFN_TRANSMITFILE,
+    SIO_GET_EXTENSION_FUNCTION_POINTER, SOCKADDR, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR,
+    TRANSMIT_FILE_BUFFERS, WSABUF, WSAENOTSOCK, WSAID_ACCEPTEX, WSAID_CONNECTEX,
+    WSAID_GETACCEPTEXSOCKADDRS, WSAID_TRANSMITFILE, WSA_IO_PENDING,
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
@@ -60,6 +64,13 @@ pub(crate) enum Request {
     },
     /// `ConnectEx` to `addr` (the socket must be bound).
     Connect { addr: SockAddr },
+    /// `TransmitFile` of `len` bytes of `file` from `offset` (set in the
+    /// `OVERLAPPED`), on a connected stream socket.
+    TransmitFile {
+        file: Rc<File>,
+        offset: u64,
+        len: u32,
+    },
     /// `AcceptEx` on the listener the operation is issued on, into `conn`
     /// (a fresh socket of the listener's family and type); `addrs` receives
     /// the local and remote addresses.
@@ -226,6 +237,19 @@ pub(crate) unsafe fn issue(header: *mut OpHeader, socket: SOCKET) -> io::Result<
             };
             started(ok != 0)
         }
+        Request::TransmitFile { file, offset, len } => {
+            let transmit_file = extensions(socket)?.transmit_file;
+            // TransmitFile reads the file from the position the OVERLAPPED
+            // names, not the file's own.
+            h.overlapped.Anonymous.Anonymous.Offset = *offset as u32;
+            h.overlapped.Anonymous.Anonymous.OffsetHigh = (*offset >> 32) as u32;
+            let handle = std::os::windows::io::AsRawHandle::as_raw_handle(&**file);
+            // SAFETY: `transmit_file` is TransmitFile for this provider; the
+            // file stays open while the header (which holds an `Rc` of it)
+            // lives, until the packet; no head or tail buffers.
+            let ok = unsafe { transmit_file(socket, handle, *len, 0, ov, ptr::null(), 0) };
+            started(ok != 0)
+        }
         Request::Accept { conn, addrs } => {
             let accept_ex = extensions(socket)?.accept_ex;
             let mut n: u32 = 0;
@@ -321,6 +345,15 @@ pub(crate) struct Extensions {
         *mut u32,
         *mut OVERLAPPED,
     ) -> i32,
+    pub transmit_file: unsafe extern "system" fn(
+        SOCKET,
+        HANDLE,
+        u32,
+        u32,
+        *mut OVERLAPPED,
+        *const TRANSMIT_FILE_BUFFERS,
+        u32,
+    ) -> BOOL,
     pub get_accept_ex_sockaddrs: unsafe extern "system" fn(
         *const std::ffi::c_void,
         u32,
@@ -333,7 +366,7 @@ pub(crate) struct Extensions {
     ),
 }
 
-/// ConnectEx, AcceptEx and GetAcceptExSockaddrs, asked of `socket`'s
+/// ConnectEx, AcceptEx, GetAcceptExSockaddrs and TransmitFile, asked of `socket`'s
 /// provider with `SIO_GET_EXTENSION_FUNCTION_POINTER` the first time and
 /// kept for the process (the TCP/IP provider serves IPv4 and IPv6 alike).
 pub(crate) fn extensions(socket: SOCKET) -> io::Result<&'static Extensions> {
@@ -344,11 +377,13 @@ pub(crate) fn extensions(socket: SOCKET) -> io::Result<&'static Extensions> {
     let connect: LPFN_CONNECTEX = extension(socket, WSAID_CONNECTEX)?;
     let accept: LPFN_ACCEPTEX = extension(socket, WSAID_ACCEPTEX)?;
     let sockaddrs: LPFN_GETACCEPTEXSOCKADDRS = extension(socket, WSAID_GETACCEPTEXSOCKADDRS)?;
+    let transmit: LPFN_TRANSMITFILE = extension(socket, WSAID_TRANSMITFILE)?;
     let missing = || io::Error::new(io::ErrorKind::Unsupported, "no Winsock extension function");
     let e = Extensions {
         connect_ex: connect.ok_or_else(missing)?,
         accept_ex: accept.ok_or_else(missing)?,
         get_accept_ex_sockaddrs: sockaddrs.ok_or_else(missing)?,
+        transmit_file: transmit.ok_or_else(missing)?,
     };
     Ok(EXT.get_or_init(|| e))
 }

@@ -75,7 +75,7 @@ pub(crate) fn raw(sock: &Socket) -> SOCKET {
 // ----- one operation, awaited ------------------------------------------------------
 
 /// Where a connection accepted for a cancelled `sock_accept` goes.
-struct LateHook {
+pub(crate) struct LateHook {
     listener: Weak<Socket>,
     stash: Rc<LateAccepts>,
 }
@@ -121,7 +121,7 @@ impl Owner for OneShot {
 }
 
 /// One overlapped operation, awaited: its completion.
-struct OpFuture {
+pub(crate) struct OpFuture {
     lp: Rc<IocpEventLoop>,
     /// `None` once the completion was returned.
     id: Option<OpId>,
@@ -130,7 +130,7 @@ struct OpFuture {
 
 impl OpFuture {
     /// Starts `request` on `socket`.
-    fn submit(
+    pub(crate) fn submit(
         lp: &Rc<IocpEventLoop>,
         socket: SOCKET,
         request: Request,
@@ -267,7 +267,7 @@ fn check(lp: &IocpEventLoop, sock: &Socket) -> Result<()> {
 /// `false` when the socket cannot be associated with it (another port has
 /// it, or the association failed: the readiness version then reports
 /// whatever is wrong with the socket).
-fn overlapped_ok(lp: &IocpEventLoop, sock: &Socket) -> Result<bool> {
+pub(crate) fn overlapped_ok(lp: &IocpEventLoop, sock: &Socket) -> Result<bool> {
     match lp.with_driver(|d| d.associate(raw(sock))) {
         Ok(()) => Ok(true),
         Err(SubmitError::Closed) => Err(Error::loop_closed()),

@@ -408,6 +408,7 @@ pub fn test_sock_sendfile_bad_count(ctx: &Ctx) -> Result<()> {
 /// that much of the file, then what is sent next.
 pub fn test_sock_sendfile_cancel(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
+    ctx.require(Feature::ReadinessSendfile)?;
     let lp = ctx.new_loop();
     let data = pattern(DATA_LEN);
     let f = TempFile::new(ctx, &data);
@@ -447,6 +448,7 @@ pub fn test_sock_sendfile_cancel(ctx: &Ctx) -> Result<()> {
 /// the file's position tells how much was sent.
 pub fn test_sock_sendfile_peer_closed_in_the_middle(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Readiness)?;
+    ctx.require(Feature::ReadinessSendfile)?;
     let lp = ctx.new_loop();
     let data = pattern(DATA_LEN);
     let f = TempFile::new(ctx, &data);

@@ -58,7 +58,10 @@ pub fn sock_sendfile(
         }
         crate::base_events::sendfile::check_count(count)?;
         lp._ensure_fd_no_transport(raw_fd(&sock))?;
-        match lp._sock_sendfile_native(sock.clone(), file.clone(), offset, count).await {
+        match lp
+            ._sock_sendfile_native(sock.clone(), file.clone(), offset, count)
+            .await
+        {
             Err(Error::SendfileNotAvailable(_)) if fallback => {}
             done => return done,
         }
@@ -70,15 +73,17 @@ pub fn sock_sendfile(
 /// ends, however it ends (asyncio's `_sock_sendfile_update_filepos` and the
 /// fallback's `finally`); where it was when nothing was sent (Windows'
 /// positional reads move it, so it is put back).
-pub(crate) struct FilePosition {
+pub struct FilePosition {
     pub(crate) file: Rc<File>,
     pub(crate) start: u64,
-    pub(crate) sent: Rc<Cell<u64>>,
+    /// Bytes sent so far; set it as they go out.
+    pub sent: Rc<Cell<u64>>,
     before: Option<u64>,
 }
 
 impl FilePosition {
-    pub(crate) fn new(file: Rc<File>, start: u64) -> Self {
+    /// A guard for a transfer of `file` from `start` on.
+    pub fn new(file: Rc<File>, start: u64) -> Self {
         let before = (&*file).stream_position().ok();
         FilePosition {
             file,
