@@ -14,7 +14,7 @@ conformance::suite!(
              not offered on Windows"
         ),
         no_readiness_sock_ops: Some(
-            "the IOCP backend's sock_* methods are overlapped operations (a zero-byte \
+            "on Windows the IOCP backend's sock_* methods are overlapped operations (a zero-byte \
              WSARecv, WSASend, ConnectEx, AcceptEx), not add_reader/add_writer watches: \
              there is no reader watch to find"
         ),
