@@ -2,11 +2,20 @@
 //! buffers multishot receives fill.
 //!
 //! The kernel picks a free buffer when data arrives and names it in the
-//! completion's flags; from then on the buffer is ours until we give it
-//! back with [`BufRing::recycle`]. The ring and the buffers are one
-//! allocation each, never moved, and outlive the registration: the driver
-//! drops its ring (which unregisters) before this, and leaks this if any
-//! operation that may still pick a buffer is left in flight.
+//! completion's flags. Registered with `IOU_PBUF_RING_INC` (Linux 6.12+),
+//! it fills a buffer a part at a time: each completion's data follows the
+//! previous one's in the same buffer, and `IORING_CQE_F_BUF_MORE` says the
+//! kernel will go on filling it. Where each completion's data starts is
+//! worked out as completions are reaped ([`BufRing::reap`]), in the order
+//! the kernel filled the buffer, since their owners may process them in
+//! another. A buffer goes back to the kernel ([`BufRing::release`]) once
+//! the kernel is done filling it and the data of every completion reaped
+//! from it has been released.
+//!
+//! The ring and the buffers are one allocation each, never moved, and
+//! outlive the registration: the driver drops its ring (which unregisters)
+//! before this, and leaks this if any operation that may still pick a
+//! buffer is left in flight.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::Cell;
@@ -14,6 +23,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use io_uring::cqueue;
 use io_uring::types::BufRingEntry;
 
 /// The buffers receives share.
@@ -26,8 +36,16 @@ pub(crate) struct BufRing {
     buf_size: usize,
     /// Our copy of the tail; the kernel reads the one in the ring.
     tail: Cell<u16>,
-    /// Buffers the kernel handed us that are not recycled yet.
-    lent: Cell<u32>,
+    /// Registered with `IOU_PBUF_RING_INC`: the kernel fills a buffer a
+    /// part at a time, each completion taking the next bytes of it.
+    incremental: Cell<bool>,
+    /// Per buffer: where the next completion's data starts.
+    consumed: Box<[Cell<u32>]>,
+    /// Per buffer: completions reaped whose data is not released yet.
+    pending: Box<[Cell<u32>]>,
+    /// Per buffer: the kernel is done filling it (it goes back to the
+    /// kernel when nothing reaped from it is pending).
+    filled: Box<[Cell<bool>]>,
 }
 
 /// The group id our receives name.
@@ -60,7 +78,10 @@ impl BufRing {
             entries,
             buf_size,
             tail: Cell::new(0),
-            lent: Cell::new(0),
+            incremental: Cell::new(false),
+            consumed: (0..entries).map(|_| Cell::new(0)).collect(),
+            pending: (0..entries).map(|_| Cell::new(0)).collect(),
+            filled: (0..entries).map(|_| Cell::new(false)).collect(),
         };
         for bid in 0..entries {
             r.push(bid);
@@ -102,34 +123,71 @@ impl BufRing {
         unsafe { &*tail }.store(self.tail.get(), Ordering::Release);
     }
 
-    /// Notes that a completion handed us a buffer.
-    pub fn lent(&self) {
-        self.lent.set(self.lent.get() + 1);
+    /// Notes that the ring was registered for incremental consumption.
+    pub fn set_incremental(&self) {
+        self.incremental.set(true);
     }
 
-    /// Buffers handed to us and not given back yet.
+    /// Registered for incremental consumption.
+    pub fn is_incremental(&self) -> bool {
+        self.incremental.get()
+    }
+
+    /// A completion with `flags` handed us `len` bytes of buffer `bid`:
+    /// where in the buffer they start. Called as completions are reaped,
+    /// in the kernel's order, which is the order it filled the buffer in
+    /// (the owners may process them in another).
+    pub fn reap(&self, bid: u16, len: usize, flags: u32) -> u32 {
+        let i = bid as usize;
+        self.pending[i].set(self.pending[i].get() + 1);
+        let start = self.consumed[i].get();
+        if self.incremental.get() && cqueue::buffer_more(flags) {
+            self.consumed[i].set(start + len as u32);
+        } else {
+            self.consumed[i].set(0);
+            self.filled[i].set(true);
+        }
+        start
+    }
+
+    /// Buffers the kernel cannot fill now because of us: data of them is
+    /// reaped and not released, or they are full and not given back yet.
     pub fn outstanding(&self) -> u32 {
-        self.lent.get()
+        let held = |i: usize| self.pending[i].get() > 0 || self.filled[i].get();
+        (0..self.entries as usize).filter(|&i| held(i)).count() as u32
     }
 
-    /// Gives buffer `bid` back to the kernel.
-    pub fn recycle(&self, bid: u16) {
-        self.lent.set(self.lent.get().saturating_sub(1));
-        self.push(bid);
-        self.publish();
+    /// Done with the data of one reaped completion in buffer `bid`: the
+    /// buffer goes back to the kernel once the kernel is done filling it
+    /// and no reaped data of it is left.
+    pub fn release(&self, bid: u16) {
+        let i = bid as usize;
+        let left = self.pending[i].get().saturating_sub(1);
+        self.pending[i].set(left);
+        if left == 0 && self.filled[i].replace(false) {
+            self.push(bid);
+            self.publish();
+        }
     }
 
-    /// The first `len` bytes of buffer `bid`.
+    /// The `len` bytes at `start` of buffer `bid`, as [`BufRing::reap`]
+    /// placed a completion's data.
     ///
     /// # Safety
-    /// The kernel handed `bid` to us (a completion named it) and it has
-    /// not been recycled since; the slice must be gone before it is.
-    pub unsafe fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < self.entries && len <= self.buf_size);
-        // SAFETY: in bounds by the assertion; the kernel wrote `len` bytes
-        // and does not touch the buffer until it is recycled (caller).
+    /// A reaped completion named these bytes and has not been released;
+    /// the slice must be gone before it is.
+    pub unsafe fn buf(&self, bid: u16, start: u32, len: usize) -> &[u8] {
+        assert!(bid < self.entries);
+        let start = start as usize;
+        assert!(start + len <= self.buf_size);
+        // SAFETY: in bounds by the assertions; the kernel wrote these
+        // `len` bytes and writes only past them until the buffer is given
+        // back (caller).
         unsafe {
-            std::slice::from_raw_parts(self.bufs.as_ptr().add(bid as usize * self.buf_size), len)
+            std::slice::from_raw_parts(
+                self.bufs.as_ptr().add(bid as usize * self.buf_size + start),
+                len,
+            )
         }
     }
 }

@@ -74,6 +74,11 @@ pub struct UringConfig {
     pub ring_buffers: u16,
     /// Size of each provided buffer.
     pub ring_buffer_size: usize,
+    /// Have the kernel fill each provided buffer incrementally where it
+    /// can (`IOU_PBUF_RING_INC`, Linux 6.12+): a receive takes only the
+    /// bytes it fills, and the next one goes on in the same buffer, so a
+    /// small message does not use up a whole buffer.
+    pub incremental_buffers: bool,
     /// Accept with one multishot request per listener (Linux 5.19+);
     /// otherwise one accept request at a time.
     pub multishot_accept: bool,
@@ -86,6 +91,7 @@ impl Default for UringConfig {
             provided_buffers: true,
             ring_buffers: 256,
             ring_buffer_size: 64 * 1024,
+            incremental_buffers: true,
             multishot_accept: true,
         }
     }
@@ -96,6 +102,9 @@ impl Default for UringConfig {
 pub struct Features {
     /// Multishot receives into the provided-buffer ring are in use.
     pub multishot_recv: bool,
+    /// The ring's buffers are filled incrementally (`IOU_PBUF_RING_INC`,
+    /// Linux 6.12+): a receive takes only what it fills of a buffer.
+    pub incremental_buffers: bool,
     /// Multishot accepts are in use.
     pub multishot_accept: bool,
     /// Completions run only when the loop enters (`IORING_SETUP_DEFER_TASKRUN`).
@@ -271,16 +280,29 @@ impl UringDriver {
             let r = BufRing::new(config.ring_buffers, config.ring_buffer_size)?;
             // SAFETY: the ring memory is owned by `r`, which the driver
             // keeps until the io_uring is closed (see `Drop`), or leaks.
-            let registered = unsafe {
-                ring.submitter()
-                    .register_buf_ring_with_flags(r.ring_addr(), r.entries(), BGID, 0)
+            let register = |flags| unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    r.ring_addr(),
+                    r.entries(),
+                    BGID,
+                    flags,
+                )
             };
-            if registered.is_ok() {
+            // Incremental consumption (Linux 6.12+) first: a receive takes
+            // only what it fills of a buffer, so small messages share one.
+            let inc = config.incremental_buffers
+                && version >= (6, 12)
+                && register(io_uring::types::IOU_PBUF_RING_INC as u16).is_ok();
+            if inc {
+                r.set_incremental();
+            }
+            if inc || register(0).is_ok() {
                 buf_ring = Some(Rc::new(r));
             }
         }
         let features = Features {
             multishot_recv: buf_ring.is_some(),
+            incremental_buffers: buf_ring.as_ref().is_some_and(|r| r.is_incremental()),
             multishot_accept: config.multishot_accept && version >= (5, 19),
             defer_taskrun,
         };
@@ -532,11 +554,12 @@ impl UringDriver {
     }
 
     fn complete_op(&mut self, t: u64, res: i32, flags: u32) {
-        if cqueue::buffer_select(flags).is_some() {
-            if let Some(r) = &self.buf_ring {
-                r.lent();
-            }
-        }
+        // Placed now, in the kernel's order: the owners may process their
+        // completions in another.
+        let buf = match (cqueue::buffer_select(flags), &self.buf_ring) {
+            (Some(bid), Some(r)) => Some((bid, r.reap(bid, res.max(0) as usize, flags))),
+            _ => None,
+        };
         let key = (t & 0xffff_ffff) as usize;
         let generation = ((t >> 32) as u32) & GENERATION_MASK;
         match self.ops.get(key) {
@@ -553,9 +576,9 @@ impl UringDriver {
             owner.complete(Completion {
                 kind,
                 res,
-                flags,
                 more,
                 keep: None,
+                buf,
             });
             return;
         }
@@ -566,9 +589,9 @@ impl UringDriver {
         op.owner.complete(Completion {
             kind: op.kind,
             res,
-            flags,
             more,
             keep: Some(op.keep),
+            buf,
         });
     }
 

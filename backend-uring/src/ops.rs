@@ -75,12 +75,13 @@ pub(crate) struct Completion {
     pub kind: u8,
     /// The CQE's result: a count, a descriptor, or `-errno`.
     pub res: i32,
-    /// The CQE's flags (buffer id, `IORING_CQE_F_MORE`).
-    pub flags: u32,
     /// A multishot request goes on after this completion.
     pub more: bool,
     /// The operation's memory, handed back with its last completion.
     pub keep: Option<Keep>,
+    /// The provided buffer this completion's data is in, and where in it
+    /// the data starts (see `BufRing::reap`).
+    pub buf: Option<(u16, u32)>,
 }
 
 /// Who hears of an operation's completions.

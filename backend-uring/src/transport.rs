@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{opcode, types};
 use loop_api::base_events::server::Server;
 use loop_api::events::options::MAX_READ_SIZE;
 use loop_api::events::AbstractEventLoop;
@@ -163,14 +163,13 @@ impl StreamIo for UringStream {
             match c.res {
                 n if n > 0 => match (&io.ring, c.keep) {
                     (Some(ring), _) => {
-                        let bid = cqueue::buffer_select(c.flags)
-                            .expect("a receive with data names its buffer");
-                        // SAFETY: the completion handed us buffer `bid`,
-                        // filled with `n` bytes; it is recycled only after
+                        let (bid, start) = c.buf.expect("a receive with data names its buffer");
+                        // SAFETY: the completion handed us these `n` bytes
+                        // of buffer `bid`; they are released only after
                         // this use.
-                        let data = unsafe { ring.buf(bid, n as usize) };
+                        let data = unsafe { ring.buf(bid, start, n as usize) };
                         t.on_recv(RecvEvent::Data(data), c.more);
-                        ring.recycle(bid);
+                        ring.release(bid);
                     }
                     (None, Some(Keep::Buf(buf))) => {
                         t.on_recv(RecvEvent::Data(&buf[..n as usize]), c.more)
