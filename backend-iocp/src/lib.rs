@@ -13,8 +13,12 @@
 //! * readiness (`add_reader`/`add_writer`) is AFD polling, as in mio and
 //!   polling: an `IOCTL_AFD_POLL` per watched socket on a `\Device\Afd`
 //!   handle associated with the port, re-armed on every `poll` so that
-//!   interest is level-triggered like a selector's.
-//!
+//!   interest is level-triggered like a selector's;
+//! * stream transports are the shared
+//!   [`ProactorSocketTransport`](loop_api::proactor_events::ProactorSocketTransport)
+//!   over overlapped `WSARecv` (into a 64 KiB buffer) and `WSASend` (the
+//!   buffered chunks, one `WSABUF` each, moved with no copy);
+//! * `sock_sendfile` and `loop.sendfile` send with `TransmitFile`;
 //! * socket operations are overlapped I/O on the same port: `sock_sendall`
 //!   is `WSASend`, `sock_connect` is `ConnectEx`, `sock_accept` and serving
 //!   (`create_server`) are `AcceptEx`, and `sock_recv`/`sock_recv_into`
@@ -23,8 +27,8 @@
 //!   heap-pinned header (with its buffers, addresses, accept socket) that
 //!   the driver owns until the kernel's packet for it is dequeued,
 //!   cancelled operations included; closing the loop cancels and drains
-//!   them (for at most [`DRAIN_LIMIT`]) and leaks, never frees, what does
-//!   not come back. The stream transport is still the readiness one.
+//!   them (for at most `DRAIN_LIMIT`, 2 s) and leaks, never frees, what does
+//!   not come back. Datagram sockets stay on AFD readiness.
 //!
 //! Completion packets are told apart by completion key (see
 //! `windows::port`): wakeups, AFD polls, and overlapped operations.
