@@ -70,7 +70,10 @@ pub struct UringConfig {
     /// the kernel has them (Linux 6.0+); otherwise one receive request at a
     /// time into the transport's own buffer.
     pub provided_buffers: bool,
-    /// Buffers in the provided-buffer ring (a power of two).
+    /// Buffers in the provided-buffer ring (a power of two). 16 of them
+    /// are offered to the kernel at first, twice as many each time it
+    /// runs short, the most recently used first, so that the buffers in
+    /// use stay in the CPU's caches.
     pub ring_buffers: u16,
     /// Size of each provided buffer.
     pub ring_buffer_size: usize,

@@ -177,12 +177,15 @@ impl StreamIo for UringStream {
                     (None, _) => unreachable!("a plain receive keeps its buffer"),
                 },
                 0 => t.on_recv(RecvEvent::Eof, c.more),
-                // Out of provided buffers, or cancelled (paused).
-                n if matches!(
-                    -n,
-                    libc::ENOBUFS | libc::ECANCELED | libc::EAGAIN | libc::EINTR
-                ) =>
-                {
+                // Out of provided buffers: offer more, and receive again.
+                n if -n == libc::ENOBUFS => {
+                    if let Some(ring) = &io.ring {
+                        ring.grow();
+                    }
+                    t.on_recv(RecvEvent::Stopped, c.more)
+                }
+                // Cancelled (paused, closing) or interrupted.
+                n if matches!(-n, libc::ECANCELED | libc::EAGAIN | libc::EINTR) => {
                     t.on_recv(RecvEvent::Stopped, c.more)
                 }
                 n => t.on_recv(RecvEvent::Error(io::Error::from_raw_os_error(-n)), c.more),
