@@ -11,8 +11,8 @@
 //!   chunks move into the operation, no copy).
 //! - Completions only record and schedule (see `ops::Owner`); the transport
 //!   processes them from its step on the ready queue, in order.
-//! - A socket already associated with another completion port cannot
-//!   complete here: it gets the readiness transport (AFD polling) instead.
+//! - A socket this loop's port cannot take (already associated with
+//!   another port) gets the readiness transport (AFD polling) instead.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -63,10 +63,12 @@ pub(crate) fn create(
 ) -> Result<Rc<dyn Transport>> {
     match lp.with_driver(|d| d.associate(raw(&sock))) {
         Ok(()) => {}
-        Err(SubmitError::ForeignPort) => {
+        // As for the `sock_*` methods: the readiness transport serves a
+        // socket the port cannot take (and reports what is wrong with it).
+        Err(SubmitError::ForeignPort | SubmitError::Io(_)) => {
             return SocketTransport::create(lp.clone(), sock, protocol, waiter, server);
         }
-        Err(e) => return Err(e.into()),
+        Err(e @ SubmitError::Closed) => return Err(e.into()),
     }
     let io = IocpStream {
         lp: lp.clone(),
