@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use loop_api::events::{LocalBoxFuture, Loop};
 use loop_api::selector_events::sendfile::{self, FilePosition};
-use loop_api::{Error, Result};
+use loop_api::Result;
 use socket2::Socket;
 
 use super::ops::Request;
@@ -43,10 +43,7 @@ pub(crate) fn sock_sendfile_native(
             let l: Loop = lp;
             return sendfile::sock_sendfile_native(l, sock, file, offset, count).await;
         }
-        let size = match file.metadata() {
-            Ok(m) if m.is_file() => m.len(),
-            _ => return Err(Error::SendfileNotAvailable("not a regular file".into())),
-        };
+        let size = sendfile::regular_file_len(&file)?;
         let end = match count {
             Some(c) => offset.saturating_add(c).min(size),
             None => size,

@@ -107,6 +107,16 @@ impl Drop for FilePosition {
     }
 }
 
+/// The size of `file`, which a zero-copy path can send only if it is a
+/// regular file (`SendfileNotAvailable` otherwise, so that the caller may
+/// fall back to reading and sending).
+pub fn regular_file_len(file: &File) -> Result<u64> {
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(m.len()),
+        _ => Err(Error::SendfileNotAvailable("not a regular file".into())),
+    }
+}
+
 /// The zero-copy path alone: `SendfileNotAvailable` when it cannot be used.
 /// Watches the socket with the unchecked `_add_writer` hook, so that a
 /// transport's `_sendfile_native` may call it on the transport's own socket
@@ -208,13 +218,7 @@ mod native {
         offset: u64,
         count: Option<u64>,
     ) -> Result<u64> {
-        let meta = file
-            .metadata()
-            .map_err(|_| Error::SendfileNotAvailable("not a regular file".into()))?;
-        if !meta.is_file() {
-            return Err(Error::SendfileNotAvailable("not a regular file".into()));
-        }
-        let blocksize = count.unwrap_or(meta.len());
+        let blocksize = count.unwrap_or(regular_file_len(&file)?);
         if blocksize == 0 {
             return Ok(0); // empty file
         }

@@ -35,7 +35,7 @@ use socket2::Socket;
 use super::is_retry;
 use crate::base_events::server::Server;
 use crate::events::options::MAX_READ_SIZE;
-use crate::events::{LocalBoxFuture, Loop, RawFd};
+use crate::events::{LocalBoxFuture, Loop};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::Protocol;
@@ -119,8 +119,6 @@ impl WriteBuffer {
 pub struct SocketTransport {
     base: StreamBase,
     this: Weak<SocketTransport>,
-    /// The socket's descriptor, for the loop's reader and writer.
-    fd: RawFd,
     buffer: RefCell<WriteBuffer>,
 }
 
@@ -136,11 +134,9 @@ impl SocketTransport {
         server: Option<Rc<Server>>,
     ) -> Result<Rc<dyn Transport>> {
         let prepared = StreamBase::prepare(&lp, sock)?;
-        let fd = prepared.fd();
         let t = Rc::new_cyclic(|this: &Weak<SocketTransport>| SocketTransport {
             base: StreamBase::new(lp, prepared, protocol, server, this.clone()),
             this: this.clone(),
-            fd,
             buffer: RefCell::new(WriteBuffer::default()),
         });
         let me = t.clone();
@@ -168,7 +164,7 @@ impl SocketTransport {
         if let Err(e) = self
             .base
             .lp()
-            ._add_reader(self.fd, Box::new(move || me.read_ready()))
+            ._add_reader(self.base.fd(), Box::new(move || me.read_ready()))
         {
             self.fatal_error(e, "Fatal error: cannot watch the socket for reading.");
         }
@@ -248,7 +244,7 @@ impl SocketTransport {
             Err(e) => self.fatal_error(e, "Fatal error: protocol.eof_received() call failed."),
             // The protocol may still write; nothing more can be read.
             Ok(true) => {
-                let _ = self.base.lp()._remove_reader(self.fd);
+                let _ = self.base.lp()._remove_reader(self.base.fd());
             }
             Ok(false) => self.close(),
         }
@@ -294,7 +290,7 @@ impl SocketTransport {
             if let Err(e) = self
                 .base
                 .lp()
-                ._add_writer(self.fd, Box::new(move || me.write_ready()))
+                ._add_writer(self.base.fd(), Box::new(move || me.write_ready()))
             {
                 self.fatal_error(e, "Fatal error: cannot watch the socket for writing.");
                 return;
@@ -322,7 +318,7 @@ impl SocketTransport {
                 self.buffer.borrow_mut().consume(n);
                 self.maybe_resume_protocol(); // may write and grow the buffer
                 if self.buffer.borrow().is_empty() {
-                    let _ = self.base.lp()._remove_writer(self.fd);
+                    let _ = self.base.lp()._remove_writer(self.base.fd());
                     self.base.wake_empty_waiters(Ok(()));
                     if self.base.closing.get() {
                         self.call_connection_lost(None);
@@ -333,7 +329,7 @@ impl SocketTransport {
             }
             Some(Err(e)) if is_retry(&e) => {}
             Some(Err(e)) => {
-                let _ = self.base.lp()._remove_writer(self.fd);
+                let _ = self.base.lp()._remove_writer(self.base.fd());
                 self.buffer.borrow_mut().clear();
                 let e: Error = e.into();
                 self.base.wake_empty_waiters(Err(&e));
@@ -367,10 +363,10 @@ impl SocketTransport {
         }
         if !self.buffer.borrow().is_empty() {
             self.buffer.borrow_mut().clear();
-            let _ = self.base.lp()._remove_writer(self.fd);
+            let _ = self.base.lp()._remove_writer(self.base.fd());
         }
         if !self.base.closing.replace(true) {
-            let _ = self.base.lp()._remove_reader(self.fd);
+            let _ = self.base.lp()._remove_reader(self.base.fd());
         }
         let me = self.me();
         self.base
@@ -379,8 +375,8 @@ impl SocketTransport {
 
     fn call_connection_lost(&self, exc: Option<Error>) {
         self.base.connection_lost(exc, || {
-            let _ = self.base.lp()._remove_reader(self.fd);
-            let _ = self.base.lp()._remove_writer(self.fd);
+            let _ = self.base.lp()._remove_reader(self.base.fd());
+            let _ = self.base.lp()._remove_writer(self.base.fd());
         });
     }
 }
@@ -409,9 +405,9 @@ impl BaseTransport for SocketTransport {
         if self.base.closing.replace(true) {
             return;
         }
-        let _ = self.base.lp()._remove_reader(self.fd);
+        let _ = self.base.lp()._remove_reader(self.base.fd());
         if self.buffer.borrow().is_empty() {
-            let _ = self.base.lp()._remove_writer(self.fd);
+            let _ = self.base.lp()._remove_writer(self.base.fd());
             let me = self.me();
             self.base
                 .schedule_connection_lost(move || me.call_connection_lost(None));
@@ -437,7 +433,7 @@ impl ReadTransport for SocketTransport {
             return;
         }
         self.base.paused.set(true);
-        let _ = self.base.lp()._remove_reader(self.fd);
+        let _ = self.base.lp()._remove_reader(self.base.fd());
         self.base.debug("pauses reading");
     }
 

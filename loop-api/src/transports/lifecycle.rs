@@ -3,16 +3,15 @@
 //! writes after the connection is lost, and `get_extra_info`.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::fs::File;
+use std::cell::Cell;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
-use socket2::{SockAddr, Socket};
+use socket2::SockAddr;
 
-use super::{extra_addr, BaseTransport, ExtraInfo, Transport};
-use crate::events::{EventLoopExt, ExceptionContext, LocalBoxFuture, Loop, RawFd};
+use super::{extra_addr, BaseTransport, ExtraInfo};
+use crate::events::{ExceptionContext, Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
@@ -30,32 +29,6 @@ impl DatagramProtocol for Detached {}
 /// ends without one of its own: asyncio's `ConnectionAbortedError`.
 pub fn connection_closed() -> Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "Connection is closed").into()
-}
-
-/// The checks `write` and `writelines` share: `RuntimeError` after
-/// `write_eof`; `Ok(false)` (drop the data) when there is nothing to write
-/// or the connection is lost ([`drop_lost_write`]).
-pub fn check_write(eof: bool, empty: bool, method: &str, conn_lost: &Cell<u32>) -> Result<bool> {
-    if eof {
-        return Err(Error::runtime(format!(
-            "Cannot call {method}() after write_eof()"
-        )));
-    }
-    if empty {
-        return Ok(false);
-    }
-    Ok(!drop_lost_write(conn_lost))
-}
-
-/// The protocol's `eof_received` (its buffered flavour's, if it has one):
-/// `Ok(true)` keeps the connection half-open; a panic comes back as the
-/// error to report.
-pub fn eof_received(protocol: &dyn Protocol) -> Result<bool> {
-    catch_unwind(AssertUnwindSafe(|| match protocol.as_buffered() {
-        Some(bp) => bp.eof_received(),
-        None => protocol.eof_received(),
-    }))
-    .map_err(Error::from_panic)
 }
 
 /// `get_buffer(sizehint)`, with a panic or an empty buffer as an error
@@ -76,48 +49,6 @@ pub fn get_buffer(protocol: &dyn BufferedProtocol, sizehint: usize) -> Result<Ve
 pub fn buffer_updated(protocol: &dyn BufferedProtocol, buf: Vec<u8>, nbytes: usize) -> Result<()> {
     catch_unwind(AssertUnwindSafe(|| protocol.buffer_updated(buf, nbytes)))
         .unwrap_or_else(|p| Err(Error::from_panic(p)))
-}
-
-/// A write transport's `_make_empty_waiter`: failed at once if the
-/// connection is `lost`, done at once if the buffer is `empty`, otherwise
-/// added to `waiters` (which the transport completes when it drains).
-pub fn empty_waiter(
-    lp: &Loop,
-    lost: bool,
-    empty: bool,
-    waiters: &RefCell<Vec<Future<()>>>,
-) -> Future<()> {
-    let f = lp.create_future::<()>();
-    if lost {
-        let _ = f.set_exception(connection_closed());
-    } else if empty {
-        let _ = f.set_result(());
-    } else {
-        waiters.borrow_mut().push(f.clone());
-    }
-    f
-}
-
-/// A stream transport's `_sendfile_native` over the loop's zero-copy path
-/// (`_sock_sendfile_native`: `sendfile(2)`, `TransmitFile`):
-/// no reads while the file goes out (resumed however this ends), and
-/// nothing of it before what was written earlier (asyncio's order).
-pub fn sendfile_native(
-    transport: Rc<dyn Transport>,
-    lp: Loop,
-    sock: Rc<Socket>,
-    file: Rc<File>,
-    offset: u64,
-    count: Option<u64>,
-) -> LocalBoxFuture<'static, Result<u64>> {
-    Box::pin(async move {
-        let _paused = crate::base_events::sendfile::ReadingPaused::new(transport.clone());
-        let empty = transport
-            ._make_empty_waiter()
-            .expect("socket transports can tell");
-        empty.await?;
-        lp._sock_sendfile_native(sock, file, offset, count).await
-    })
 }
 
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`: writes after the

@@ -23,7 +23,7 @@ use super::flow_control::FlowControl;
 use super::lifecycle::{self, SocketInfo};
 use super::{BaseTransport, ExtraInfo, Transport};
 use crate::base_events::server::Server;
-use crate::events::{LocalBoxFuture, Loop, RawFd};
+use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
@@ -36,13 +36,6 @@ pub struct Prepared {
     fd: RawFd,
     sockname: Option<SockAddr>,
     peername: Option<SockAddr>,
-}
-
-impl Prepared {
-    /// The socket's descriptor.
-    pub fn fd(&self) -> RawFd {
-        self.fd
-    }
 }
 
 /// The state and steps every stream socket transport shares.
@@ -207,18 +200,34 @@ impl StreamBase {
         });
     }
 
-    /// The protocol's `eof_received`, after a debug log: `Ok(true)` keeps
-    /// the connection half-open.
+    /// The protocol's `eof_received` (its buffered flavour's, if it has
+    /// one), after a debug log: `Ok(true)` keeps the connection half-open;
+    /// a panic comes back as the error to report.
     pub fn eof_received(&self) -> Result<bool> {
         self.debug("received EOF");
-        lifecycle::eof_received(&*self.protocol())
+        let protocol = self.protocol();
+        catch_unwind(AssertUnwindSafe(|| match protocol.as_buffered() {
+            Some(bp) => bp.eof_received(),
+            None => protocol.eof_received(),
+        }))
+        .map_err(Error::from_panic)
     }
 
     // ----- writing ---------------------------------------------------------------------
 
-    /// Checks shared by `write` and `writelines`; `Ok(false)`: drop the data.
+    /// The checks `write` and `writelines` share: `RuntimeError` after
+    /// `write_eof`; `Ok(false)` (drop the data) when there is nothing to
+    /// write or the connection is lost ([`lifecycle::drop_lost_write`]).
     pub fn check_write(&self, empty: bool, method: &str) -> Result<bool> {
-        lifecycle::check_write(self.eof.get(), empty, method, &self.conn_lost)
+        if self.eof.get() {
+            return Err(Error::runtime(format!(
+                "Cannot call {method}() after write_eof()"
+            )));
+        }
+        if empty {
+            return Ok(false);
+        }
+        Ok(!lifecycle::drop_lost_write(&self.conn_lost))
     }
 
     /// Tells the protocol to pause writing if `size` crossed the high-water
@@ -256,14 +265,19 @@ impl StreamBase {
         }
     }
 
-    /// `_make_empty_waiter`.
+    /// `_make_empty_waiter`: failed at once if the connection is lost,
+    /// done at once if the buffer is empty, otherwise kept until
+    /// [`StreamBase::wake_empty_waiters`].
     pub fn empty_waiter(&self, buffer_empty: bool) -> Future<()> {
-        lifecycle::empty_waiter(
-            &self.lp,
-            self.conn_lost.get() > 0 || !self.is_open(),
-            buffer_empty,
-            &self.empty_waiters,
-        )
+        let f = self.lp.create_future::<()>();
+        if self.conn_lost.get() > 0 || !self.is_open() {
+            let _ = f.set_exception(lifecycle::connection_closed());
+        } else if buffer_empty {
+            let _ = f.set_result(());
+        } else {
+            self.empty_waiters.borrow_mut().push(f.clone());
+        }
+        f
     }
 
     /// The buffer drained (`Ok`) or a write failed (`Err`): tells the
@@ -277,7 +291,10 @@ impl StreamBase {
         }
     }
 
-    /// `_sendfile_native` over the loop's zero-copy path.
+    /// `_sendfile_native` over the loop's zero-copy path
+    /// (`_sock_sendfile_native`: `sendfile(2)`, `TransmitFile`): no reads
+    /// while the file goes out (resumed however this ends), and nothing of
+    /// it before what was written earlier (asyncio's order).
     pub fn sendfile_native(
         &self,
         file: Rc<File>,
@@ -285,14 +302,16 @@ impl StreamBase {
         count: Option<u64>,
     ) -> Option<LocalBoxFuture<'static, Result<u64>>> {
         let sock = self.socket()?;
-        Some(lifecycle::sendfile_native(
-            self.me(),
-            self.lp.clone(),
-            sock,
-            file,
-            offset,
-            count,
-        ))
+        let transport = self.me();
+        let lp = self.lp.clone();
+        Some(Box::pin(async move {
+            let _paused = crate::base_events::sendfile::ReadingPaused::new(transport.clone());
+            let empty = transport
+                ._make_empty_waiter()
+                .expect("socket transports can tell");
+            empty.await?;
+            lp._sock_sendfile_native(sock, file, offset, count).await
+        }))
     }
 
     // ----- closing ---------------------------------------------------------------------
