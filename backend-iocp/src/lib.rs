@@ -45,8 +45,7 @@ mod windows;
 
 #[cfg(windows)]
 pub use windows::{
-    running_under_wine, wine_version, IocpDriver, IocpEventLoop, IocpSocketTransport, IocpStream,
-    ACCEPTS_IN_FLIGHT, DRAIN_LIMIT,
+    running_under_wine, wine_version, IocpDriver, IocpEventLoop, ACCEPTS_IN_FLIGHT, DRAIN_LIMIT,
 };
 
 #[cfg(windows)]

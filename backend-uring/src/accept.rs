@@ -13,8 +13,7 @@
 //! on the readiness backends. Stopping cancels the request and shuts the
 //! listener down; a connection the kernel accepted meanwhile is closed.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -23,6 +22,7 @@ use std::rc::{Rc, Weak};
 use io_uring::{opcode, types};
 use loop_api::base_events::server::Server;
 use loop_api::events::{AbstractEventLoop, ExceptionContext, Step};
+use loop_api::proactor_events::Inbox;
 use loop_api::protocols::ProtocolFactory;
 use loop_api::selector_events::accept::{accept_one, out_of_resources, ACCEPT_RETRY_DELAY};
 use loop_api::Result;
@@ -43,8 +43,7 @@ pub(crate) struct Acceptor {
     op: Cell<Option<OpId>>,
     /// Completions not yet handled: accepted descriptors or `-errno`, and
     /// whether the request goes on.
-    inbox: RefCell<VecDeque<(i32, bool)>>,
-    scheduled: Cell<bool>,
+    inbox: Inbox<(i32, bool)>,
     stopped: Cell<bool>,
 }
 
@@ -64,8 +63,7 @@ pub(crate) fn start_serving(
         server,
         multishot,
         op: Cell::new(None),
-        inbox: RefCell::new(VecDeque::new()),
-        scheduled: Cell::new(false),
+        inbox: Inbox::default(),
         stopped: Cell::new(false),
     });
     a.arm()?;
@@ -194,19 +192,14 @@ impl Acceptor {
 
 impl Owner for Acceptor {
     fn complete(self: Rc<Self>, c: Completion) {
-        self.inbox.borrow_mut().push_back((c.res, c.more));
-        if !self.scheduled.replace(true) && self.lp.call_soon_step(self.clone()).is_err() {
-            self.scheduled.set(false);
-        }
+        self.inbox
+            .push((c.res, c.more), self.lp.as_ref(), || self.clone());
     }
 }
 
 impl Step for Acceptor {
     fn run_step(self: Rc<Self>) {
-        self.scheduled.set(false);
-        loop {
-            let next = self.inbox.borrow_mut().pop_front();
-            let Some((res, more)) = next else { break };
+        while let Some((res, more)) = self.inbox.pop() {
             self.handle(res, more);
         }
     }

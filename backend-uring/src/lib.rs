@@ -44,8 +44,6 @@ mod transport;
 #[cfg(target_os = "linux")]
 pub use driver::{Features, UringConfig, UringDriver, CLOSE_DRAIN};
 #[cfg(target_os = "linux")]
-pub use transport::{UringSocketTransport, UringStream};
-
 use loop_api::{Error, Loop, Result};
 
 /// The io_uring backend's event loop type.

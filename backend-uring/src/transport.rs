@@ -12,8 +12,7 @@
 //! - Completions only record and schedule (see `ops::Owner`); the transport
 //!   processes them from its step on the ready queue, in order.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
 
@@ -36,16 +35,14 @@ const RECV: u8 = 0;
 const SEND: u8 = 1;
 
 /// asyncio's `_ProactorSocketTransport`, on io_uring.
-pub type UringSocketTransport = ProactorSocketTransport<UringStream>;
+pub(crate) type UringSocketTransport = ProactorSocketTransport<UringStream>;
 
 /// A stream socket's receive and send requests on io_uring.
-pub struct UringStream {
+pub(crate) struct UringStream {
     lp: Rc<UringEventLoop>,
     ring: Option<Rc<BufRing>>,
     recv_op: Cell<Option<OpId>>,
     send_op: Cell<Option<OpId>>,
-    /// Completions reaped during `poll`, for the transport's step.
-    inbox: RefCell<VecDeque<Completion>>,
 }
 
 /// Wraps a connected stream socket (the driver's `make_socket_transport`).
@@ -61,7 +58,6 @@ pub(crate) fn create(
         ring: lp.try_with_driver(|d| d.buf_ring()).flatten(),
         recv_op: Cell::new(None),
         send_op: Cell::new(None),
-        inbox: RefCell::new(VecDeque::new()),
     };
     let t = ProactorSocketTransport::create(lp.as_loop(), sock, protocol, waiter, server, io)?;
     Ok(t)
@@ -75,11 +71,10 @@ impl UringStream {
     }
 }
 
-/// The completion handler: record, and have the transport process it.
+/// The completion handler: record, for the transport's step.
 impl Owner for UringSocketTransport {
     fn complete(self: Rc<Self>, c: Completion) {
-        self.io().inbox.borrow_mut().push_back(c);
-        self.schedule();
+        self.push_completion(c);
     }
 }
 
@@ -88,6 +83,8 @@ fn owner(t: &Rc<UringSocketTransport>) -> Rc<dyn Owner> {
 }
 
 impl StreamIo for UringStream {
+    type Completion = Completion;
+
     fn start_recv(t: &Rc<UringSocketTransport>) -> Result<()> {
         let io = t.io();
         let fd = types::Fd(t.fd());
@@ -139,57 +136,52 @@ impl StreamIo for UringStream {
         self.cancel(&self.send_op);
     }
 
-    fn process(t: &Rc<UringSocketTransport>) {
+    fn complete(t: &Rc<UringSocketTransport>, c: Completion) {
         let io = t.io();
-        loop {
-            let next = io.inbox.borrow_mut().pop_front();
-            let Some(c) = next else { break };
-            if c.kind == SEND {
-                io.send_op.set(None);
-                let Some(Keep::Send(bufs)) = c.keep else {
-                    unreachable!("a send keeps its buffers")
-                };
-                let res = if c.res < 0 {
-                    Err(io::Error::from_raw_os_error(-c.res))
-                } else {
-                    Ok(c.res as usize)
-                };
-                t.on_sent(res, (*bufs).into_batch());
-                continue;
-            }
-            if !c.more {
-                io.recv_op.set(None);
-            }
-            match c.res {
-                n if n > 0 => match (&io.ring, c.keep) {
-                    (Some(ring), _) => {
-                        let (bid, start) = c.buf.expect("a receive with data names its buffer");
-                        // SAFETY: the completion handed us these `n` bytes
-                        // of buffer `bid`; they are released only after
-                        // this use.
-                        let data = unsafe { ring.buf(bid, start, n as usize) };
-                        t.on_recv(RecvEvent::Data(data), c.more);
-                        ring.release(bid);
-                    }
-                    (None, Some(Keep::Buf(buf))) => {
-                        t.on_recv(RecvEvent::Data(&buf[..n as usize]), c.more)
-                    }
-                    (None, _) => unreachable!("a plain receive keeps its buffer"),
-                },
-                0 => t.on_recv(RecvEvent::Eof, c.more),
-                // Out of provided buffers: offer more, and receive again.
-                n if -n == libc::ENOBUFS => {
-                    if let Some(ring) = &io.ring {
-                        ring.grow();
-                    }
-                    t.on_recv(RecvEvent::Stopped, c.more)
+        if c.kind == SEND {
+            io.send_op.set(None);
+            let Some(Keep::Send(bufs)) = c.keep else {
+                unreachable!("a send keeps its buffers")
+            };
+            let res = if c.res < 0 {
+                Err(io::Error::from_raw_os_error(-c.res))
+            } else {
+                Ok(c.res as usize)
+            };
+            t.on_sent(res, (*bufs).into_batch());
+            return;
+        }
+        if !c.more {
+            io.recv_op.set(None);
+        }
+        match c.res {
+            n if n > 0 => match (&io.ring, c.keep) {
+                (Some(ring), _) => {
+                    let (bid, start) = c.buf.expect("a receive with data names its buffer");
+                    // SAFETY: the completion handed us these `n` bytes of
+                    // buffer `bid`; they are released only after this use.
+                    let data = unsafe { ring.buf(bid, start, n as usize) };
+                    t.on_recv(RecvEvent::Data(data), c.more);
+                    ring.release(bid);
                 }
-                // Cancelled (paused, closing) or interrupted.
-                n if matches!(-n, libc::ECANCELED | libc::EAGAIN | libc::EINTR) => {
-                    t.on_recv(RecvEvent::Stopped, c.more)
+                (None, Some(Keep::Buf(buf))) => {
+                    t.on_recv(RecvEvent::Data(&buf[..n as usize]), c.more)
                 }
-                n => t.on_recv(RecvEvent::Error(io::Error::from_raw_os_error(-n)), c.more),
+                (None, _) => unreachable!("a plain receive keeps its buffer"),
+            },
+            0 => t.on_recv(RecvEvent::Eof, c.more),
+            // Out of provided buffers: offer more, and receive again.
+            n if -n == libc::ENOBUFS => {
+                if let Some(ring) = &io.ring {
+                    ring.grow();
+                }
+                t.on_recv(RecvEvent::Stopped, c.more)
             }
+            // Cancelled (paused, closing) or interrupted.
+            n if matches!(-n, libc::ECANCELED | libc::EAGAIN | libc::EINTR) => {
+                t.on_recv(RecvEvent::Stopped, c.more)
+            }
+            n => t.on_recv(RecvEvent::Error(io::Error::from_raw_os_error(-n)), c.more),
         }
     }
 

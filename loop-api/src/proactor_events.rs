@@ -14,10 +14,11 @@
 //!   send with [`StreamIo::start_send`], handing over the chunks to send as
 //!   a [`SendBatch`]; it never touches them again until they come back.
 //! - The backend's completion handler runs inside the driver's `poll`: it
-//!   only records the completion and calls
-//!   [`ProactorSocketTransport::schedule`]. Later, on the ready queue, the
-//!   transport calls [`StreamIo::process`], which reports what was recorded,
-//!   in order, through [`ProactorSocketTransport::on_recv`] and
+//!   only hands the completion to [`ProactorSocketTransport::push_completion`],
+//!   which records it in the transport's [`Inbox`]. Later, on the ready
+//!   queue, the transport gives each recorded completion, in order, to
+//!   [`StreamIo::complete`], which reports it through
+//!   [`ProactorSocketTransport::on_recv`] or
 //!   [`ProactorSocketTransport::on_sent`].
 //! - A receive may complete more than once (a multishot receive); the last
 //!   of its completions says so (`more: false`). Cancelling a receive
@@ -27,15 +28,53 @@
 //!   done with it, cancellation included; the transport never frees or
 //!   reuses a buffer it handed over.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 
+use crate::events::{AbstractEventLoop, Step};
 use crate::exceptions::Result;
 
 pub mod socket_transport;
 
 pub use socket_transport::ProactorSocketTransport;
+
+/// What a completion-based owner (a transport, an accept loop) keeps
+/// between the driver's `poll`, which records completions, and its step on
+/// the ready queue, which handles them in the order they arrived.
+pub struct Inbox<T> {
+    items: RefCell<VecDeque<T>>,
+    scheduled: Cell<bool>,
+}
+
+impl<T> Default for Inbox<T> {
+    fn default() -> Self {
+        Inbox {
+            items: RefCell::new(VecDeque::new()),
+            scheduled: Cell::new(false),
+        }
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Records `item` and schedules `step` on `lp`'s ready queue, unless
+    /// it is scheduled already. Called from inside `poll`: it runs no user
+    /// code.
+    pub fn push(&self, item: T, lp: &dyn AbstractEventLoop, step: impl FnOnce() -> Rc<dyn Step>) {
+        self.items.borrow_mut().push_back(item);
+        if !self.scheduled.replace(true) && lp.call_soon_step(step()).is_err() {
+            self.scheduled.set(false);
+        }
+    }
+
+    /// The next item to handle, oldest first. The step's first call also
+    /// marks it as running: what arrives from now on schedules it again.
+    pub fn pop(&self) -> Option<T> {
+        self.scheduled.set(false);
+        self.items.borrow_mut().pop_front()
+    }
+}
 
 /// Chunks handed to one send, in order; `head` bytes of the first were
 /// sent before.
@@ -86,12 +125,16 @@ pub enum RecvEvent<'a> {
 /// one receive and one send on its own mechanism. See the module docs for
 /// the contract.
 pub trait StreamIo: Sized + 'static {
+    /// One completion of the backend's receive or send, as its completion
+    /// handler records it.
+    type Completion;
+
     /// The most chunks one send takes (`IOV_MAX`, or what the backend's
     /// vectored send is comfortable with).
     const MAX_CHUNKS: usize = 64;
 
     /// Starts a receive on the transport's socket. Its completions reach
-    /// the transport through [`StreamIo::process`].
+    /// the transport through [`StreamIo::complete`].
     fn start_recv(transport: &Rc<ProactorSocketTransport<Self>>) -> Result<()>;
 
     /// Asks the kernel to cancel the receive in flight, if any.
@@ -104,10 +147,11 @@ pub trait StreamIo: Sized + 'static {
     /// Asks the kernel to cancel the send in flight, if any.
     fn cancel_send(&self);
 
-    /// Reports the completions recorded since the last call, in the order
-    /// they arrived, through [`ProactorSocketTransport::on_recv`] and
-    /// [`ProactorSocketTransport::on_sent`].
-    fn process(transport: &Rc<ProactorSocketTransport<Self>>);
+    /// Reports one recorded completion, through
+    /// [`ProactorSocketTransport::on_recv`] or
+    /// [`ProactorSocketTransport::on_sent`]. Called from the transport's
+    /// step, for each completion in the order they arrived.
+    fn complete(transport: &Rc<ProactorSocketTransport<Self>>, completion: Self::Completion);
 
     /// Called before the socket is closed while requests are still in
     /// flight (cancelled): a backend whose in-flight requests keep the

@@ -27,12 +27,12 @@
 //! port) are served by the readiness accept loop instead.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io;
 use std::rc::{Rc, Weak};
 
 use loop_api::base_events::server::Server;
 use loop_api::events::{AbstractEventLoop, ExceptionContext, Loop, Step};
+use loop_api::proactor_events::Inbox;
 use loop_api::protocols::ProtocolFactory;
 use loop_api::selector_events::accept::{
     self as readiness, accept_one, out_of_resources, ACCEPT_RETRY_DELAY,
@@ -66,8 +66,7 @@ pub(crate) struct Acceptor {
     /// The accepts outstanding.
     ops: RefCell<Vec<OpId>>,
     /// Completions not handled yet.
-    inbox: RefCell<VecDeque<Completion>>,
-    scheduled: Cell<bool>,
+    inbox: Inbox<Completion>,
     stopped: Cell<bool>,
     /// Out of resources: no new accepts until the retry timer.
     paused: Cell<bool>,
@@ -101,8 +100,7 @@ pub(crate) fn start_serving(
         domain,
         server,
         ops: RefCell::new(Vec::new()),
-        inbox: RefCell::new(VecDeque::new()),
-        scheduled: Cell::new(false),
+        inbox: Inbox::default(),
         stopped: Cell::new(false),
         paused: Cell::new(false),
     });
@@ -285,19 +283,13 @@ fn is_reset(e: &io::Error) -> bool {
 
 impl Owner for Acceptor {
     fn complete(self: Rc<Self>, c: Completion) {
-        self.inbox.borrow_mut().push_back(c);
-        if !self.scheduled.replace(true) && self.lp.call_soon_step(self.clone()).is_err() {
-            self.scheduled.set(false);
-        }
+        self.inbox.push(c, self.lp.as_ref(), || self.clone());
     }
 }
 
 impl Step for Acceptor {
     fn run_step(self: Rc<Self>) {
-        self.scheduled.set(false);
-        loop {
-            let next = self.inbox.borrow_mut().pop_front();
-            let Some(c) = next else { break };
+        while let Some(c) = self.inbox.pop() {
             self.handle(c);
         }
     }

@@ -13,7 +13,6 @@ mod wine;
 
 pub use accept::ACCEPTS_IN_FLIGHT;
 pub use driver::{IocpDriver, DRAIN_LIMIT};
-pub use transport::{IocpSocketTransport, IocpStream};
 pub use wine::{running_under_wine, wine_version};
 
 /// The IOCP backend's event loop type.

@@ -15,7 +15,6 @@
 //!   another port) gets the readiness transport (AFD polling) instead.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use loop_api::base_events::server::Server;
@@ -40,15 +39,13 @@ const RECV: u8 = 0;
 const SEND: u8 = 1;
 
 /// asyncio's `_ProactorSocketTransport`, on IOCP.
-pub type IocpSocketTransport = ProactorSocketTransport<IocpStream>;
+pub(crate) type IocpSocketTransport = ProactorSocketTransport<IocpStream>;
 
 /// A stream socket's overlapped receive and send.
-pub struct IocpStream {
+pub(crate) struct IocpStream {
     lp: Rc<IocpEventLoop>,
     recv_op: Cell<Option<OpId>>,
     send_op: Cell<Option<OpId>>,
-    /// Completions dequeued during `poll`, for the transport's step.
-    inbox: RefCell<VecDeque<Completion>>,
     /// Receive buffers between receives.
     spare: RefCell<Vec<Vec<u8>>>,
 }
@@ -74,7 +71,6 @@ pub(crate) fn create(
         lp: lp.clone(),
         recv_op: Cell::new(None),
         send_op: Cell::new(None),
-        inbox: RefCell::new(VecDeque::new()),
         spare: RefCell::new(Vec::new()),
     };
     let t = ProactorSocketTransport::create(lp.as_loop(), sock, protocol, waiter, server, io)?;
@@ -89,11 +85,10 @@ impl IocpStream {
     }
 }
 
-/// The completion handler: record, and have the transport process it.
+/// The completion handler: record, for the transport's step.
 impl Owner for IocpSocketTransport {
     fn complete(self: Rc<Self>, c: Completion) {
-        self.io().inbox.borrow_mut().push_back(c);
-        self.schedule();
+        self.push_completion(c);
     }
 }
 
@@ -110,6 +105,8 @@ fn submit(t: &Rc<IocpSocketTransport>, request: Request, kind: u8) -> Result<OpI
 }
 
 impl StreamIo for IocpStream {
+    type Completion = Completion;
+
     fn start_recv(t: &Rc<IocpSocketTransport>) -> Result<()> {
         let buf = t
             .io()
@@ -140,30 +137,26 @@ impl StreamIo for IocpStream {
         self.cancel(&self.send_op);
     }
 
-    fn process(t: &Rc<IocpSocketTransport>) {
+    fn complete(t: &Rc<IocpSocketTransport>, c: Completion) {
         let io = t.io();
-        loop {
-            let next = io.inbox.borrow_mut().pop_front();
-            let Some(c) = next else { break };
-            match (c.kind, c.request) {
-                (SEND, Request::Send { chunks, head }) => {
-                    io.send_op.set(None);
-                    t.on_sent(c.result, SendBatch { chunks, head });
-                }
-                (RECV, Request::Recv { buf }) => {
-                    io.recv_op.set(None);
-                    match c.result {
-                        Ok(0) => t.on_recv(RecvEvent::Eof, false),
-                        Ok(n) => t.on_recv(RecvEvent::Data(&buf[..n]), false),
-                        Err(e) if e.raw_os_error() == Some(ERROR_OPERATION_ABORTED as i32) => {
-                            t.on_recv(RecvEvent::Stopped, false)
-                        }
-                        Err(e) => t.on_recv(RecvEvent::Error(e), false),
-                    }
-                    io.spare.borrow_mut().push(buf);
-                }
-                _ => unreachable!("a stream transport only receives and sends"),
+        match (c.kind, c.request) {
+            (SEND, Request::Send { chunks, head }) => {
+                io.send_op.set(None);
+                t.on_sent(c.result, SendBatch { chunks, head });
             }
+            (RECV, Request::Recv { buf }) => {
+                io.recv_op.set(None);
+                match c.result {
+                    Ok(0) => t.on_recv(RecvEvent::Eof, false),
+                    Ok(n) => t.on_recv(RecvEvent::Data(&buf[..n]), false),
+                    Err(e) if e.raw_os_error() == Some(ERROR_OPERATION_ABORTED as i32) => {
+                        t.on_recv(RecvEvent::Stopped, false)
+                    }
+                    Err(e) => t.on_recv(RecvEvent::Error(e), false),
+                }
+                io.spare.borrow_mut().push(buf);
+            }
+            _ => unreachable!("a stream transport only receives and sends"),
         }
     }
 }

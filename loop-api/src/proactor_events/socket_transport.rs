@@ -30,7 +30,7 @@ use std::rc::{Rc, Weak};
 
 use socket2::Socket;
 
-use super::{RecvEvent, SendBatch, StreamIo};
+use super::{Inbox, RecvEvent, SendBatch, StreamIo};
 use crate::base_events::server::Server;
 use crate::events::{LocalBoxFuture, Loop, RawFd, Step};
 use crate::exceptions::{Error, Result};
@@ -104,7 +104,8 @@ pub struct ProactorSocketTransport<I: StreamIo> {
     sending: Cell<bool>,
     in_flight: Cell<usize>,
     outgoing: RefCell<Outgoing>,
-    scheduled: Cell<bool>,
+    /// Completions recorded during `poll`, for this transport's step.
+    inbox: Inbox<I::Completion>,
     /// Inside this transport's step: writes only buffer, and the step
     /// sends them all in one request when it ends.
     in_step: Cell<bool>,
@@ -133,7 +134,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             sending: Cell::new(false),
             in_flight: Cell::new(0),
             outgoing: RefCell::new(Outgoing::default()),
-            scheduled: Cell::new(false),
+            inbox: Inbox::default(),
             in_step: Cell::new(false),
         });
         let me = t.clone();
@@ -156,12 +157,13 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         self.base.socket()
     }
 
-    /// Has [`StreamIo::process`] run from the ready queue soon. The
-    /// backend's completion handler calls this (from inside `poll`).
-    pub fn schedule(self: &Rc<Self>) {
-        if !self.scheduled.replace(true) && self.base.lp().call_soon_step(self.clone()).is_err() {
-            self.scheduled.set(false);
-        }
+    /// Records a completion of the backend's receive or send, for
+    /// [`StreamIo::complete`] from this transport's step on the ready
+    /// queue. The backend's completion handler calls this (from inside
+    /// `poll`).
+    pub fn push_completion(self: &Rc<Self>, completion: I::Completion) {
+        self.inbox
+            .push(completion, self.base.lp().as_ref(), || self.clone());
     }
 
     fn me(&self) -> Rc<Self> {
@@ -449,9 +451,10 @@ impl<I: StreamIo> StreamTransport for ProactorSocketTransport<I> {
 
 impl<I: StreamIo> Step for ProactorSocketTransport<I> {
     fn run_step(self: Rc<Self>) {
-        self.scheduled.set(false);
         self.in_step.set(true);
-        I::process(&self);
+        while let Some(c) = self.inbox.pop() {
+            I::complete(&self, c);
+        }
         self.in_step.set(false);
         // What the protocol wrote while its data came in, in one request.
         self.start_send();
