@@ -8,7 +8,10 @@
 //!   then given back. Without provided buffers, one receive request at a
 //!   time fills an owned 256 KiB buffer.
 //! - Sending: one vectored `sendmsg` holding the batch's chunks (moved into
-//!   the request, no copy).
+//!   the request, no copy). A large write made while nothing is queued is
+//!   first offered to the socket with a non-blocking `sendmsg` from the
+//!   caller's bytes ([`StreamIo::send_now`]), as a readiness transport
+//!   does; only what the socket does not take is copied into a chunk.
 //! - Completions only record and schedule (see `ops::Owner`); the transport
 //!   processes them from its step on the ready queue, in order.
 
@@ -134,6 +137,16 @@ impl StreamIo for UringStream {
 
     fn cancel_send(&self) {
         self.cancel(&self.send_op);
+    }
+
+    fn send_now(t: &UringSocketTransport, parts: &[&[u8]]) -> Option<io::Result<usize>> {
+        let sock = t.socket()?;
+        let bufs: Vec<io::IoSlice<'_>> = parts
+            .iter()
+            .take(Self::MAX_CHUNKS)
+            .map(|p| io::IoSlice::new(p))
+            .collect();
+        Some(sock.send_vectored_with_flags(&bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))
     }
 
     fn complete(t: &Rc<UringSocketTransport>, c: Completion) {

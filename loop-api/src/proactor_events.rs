@@ -147,6 +147,28 @@ pub trait StreamIo: Sized + 'static {
     /// Asks the kernel to cancel the send in flight, if any.
     fn cancel_send(&self);
 
+    /// Writes of at least this many bytes, made while nothing is buffered
+    /// or in flight, are first offered to [`StreamIo::send_now`].
+    const SEND_NOW_MIN: usize = 16 * 1024;
+
+    /// Offers `parts` to the socket at once, without blocking and without
+    /// copying them: how many bytes it took, `WouldBlock` if none, or the
+    /// error. What it does not take is buffered and sent by request as
+    /// usual. `None`: the backend does not do this, everything goes by
+    /// request.
+    ///
+    /// A completion backend copies a write into a buffer the kernel can own
+    /// until the request completes; the kernel then tries the send at once
+    /// anyway. For a large write that copy is the biggest cost the
+    /// readiness transport does not pay, so a backend that can make a
+    /// non-blocking send cheaply should.
+    fn send_now(
+        _transport: &ProactorSocketTransport<Self>,
+        _parts: &[&[u8]],
+    ) -> Option<io::Result<usize>> {
+        None
+    }
+
     /// Reports one recorded completion, through
     /// [`ProactorSocketTransport::on_recv`] or
     /// [`ProactorSocketTransport::on_sent`]. Called from the transport's

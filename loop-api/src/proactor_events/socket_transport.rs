@@ -402,6 +402,25 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         if !self.base.check_write(total == 0, method)? {
             return Ok(());
         }
+        let mut rest: Vec<&[u8]>;
+        let mut parts = parts;
+        if total >= I::SEND_NOW_MIN && !self.sending.get() && self.outgoing.borrow().size == 0 {
+            match I::send_now(self, parts) {
+                None => {}
+                Some(Ok(n)) if n == total => return Ok(()),
+                Some(Ok(n)) => {
+                    rest = parts.to_vec();
+                    skip_sent(&mut rest, n);
+                    parts = &rest;
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => {
+                    self.fatal_error(e.into(), "Fatal write error on socket transport");
+                    return Ok(());
+                }
+            }
+        }
         self.push_outgoing(parts);
         self.start_send();
         self.maybe_pause_protocol();
@@ -586,3 +605,40 @@ impl<I: StreamIo> WriteTransport for ProactorSocketTransport<I> {
 }
 
 impl<I: StreamIo> Transport for ProactorSocketTransport<I> {}
+
+/// Drops the first `n` bytes of `parts`.
+fn skip_sent(parts: &mut Vec<&[u8]>, mut n: usize) {
+    let whole = parts.iter().take_while(|p| {
+        let take = p.len() <= n;
+        if take {
+            n -= p.len();
+        }
+        take
+    });
+    let whole = whole.count();
+    parts.drain(..whole);
+    if let Some(first) = parts.first_mut() {
+        *first = &first[n..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_sent;
+
+    fn after(parts: &[&'static [u8]], n: usize) -> Vec<&'static [u8]> {
+        let mut v = parts.to_vec();
+        skip_sent(&mut v, n);
+        v
+    }
+
+    #[test]
+    fn skip_sent_drops_whole_and_partial_parts() {
+        let parts: &[&[u8]] = &[b"abc", b"", b"de", b"fgh"];
+        assert_eq!(after(parts, 0), parts.to_vec());
+        assert_eq!(after(parts, 2), vec![&b"c"[..], b"", b"de", b"fgh"]);
+        assert_eq!(after(parts, 3), vec![&b"de"[..], b"fgh"]);
+        assert_eq!(after(parts, 6), vec![&b"gh"[..]]);
+        assert!(after(parts, 8).is_empty());
+    }
+}
