@@ -75,7 +75,13 @@ pub struct UringConfig {
     /// runs short, the most recently used first, so that the buffers in
     /// use stay in the CPU's caches.
     pub ring_buffers: u16,
-    /// Size of each provided buffer.
+    /// Size of each provided buffer. The default, 256 KiB, lets one
+    /// completion carry a large message whole (one `data_received`, one
+    /// write back) where 64 KiB split it; filled incrementally, small
+    /// messages still share a buffer. Where incremental filling is asked
+    /// for but the kernel lacks it, the same memory is cut into buffers of
+    /// 64 KiB (256 of them by default), since each receive then takes a
+    /// whole buffer.
     pub ring_buffer_size: usize,
     /// Have the kernel fill each provided buffer incrementally where it
     /// can (`IOU_PBUF_RING_INC`, Linux 6.12+): a receive takes only the
@@ -92,12 +98,24 @@ impl Default for UringConfig {
         UringConfig {
             entries: 256,
             provided_buffers: true,
-            ring_buffers: 256,
-            ring_buffer_size: 64 * 1024,
+            ring_buffers: 64,
+            ring_buffer_size: 256 * 1024,
             incremental_buffers: true,
             multishot_accept: true,
         }
     }
+}
+
+/// Where incremental filling was asked for but the kernel lacks it, the
+/// same memory cut into buffers of at most 64 KiB: filled whole, every
+/// receive takes a buffer, however little it brings.
+fn whole_buffers(mut count: u16, mut size: usize) -> (u16, usize) {
+    const WHOLE_MAX: usize = 64 * 1024;
+    while size > WHOLE_MAX && size & 1 == 0 && count <= u16::MAX / 4 {
+        size /= 2;
+        count *= 2;
+    }
+    (count, size)
 }
 
 /// What the running kernel offers, probed when the driver starts.
@@ -280,10 +298,10 @@ impl UringDriver {
         let version = kernel_version();
         let mut buf_ring = None;
         if config.provided_buffers && version >= (6, 0) {
-            let r = BufRing::new(config.ring_buffers, config.ring_buffer_size)?;
             // SAFETY: the ring memory is owned by `r`, which the driver
-            // keeps until the io_uring is closed (see `Drop`), or leaks.
-            let register = |flags| unsafe {
+            // keeps until the io_uring is closed (see `Drop`), or leaks; a
+            // ring whose registration failed is not the kernel's.
+            let register = |r: &BufRing, flags| unsafe {
                 ring.submitter().register_buf_ring_with_flags(
                     r.ring_addr(),
                     r.entries(),
@@ -293,14 +311,23 @@ impl UringDriver {
             };
             // Incremental consumption (Linux 6.12+) first: a receive takes
             // only what it fills of a buffer, so small messages share one.
-            let inc = config.incremental_buffers
-                && version >= (6, 12)
-                && register(io_uring::types::IOU_PBUF_RING_INC as u16).is_ok();
-            if inc {
-                r.set_incremental();
+            if config.incremental_buffers && version >= (6, 12) {
+                let r = BufRing::new(config.ring_buffers, config.ring_buffer_size)?;
+                if register(&r, io_uring::types::IOU_PBUF_RING_INC as u16).is_ok() {
+                    r.set_incremental();
+                    buf_ring = Some(Rc::new(r));
+                }
             }
-            if inc || register(0).is_ok() {
-                buf_ring = Some(Rc::new(r));
+            if buf_ring.is_none() {
+                let (n, size) = if config.incremental_buffers {
+                    whole_buffers(config.ring_buffers, config.ring_buffer_size)
+                } else {
+                    (config.ring_buffers, config.ring_buffer_size)
+                };
+                let r = BufRing::new(n, size)?;
+                if register(&r, 0).is_ok() {
+                    buf_ring = Some(Rc::new(r));
+                }
             }
         }
         let features = Features {
@@ -853,5 +880,19 @@ impl Drop for UringDriver {
         // Closing it unregisters the buffer ring, which `buf_ring` (a field
         // dropped after this body) keeps allocated until then.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_buffers;
+
+    #[test]
+    fn whole_buffers_keep_the_memory_in_64_kib_pieces() {
+        assert_eq!(whole_buffers(64, 256 * 1024), (256, 64 * 1024));
+        assert_eq!(whole_buffers(4, 4096), (4, 4096));
+        assert_eq!(whole_buffers(8, 64 * 1024), (8, 64 * 1024));
+        // The ring holds at most 32768 entries.
+        assert_eq!(whole_buffers(8192, 1 << 20), (16384, 512 * 1024));
     }
 }
