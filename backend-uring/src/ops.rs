@@ -23,6 +23,8 @@ pub(crate) enum Keep {
     Nothing,
     /// A receive or send buffer.
     Buf(Vec<u8>),
+    /// A send of one chunk: the batch holding it.
+    Batch(SendBatch),
     /// A vectored send: chunks, their iovecs and the `msghdr`.
     Send(Box<SendBufs>),
     /// A socket address, read by `connect`.

@@ -7,8 +7,8 @@
 //!   is handed to the transport straight from the ring buffer, which is
 //!   then given back. Without provided buffers, one receive request at a
 //!   time fills an owned 256 KiB buffer.
-//! - Sending: one vectored `sendmsg` holding the batch's chunks (moved into
-//!   the request, no copy). A large write made while nothing is queued is
+//! - Sending: one `send` of the batch's chunk, or one vectored `sendmsg` of
+//!   its chunks (moved into the request, no copy). A large write made while nothing is queued is
 //!   first offered to the socket with a non-blocking `sendmsg` from the
 //!   caller's bytes ([`StreamIo::send_now`]), as a readiness transport
 //!   does; only what the socket does not take is copied into a chunk.
@@ -120,17 +120,35 @@ impl StreamIo for UringStream {
 
     fn start_send(t: &Rc<UringSocketTransport>, batch: SendBatch) -> Result<()> {
         let io = t.io();
-        let bufs = SendBufs::new(batch);
-        let entry = opcode::SendMsg::new(types::Fd(t.fd()), &bufs.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build();
+        let fd = types::Fd(t.fd());
+        let flags = libc::MSG_NOSIGNAL;
         let owner = owner(t);
-        // SAFETY: the request reads the header, the iovecs and the chunks,
-        // all inside the boxed `SendBufs`, which the driver keeps until the
-        // completion (moving the box does not move its contents).
-        let id = io
-            .lp
-            .with_driver(|d| unsafe { d.submit(entry, Keep::Send(bufs), owner, SEND) })?;
+        let id = if batch.chunks.len() == 1 {
+            // One chunk (the common case): a plain `send`, with no header
+            // or iovec for the kernel to copy in.
+            let data = batch.slices().next().unwrap_or_default();
+            // Longer than a u32 counts: a partial send, the rest goes next.
+            let len = data.len().min(u32::MAX as usize) as u32;
+            let entry = opcode::Send::new(fd, data.as_ptr(), len)
+                .flags(flags)
+                .build();
+            // SAFETY: the request reads the chunk's heap memory, owned by
+            // `batch`, which the driver keeps until the completion (moving
+            // the batch does not move the chunk's bytes).
+            io.lp
+                .with_driver(|d| unsafe { d.submit(entry, Keep::Batch(batch), owner, SEND) })?
+        } else {
+            let bufs = SendBufs::new(batch);
+            let entry = opcode::SendMsg::new(fd, &bufs.msg)
+                .flags(flags as u32)
+                .build();
+            // SAFETY: the request reads the header, the iovecs and the
+            // chunks, all inside the boxed `SendBufs`, which the driver
+            // keeps until the completion (moving the box does not move its
+            // contents).
+            io.lp
+                .with_driver(|d| unsafe { d.submit(entry, Keep::Send(bufs), owner, SEND) })?
+        };
         io.send_op.set(Some(id));
         Ok(())
     }
@@ -153,15 +171,17 @@ impl StreamIo for UringStream {
         let io = t.io();
         if c.kind == SEND {
             io.send_op.set(None);
-            let Some(Keep::Send(bufs)) = c.keep else {
-                unreachable!("a send keeps its buffers")
+            let batch = match c.keep {
+                Some(Keep::Batch(batch)) => batch,
+                Some(Keep::Send(bufs)) => (*bufs).into_batch(),
+                _ => unreachable!("a send keeps its buffers"),
             };
             let res = if c.res < 0 {
                 Err(io::Error::from_raw_os_error(-c.res))
             } else {
                 Ok(c.res as usize)
             };
-            t.on_sent(res, (*bufs).into_batch());
+            t.on_sent(res, batch);
             return;
         }
         if !c.more {
