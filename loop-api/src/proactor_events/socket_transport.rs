@@ -23,6 +23,7 @@
 //!   ready queue (or a callback it schedules), never from inside `poll`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -57,6 +58,8 @@ struct Outgoing {
     /// every message, where a readiness transport sends from the caller's
     /// slice.
     spare: Vec<Vec<u8>>,
+    /// An empty chunk list for the next send to take all the chunks in.
+    spare_list: VecDeque<Vec<u8>>,
 }
 
 impl Outgoing {
@@ -307,9 +310,14 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             if o.size == 0 {
                 return;
             }
-            let take = o.batch.chunks.len().min(I::MAX_CHUNKS);
+            let chunks = if o.batch.chunks.len() <= I::MAX_CHUNKS {
+                let empty = std::mem::take(&mut o.spare_list);
+                std::mem::replace(&mut o.batch.chunks, empty)
+            } else {
+                o.batch.chunks.drain(..I::MAX_CHUNKS).collect()
+            };
             let batch = SendBatch {
-                chunks: o.batch.chunks.drain(..take).collect(),
+                chunks,
                 head: std::mem::take(&mut o.batch.head),
             };
             o.size -= batch.len();
@@ -358,15 +366,18 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
                 self.outgoing.borrow_mut().recycle(done);
             }
         }
-        if !unsent.is_empty() {
+        let mut o = self.outgoing.borrow_mut();
+        if unsent.is_empty() {
+            o.spare_list = unsent;
+        } else {
             let extra = unsent.iter().map(Vec::len).sum::<usize>() - head;
-            let mut o = self.outgoing.borrow_mut();
             for chunk in unsent.into_iter().rev() {
                 o.batch.chunks.push_front(chunk);
             }
             o.batch.head = head;
             o.size += extra;
         }
+        drop(o);
         self.maybe_resume_protocol(); // may write and grow the buffer
         if self.buffer_size() > 0 {
             self.start_send();
