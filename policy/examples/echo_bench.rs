@@ -28,6 +28,9 @@
 //! - On loopback a `send` runs much of the receiver's TCP processing in the
 //!   sender's thread, so each side's CPU time includes some of the other's
 //!   kernel work; it does for every server alike.
+//! - The table gives each of our servers against tokio's and, when both
+//!   run, uring against select (backend-uring's target: at most 0.85x at
+//!   10 connections and more).
 
 #[cfg(target_os = "linux")]
 #[path = "shared/echo_protocol.rs"]
@@ -788,6 +791,11 @@ mod bench {
         print_errors(&kinds, &points, &results);
     }
 
+    /// backend-uring's target against backend-select ...
+    const URING_TARGET: f64 = 0.85;
+    /// ... at this many connections and more.
+    const URING_TARGET_CONNS: usize = 10;
+
     fn print_table(
         kinds: &[Kind],
         ours: usize,
@@ -801,6 +809,14 @@ mod bench {
         }
         for k in &kinds[..ours] {
             head += &format!(" {:>12} {:<4} |", format!("{}/tokio", k.name()), "met?");
+        }
+        // The completion backend against the readiness one (backend-uring's
+        // target: at most 0.85x at 10 connections and more).
+        let pos = |name: &str| kinds[..ours].iter().position(|k| k.name() == name);
+        let pair = pos("uring").zip(pos("select"));
+        let mut pair_met = (0usize, 0usize);
+        if pair.is_some() {
+            head += &format!(" {:>12} {:<4} |", "uring/select", "met?");
         }
         println!();
         println!("{head}");
@@ -837,6 +853,23 @@ mod bench {
                     }
                 }
             }
+            if let Some((u, sel)) = pair {
+                match (results[p][u].us_per_rt(), results[p][sel].us_per_rt()) {
+                    (Some(a), Some(b)) if conns >= URING_TARGET_CONNS => {
+                        let ratio = a / b;
+                        let ok = ratio <= URING_TARGET;
+                        if ok {
+                            pair_met.0 += 1;
+                        } else {
+                            pair_met.1 += 1;
+                        }
+                        line +=
+                            &format!(" {:>11.2}x {:<4} |", ratio, if ok { "yes" } else { "NO" });
+                    }
+                    (Some(a), Some(b)) => line += &format!(" {:>11.2}x {:<4} |", a / b, "-"),
+                    _ => line += &format!(" {:>12} {:<4} |", "-", "n/a"),
+                }
+            }
             println!("{line}");
         }
         println!(
@@ -852,6 +885,15 @@ mod bench {
                 } else {
                     String::new()
                 }
+            );
+        }
+        if pair.is_some() {
+            println!(
+                "uring/select = uring's server CPU per round trip / select's (target: <= \
+                 {URING_TARGET:.2}x at {URING_TARGET_CONNS} connections and more): met at {} \
+                 of {} points",
+                pair_met.0,
+                pair_met.0 + pair_met.1
             );
         }
     }
