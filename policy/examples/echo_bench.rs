@@ -796,6 +796,13 @@ mod bench {
     /// ... at this many connections and more.
     const URING_TARGET_CONNS: usize = 10;
 
+    /// A ratio and whether it meets `target`, counted in `met` or `missed`.
+    fn ratio_cell(ratio: f64, target: f64, (met, missed): (&mut usize, &mut usize)) -> String {
+        let ok = ratio <= target;
+        *(if ok { met } else { missed }) += 1;
+        format!(" {:>11.2}x {:<4} |", ratio, if ok { "yes" } else { "NO" })
+    }
+
     fn print_table(
         kinds: &[Kind],
         ours: usize,
@@ -836,17 +843,7 @@ mod bench {
             let theirs = results[p][tokio].us_per_rt();
             for (k, m) in met.iter_mut().enumerate() {
                 match (results[p][k].us_per_rt(), theirs) {
-                    (Some(a), Some(b)) => {
-                        let ratio = a / b;
-                        let ok = ratio <= 1.0;
-                        if ok {
-                            m.0 += 1;
-                        } else {
-                            m.1 += 1;
-                        }
-                        line +=
-                            &format!(" {:>11.2}x {:<4} |", ratio, if ok { "yes" } else { "NO" });
-                    }
+                    (Some(a), Some(b)) => line += &ratio_cell(a / b, 1.0, (&mut m.0, &mut m.1)),
                     _ => {
                         m.2 += 1;
                         line += &format!(" {:>12} {:<4} |", "-", "n/a");
@@ -856,15 +853,7 @@ mod bench {
             if let Some((u, sel)) = pair {
                 match (results[p][u].us_per_rt(), results[p][sel].us_per_rt()) {
                     (Some(a), Some(b)) if conns >= URING_TARGET_CONNS => {
-                        let ratio = a / b;
-                        let ok = ratio <= URING_TARGET;
-                        if ok {
-                            pair_met.0 += 1;
-                        } else {
-                            pair_met.1 += 1;
-                        }
-                        line +=
-                            &format!(" {:>11.2}x {:<4} |", ratio, if ok { "yes" } else { "NO" });
+                        line += &ratio_cell(a / b, URING_TARGET, (&mut pair_met.0, &mut pair_met.1))
                     }
                     (Some(a), Some(b)) => line += &format!(" {:>11.2}x {:<4} |", a / b, "-"),
                     _ => line += &format!(" {:>12} {:<4} |", "-", "n/a"),
