@@ -360,6 +360,7 @@ macro_rules! __cases {
                 test_huge_write,
                 test_huge_full_duplex,
                 test_write_to_closed_peer,
+                test_large_write_to_closed_peer,
                 test_write_in_connection_made,
                 test_get_write_buffer_limits_default,
                 test_set_write_buffer_limits,

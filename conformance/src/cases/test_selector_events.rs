@@ -26,8 +26,8 @@ use loop_api::{Error, EventLoopExt, Future, Loop, Result};
 use socket2::Socket;
 
 use crate::util::{
-    capture_exceptions, expect_runtime, expect_value_error, run_until_done, same_obj, socketpair,
-    Log, LogCapture,
+    capture_exceptions, expect_runtime, expect_value_error, run_once, run_until_done, same_obj,
+    socketpair, Log, LogCapture,
 };
 use crate::Ctx;
 
@@ -1232,6 +1232,35 @@ pub fn test_write_to_closed_peer(ctx: &Ctx) -> Result<()> {
     assert_eq!(rec.lost_count(), 1, "{:?}", rec.events());
     expect_os_error(&rec.lost_exc(), CONN_ERRORS, "write to a closed peer");
     assert!(t.is_closing());
+    assert_no_exceptions(&exc);
+    lp.close()
+}
+
+/// The same with writes large enough to go to the socket at once where the
+/// transport does that (64 KiB, nothing queued): the send's error closes
+/// the transport with it, once, and nothing reaches the exception handler.
+pub fn test_large_write_to_closed_peer(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let exc = capture_exceptions(&lp);
+    let rec = Rec::keeping_open();
+    let (t, peer) = open(&lp, rec.clone())?;
+    drop(peer);
+    rec.wait_eof(&lp);
+    let data = pattern(64 * 1024, 3);
+    for _ in 0..200 {
+        if rec.lost_count() > 0 {
+            break;
+        }
+        t.write(&data)?;
+        run_for(&lp, 0.01)?;
+    }
+    assert_eq!(rec.lost_count(), 1, "{:?}", rec.events());
+    expect_os_error(&rec.lost_exc(), CONN_ERRORS, "large write to a closed peer");
+    assert!(t.is_closing());
+    // Writing on is ignored, not an error.
+    t.write(&data)?;
+    run_once(&lp)?;
+    assert_eq!(rec.lost_count(), 1);
     assert_no_exceptions(&exc);
     lp.close()
 }
