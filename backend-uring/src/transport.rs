@@ -8,10 +8,11 @@
 //!   then given back. Without provided buffers, one receive request at a
 //!   time fills an owned 256 KiB buffer.
 //! - Sending: one `send` of the batch's chunk, or one vectored `sendmsg` of
-//!   its chunks (moved into the request, no copy). A large write made while nothing is queued is
-//!   first offered to the socket with a non-blocking `sendmsg` from the
-//!   caller's bytes ([`StreamIo::send_now`]), as a readiness transport
-//!   does; only what the socket does not take is copied into a chunk.
+//!   its chunks (moved into the request, no copy). A large write made
+//!   while nothing is queued is first offered to the socket with a
+//!   non-blocking `sendmsg` from the caller's bytes
+//!   ([`StreamIo::send_now`]), as a readiness transport does; only what
+//!   the socket does not take is copied into a chunk.
 //! - Completions only record and schedule (see `ops::Owner`); the transport
 //!   processes them from its step on the ready queue, in order.
 

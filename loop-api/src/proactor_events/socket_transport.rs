@@ -619,14 +619,11 @@ impl<I: StreamIo> Transport for ProactorSocketTransport<I> {}
 
 /// Drops the first `n` bytes of `parts`.
 fn skip_sent(parts: &mut Vec<&[u8]>, mut n: usize) {
-    let whole = parts.iter().take_while(|p| {
-        let take = p.len() <= n;
-        if take {
-            n -= p.len();
-        }
-        take
-    });
-    let whole = whole.count();
+    let mut whole = 0;
+    while whole < parts.len() && parts[whole].len() <= n {
+        n -= parts[whole].len();
+        whole += 1;
+    }
     parts.drain(..whole);
     if let Some(first) = parts.first_mut() {
         *first = &first[n..];
