@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo run --release -p policy --example echo_bench`
 //! (`-- --quick` for a smoke run; `-- --backends select,uring` for a subset
-//! of ours, `none` for tokio alone; `-- --secs S` for the measured window,
+//! of ours, `none` for tokio alone; `-- --baselines` for the bare servers; `-- --secs S` for the measured window,
 //! `-- --warmup S`, `-- --reps R`; `-- --conns 1,10` and `-- --sizes 1024`
 //! to pick points).
 //!
@@ -31,10 +31,18 @@
 //! - The table gives each of our servers against tokio's and, when both
 //!   run, uring against select (backend-uring's target: at most 0.85x at
 //!   10 connections and more).
+//! - `--baselines` adds two bare echo servers with no event loop
+//!   (`shared/raw_servers.rs`: level-triggered epoll, and io_uring with a
+//!   recv and a send per message from one buffer per connection), and
+//!   their ratio: what the kernel interfaces themselves cost here.
 
 #[cfg(target_os = "linux")]
 #[path = "shared/echo_protocol.rs"]
 mod echo_protocol;
+
+#[cfg(target_os = "linux")]
+#[path = "shared/raw_servers.rs"]
+mod raw_servers;
 
 #[cfg(target_os = "linux")]
 fn main() {
@@ -64,6 +72,7 @@ mod bench {
     use tokio::sync::{mpsc, oneshot};
 
     use crate::echo_protocol::EchoProtocol;
+    use crate::raw_servers::{self, RawCtl, RawKind, RawMsg};
 
     const SIZES: &[usize] = &[1024, 16 * 1024, 100 * 1024];
     const CONNS: &[usize] = &[1, 10, 100, 1000];
@@ -171,6 +180,8 @@ mod bench {
     #[derive(Clone)]
     enum Kind {
         Ours(String, LoopFactory),
+        /// A bare epoll or io_uring server (`--baselines`).
+        Raw(RawKind),
         Tokio,
     }
 
@@ -178,6 +189,7 @@ mod bench {
         fn name(&self) -> &str {
             match self {
                 Kind::Ours(name, _) => name,
+                Kind::Raw(k) => k.name(),
                 Kind::Tokio => "tokio",
             }
         }
@@ -186,6 +198,7 @@ mod bench {
     /// How the load thread reaches a server thread.
     enum Ctl {
         Ours(RemoteLoop),
+        Raw(RawCtl),
         Tokio(mpsc::UnboundedSender<TokioCtl>),
     }
 
@@ -218,6 +231,9 @@ mod bench {
                             policy::run(serve_ours(tx.clone()), None, Some(factory))
                                 .map_err(|e| e.to_string())
                         }
+                        Kind::Raw(k) => raw_servers::serve(k, |addr, ctl| {
+                            let _ = tx.send(Ok((addr, Ctl::Raw(ctl))));
+                        }),
                         Kind::Tokio => serve_tokio(tx.clone()),
                     };
                     // Fails start() if the server never got going.
@@ -245,6 +261,9 @@ mod bench {
                         let _ = reply.send(thread_cpu());
                     })
                     .map_err(|e| format!("call_soon_threadsafe: {e}")),
+                Ctl::Raw(ctl) => ctl.send(RawMsg::Call(Box::new(move || {
+                    let _ = reply.send(thread_cpu());
+                }))),
                 Ctl::Tokio(tx) => tx
                     .send(TokioCtl::Sample(reply))
                     .map_err(|_| "the tokio server is gone".to_string()),
@@ -263,6 +282,7 @@ mod bench {
                         })
                     })
                     .map_err(|e| format!("call_soon_threadsafe: {e}")),
+                Ctl::Raw(ctl) => ctl.send(RawMsg::Stop),
                 Ctl::Tokio(tx) => tx
                     .send(TokioCtl::Stop)
                     .map_err(|_| "the tokio server is gone".to_string()),
@@ -687,6 +707,10 @@ mod bench {
                 }
             }
         }
+        if args.iter().any(|a| a == "--baselines") {
+            kinds.push(Kind::Raw(RawKind::Epoll));
+            kinds.push(Kind::Raw(RawKind::Uring));
+        }
         let ours = kinds.len();
         kinds.push(Kind::Tokio);
 
@@ -818,12 +842,18 @@ mod bench {
             head += &format!(" {:>12} {:<4} |", format!("{}/tokio", k.name()), "met?");
         }
         // The completion backend against the readiness one (backend-uring's
-        // target: at most 0.85x at 10 connections and more).
+        // target: at most 0.85x at 10 connections and more), and the bare
+        // servers likewise, where they run: (uring, select, target).
         let pos = |name: &str| kinds[..ours].iter().position(|k| k.name() == name);
-        let pair = pos("uring").zip(pos("select"));
+        let pairs: Vec<(usize, usize, bool)> =
+            [("uring", "select", true), ("raw-uring", "raw-epoll", false)]
+                .into_iter()
+                .filter_map(|(a, b, target)| Some((pos(a)?, pos(b)?, target)))
+                .collect();
         let mut pair_met = (0usize, 0usize);
-        if pair.is_some() {
-            head += &format!(" {:>12} {:<4} |", "uring/select", "met?");
+        for &(a, b, _) in &pairs {
+            let name = format!("{}/{}", kinds[a].name(), kinds[b].name());
+            head += &format!(" {name:>12} {:<4} |", "met?");
         }
         println!();
         println!("{head}");
@@ -850,9 +880,9 @@ mod bench {
                     }
                 }
             }
-            if let Some((u, sel)) = pair {
+            for &(u, sel, target) in &pairs {
                 match (results[p][u].us_per_rt(), results[p][sel].us_per_rt()) {
-                    (Some(a), Some(b)) if conns >= URING_TARGET_CONNS => {
+                    (Some(a), Some(b)) if target && conns >= URING_TARGET_CONNS => {
                         line += &ratio_cell(a / b, URING_TARGET, (&mut pair_met.0, &mut pair_met.1))
                     }
                     (Some(a), Some(b)) => line += &format!(" {:>11.2}x {:<4} |", a / b, "-"),
@@ -876,7 +906,7 @@ mod bench {
                 }
             );
         }
-        if pair.is_some() {
+        if pairs.iter().any(|p| p.2) {
             println!(
                 "uring/select = uring's server CPU per round trip / select's (target: <= \
                  {URING_TARGET:.2}x at {URING_TARGET_CONNS} connections and more): met at {} \
