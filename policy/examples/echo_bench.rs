@@ -4,9 +4,9 @@
 //!
 //! Run: `cargo run --release -p policy --example echo_bench`
 //! (`-- --quick` for a smoke run; `-- --backends select,uring` for a subset
-//! of ours, `none` for tokio alone; `-- --baselines` for the bare servers; `-- --secs S` for the measured window,
-//! `-- --warmup S`, `-- --reps R`; `-- --conns 1,10` and `-- --sizes 1024`
-//! to pick points).
+//! of ours, `none` for tokio alone; `-- --baselines` for the bare servers;
+//! `-- --secs S` for the measured window, `-- --warmup S`, `-- --reps R`;
+//! `-- --conns 1,10` and `-- --sizes 1024` to pick points).
 //!
 //! What is measured, for each point (connections x message size) and each
 //! server in turn (the order rotates from one rep to the next):
@@ -735,14 +735,22 @@ mod bench {
             plan.warmup.as_secs_f64(),
             plan.secs.as_secs_f64()
         );
-        println!(
-            "servers: {} (EchoProtocol on create_server) and tokio (current-thread, accept loop, \
-             a task per connection, 64 KiB buffer)",
+        let names = |raw: bool| {
             kinds[..ours]
                 .iter()
+                .filter(|k| matches!(k, Kind::Raw(_)) == raw)
                 .map(|k| k.name())
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        println!(
+            "servers: {} (EchoProtocol on create_server){} and tokio (current-thread, accept \
+             loop, a task per connection, 64 KiB buffer)",
+            names(false),
+            match names(true) {
+                raw if raw.is_empty() => String::new(),
+                raw => format!(", {raw} (bare, no event loop)"),
+            }
         );
         match (server_cpu, load_cpu) {
             (Some(s), Some(l)) => println!(
