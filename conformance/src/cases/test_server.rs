@@ -1661,16 +1661,26 @@ pub fn test_create_server_bind_error_closes_sockets(ctx: &Ctx) -> Result<()> {
     }
     let lp = ctx.new_loop();
     let (factory, _) = recorder(false);
-    // A port free on 127.0.0.1 and taken (listening) on ::1.
+    // A port free on 127.0.0.1 and taken (listening) on ::1, below the
+    // ephemeral range (32768 and up on Linux, 49152 and up on Windows): no
+    // connection or port-0 bind made meanwhile by a case running beside
+    // this one can take it on 127.0.0.1 before the check at the end.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let (taken, port) = 'found: {
-        for _ in 0..10 {
-            let taken = TcpListener::bind((Ipv6Addr::LOCALHOST, 0))?;
-            let port = taken.local_addr()?.port();
+        for i in 0..500u32 {
+            let port = (20_000 + seed.wrapping_add(i * 97) % 12_000) as u16;
+            let Ok(taken) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) else {
+                continue;
+            };
             if TcpListener::bind(v4(port)).is_ok() {
                 break 'found (taken, port);
             }
         }
-        return Err(Error::runtime("no suitable port after 10 tries"));
+        return Err(Error::runtime(
+            "no port in 20000-31999 free on both 127.0.0.1 and ::1",
+        ));
     };
     let hosts = Hosts::Many(vec!["127.0.0.1".into(), "::1".into()]);
     let e = expect_io(
