@@ -35,6 +35,8 @@ use std::time::Duration;
 use loop_api::base_events::windows_console::call_console_ctrl_routine;
 use loop_api::{Loop, RemoteLoop};
 
+use conformance::util::safety_net;
+
 const CHILD_ENV: &str = "IOCP_CTRL_C_CHILD";
 const CTRL_C_EVENT: u32 = 0;
 const CTRL_BREAK_EVENT: u32 = 1;
@@ -73,23 +75,6 @@ fn serial() -> MutexGuard<'static, ()> {
     let guard = LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     ctrl_c_default();
     guard
-}
-
-/// Arms the safety net: stops the loop after [`NET`] seconds; the flag
-/// says whether it fired.
-fn safety_net(lp: &Loop) -> Rc<Cell<bool>> {
-    let fired = Rc::new(Cell::new(false));
-    let (f, l) = (fired.clone(), lp.clone());
-    lp.call_later(
-        NET,
-        Box::new(move || {
-            f.set(true);
-            l.stop();
-        }),
-        None,
-    )
-    .unwrap();
-    fired
 }
 
 /// Runs `lp` until what is ready now, and whatever that schedules at once,
@@ -144,7 +129,7 @@ fn routine_first_ctrl_c_runs_callback_on_loop_thread_then_passes_on() {
         "second Ctrl-C not passed on"
     );
     assert_eq!(ran_on.get(), None, "ran before the loop did");
-    let net = safety_net(&lp);
+    let net = safety_net(&lp, NET).unwrap();
     run_briefly(&lp);
     assert!(!net.get());
     assert_eq!(ran_on.get(), Some(thread::current().id()));
@@ -327,7 +312,7 @@ mod child {
             None,
         )
         .unwrap();
-        let net = safety_net(&lp);
+        let net = safety_net(&lp, NET).unwrap();
         lp.run_forever().unwrap();
         say(&format!(
             "fired={} on_loop_thread={} net={}",
@@ -375,7 +360,7 @@ mod child {
             None,
         )
         .unwrap();
-        let net = safety_net(&lp);
+        let net = safety_net(&lp, NET).unwrap();
         lp.run_forever().unwrap();
         say(&format!("fired={} net={}", fired.get(), net.get()));
         lp.close().unwrap();

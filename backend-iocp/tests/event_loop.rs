@@ -12,6 +12,8 @@ use std::rc::Rc;
 
 use loop_api::Loop;
 
+use conformance::util::safety_net;
+
 /// Safety net: a case that has not finished by then stops and fails.
 const NET: f64 = 10.0;
 
@@ -26,22 +28,6 @@ fn pair() -> (TcpStream, TcpStream) {
     c.set_nonblocking(true).unwrap();
     s.set_nonblocking(true).unwrap();
     (c, s)
-}
-
-/// Arms the safety net; returns a flag that is set if it fired.
-fn safety_net(lp: &Loop) -> Rc<Cell<bool>> {
-    let fired = Rc::new(Cell::new(false));
-    let (f, l) = (fired.clone(), lp.clone());
-    lp.call_later(
-        NET,
-        Box::new(move || {
-            f.set(true);
-            l.stop();
-        }),
-        None,
-    )
-    .unwrap();
-    fired
 }
 
 #[test]
@@ -88,7 +74,7 @@ fn reader_sees_data_then_eof_and_removes_itself() {
         None,
     )
     .unwrap();
-    let fired = safety_net(&lp);
+    let fired = safety_net(&lp, NET).unwrap();
     lp.run_forever().unwrap();
     assert!(!fired.get(), "safety net fired");
     assert_eq!(&*got.borrow(), b"abcdef");
@@ -117,7 +103,7 @@ fn reader_is_level_triggered() {
         }),
     )
     .unwrap();
-    let fired = safety_net(&lp);
+    let fired = safety_net(&lp, NET).unwrap();
     lp.run_forever().unwrap();
     assert!(!fired.get(), "safety net fired");
     assert_eq!(runs.get(), 3);
@@ -141,7 +127,7 @@ fn writer_runs_when_writable() {
         }),
     )
     .unwrap();
-    let fired = safety_net(&lp);
+    let fired = safety_net(&lp, NET).unwrap();
     lp.run_forever().unwrap();
     assert!(!fired.get(), "safety net fired");
     assert!(ran.get());
@@ -177,7 +163,7 @@ fn call_soon_threadsafe_wakes_an_idle_loop() {
         .unwrap();
     // Nothing else is scheduled: without the wakeup the loop would block
     // for ever (the safety net aside).
-    let fired = safety_net(&lp);
+    let fired = safety_net(&lp, NET).unwrap();
     lp.run_forever().unwrap();
     assert!(!fired.get(), "the cross-thread stop never woke the loop");
     t.join().unwrap();

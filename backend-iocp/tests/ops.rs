@@ -9,38 +9,15 @@
 use std::cell::RefCell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use backend_iocp::{new_event_loop, IocpEventLoop, ACCEPTS_IN_FLIGHT};
 use loop_api::events::options::{CreateServerOptions, Hosts};
-use loop_api::protocols::{BaseProtocol, Protocol, ProtocolFactory};
-use loop_api::transports::Transport;
-use loop_api::{AbstractEventLoop, Error, EventLoopExt, Result};
+use loop_api::{AbstractEventLoop, EventLoopExt, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-/// Runs the loop until `cond` holds; fails the test after 20 s.
-fn run_until(lp: &IocpEventLoop, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "still waiting for {what}");
-        let l = lp.as_loop();
-        lp.call_later(0.01, Box::new(move || l.stop()), None)
-            .expect("loop open");
-        lp.run_forever().expect("run");
-    }
-}
-
-/// Runs the loop for a slice of time (10 ms): lets packets already on
-/// their way arrive. Never what a test's outcome depends on.
-fn turn(lp: &IocpEventLoop) {
-    let l = lp.as_loop();
-    lp.call_later(0.01, Box::new(move || l.stop()), None)
-        .expect("loop open");
-    lp.run_forever().expect("run");
-}
+use conformance::util::{echo_factory, pending, poll_once, poll_until, turn, Transports};
 
 fn in_flight(lp: &IocpEventLoop) -> usize {
     lp.with_driver(|d| d.ops_in_flight())
@@ -63,25 +40,6 @@ fn listener() -> (Rc<Socket>, SocketAddr) {
     (Rc::new(Socket::from(l)), addr)
 }
 
-/// Polls `fut` once from inside a task: `Err(fut)` if it is pending.
-async fn poll_once<F: std::future::Future + Unpin>(
-    mut fut: F,
-) -> std::result::Result<F::Output, F> {
-    let r = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
-    match r {
-        Poll::Ready(v) => Ok(v),
-        Poll::Pending => Err(fut),
-    }
-}
-
-#[track_caller]
-fn pending<T, F>(r: std::result::Result<T, F>, what: &str) -> F {
-    match r {
-        Ok(_) => panic!("{what} completed at once"),
-        Err(f) => f,
-    }
-}
-
 /// 100 cancelled `sock_recv`s, 100 cancelled `sock_accept`s and a
 /// cancelled 16 MiB `sock_sendall`: every operation's packet arrives,
 /// nothing stays in flight, and the sockets still work (nothing was
@@ -99,12 +57,14 @@ fn cancelled_sock_ops_storm() -> Result<()> {
     // A send that cannot finish: nobody reads its peer.
     let (p, _q) = pair();
     let big = lp.create_task(lp.sock_sendall(p, vec![7u8; 16 << 20]))?;
-    run_until(&lp, "the operations to start", || in_flight(&lp) >= 201);
+    poll_until(&lp.as_loop(), "the operations to start", || {
+        in_flight(&lp) >= 201
+    });
     for t in &tasks {
         t.cancel(None);
     }
     big.cancel(None);
-    run_until(&lp, "the cancellations", || {
+    poll_until(&lp.as_loop(), "the cancellations", || {
         tasks.iter().all(|t| t.done()) && big.done() && in_flight(&lp) == 0
     });
     assert!(tasks.iter().all(|t| t.cancelled()));
@@ -141,12 +101,12 @@ fn a_receive_cancelled_late_loses_no_data() -> Result<()> {
         })?;
         y.write_all(&[round; 3])?;
         // Give the zero-byte receive its chance to complete first.
-        turn(&lp);
+        turn(&lp.as_loop());
         drop(first);
         let got = lp.run_until_complete(lp.sock_recv(x.clone(), 10))?;
         assert_eq!(got, [round; 3], "round {round}");
     }
-    run_until(&lp, "the cancellations", || in_flight(&lp) == 0);
+    poll_until(&lp.as_loop(), "the cancellations", || in_flight(&lp) == 0);
     lp.close()
 }
 
@@ -158,14 +118,14 @@ fn an_accept_cancelled_late_loses_no_connection() -> Result<()> {
     let lp = new_event_loop()?;
     let (lsock, addr) = listener();
     for round in 0..10 {
-        // One pending accept, dropped after the connection is made.
+        // One pending accept, dropped after the connection is transports.
         let l = lp.clone();
         let s = lsock.clone();
         let first = lp.run_until_complete(async move {
             Ok(pending(poll_once(l.sock_accept(s)).await, "sock_accept"))
         })?;
         let client = TcpStream::connect(addr)?;
-        turn(&lp);
+        turn(&lp.as_loop());
         drop(first);
         let (_conn, peer) = lp.run_until_complete(lp.sock_accept(lsock.clone()))?;
         assert_eq!(
@@ -175,7 +135,7 @@ fn an_accept_cancelled_late_loses_no_connection() -> Result<()> {
         );
 
         // Two pending accepts; the first is dropped once the connection
-        // is made: the second gets it, whichever of the two took it.
+        // is transports: the second gets it, whichever of the two took it.
         let l = lp.clone();
         let s = lsock.clone();
         let client = Rc::new(RefCell::new(None));
@@ -194,43 +154,8 @@ fn an_accept_cancelled_late_loses_no_connection() -> Result<()> {
             "round {round}"
         );
     }
-    run_until(&lp, "the cancellations", || in_flight(&lp) == 0);
+    poll_until(&lp.as_loop(), "the cancellations", || in_flight(&lp) == 0);
     lp.close()
-}
-
-/// Records connections and echoes.
-struct Echo {
-    transport: RefCell<Option<Rc<dyn Transport>>>,
-    made: Rc<RefCell<usize>>,
-}
-
-impl BaseProtocol for Echo {
-    fn connection_made(&self, t: Rc<dyn Transport>) {
-        *self.made.borrow_mut() += 1;
-        *self.transport.borrow_mut() = Some(t);
-    }
-    fn connection_lost(&self, _exc: Option<Error>) {
-        self.transport.borrow_mut().take();
-    }
-}
-
-impl Protocol for Echo {
-    fn data_received(&self, data: &[u8]) {
-        let t = self.transport.borrow().clone();
-        if let Some(t) = t {
-            let _ = t.write(data);
-        }
-    }
-}
-
-fn echo_factory(made: &Rc<RefCell<usize>>) -> ProtocolFactory {
-    let made = made.clone();
-    Rc::new(move || {
-        Rc::new(Echo {
-            transport: RefCell::new(None),
-            made: made.clone(),
-        }) as Rc<dyn Protocol>
-    })
 }
 
 /// A server accepts with `AcceptEx` (a fixed number outstanding), hands
@@ -239,9 +164,9 @@ fn echo_factory(made: &Rc<RefCell<usize>>) -> ProtocolFactory {
 #[test]
 fn serving_with_acceptex_and_stopping() -> Result<()> {
     let lp = new_event_loop()?;
-    let made = Rc::new(RefCell::new(0));
+    let transports: Transports = Rc::default();
     let server = lp.run_until_complete(lp.create_server(
-        echo_factory(&made),
+        echo_factory(&transports),
         Hosts::One("127.0.0.1".into()),
         Some(0),
         CreateServerOptions::default(),
@@ -252,9 +177,11 @@ fn serving_with_acceptex_and_stopping() -> Result<()> {
     let clients: Vec<TcpStream> = (0..N)
         .map(|_| TcpStream::connect(addr))
         .collect::<std::io::Result<_>>()?;
-    run_until(&lp, "every connection", || *made.borrow() == N);
+    poll_until(&lp.as_loop(), "every connection", || {
+        transports.borrow().len() == N
+    });
     // The accepts, and one overlapped receive per connection's transport.
-    run_until(&lp, "the transports' receives", || {
+    poll_until(&lp.as_loop(), "the transports' receives", || {
         in_flight(&lp) == ACCEPTS_IN_FLIGHT + N
     });
     // Each connection echoes (the clients check from another thread, so
@@ -269,7 +196,7 @@ fn serving_with_acceptex_and_stopping() -> Result<()> {
             assert_eq!(got, msg, "connection {i}");
         }
     });
-    run_until(&lp, "the echoes", || check.is_finished());
+    poll_until(&lp.as_loop(), "the echoes", || check.is_finished());
     check.join().expect("echo check");
     server.close();
     server.close_clients();
@@ -277,7 +204,9 @@ fn serving_with_acceptex_and_stopping() -> Result<()> {
     // Closed: the listener is gone, not just no longer accepted on.
     let refused = TcpStream::connect(addr).expect_err("connected to a closed server");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
-    run_until(&lp, "the cancelled accepts", || in_flight(&lp) == 0);
+    poll_until(&lp.as_loop(), "the cancelled accepts", || {
+        in_flight(&lp) == 0
+    });
     lp.close()
 }
 
@@ -287,9 +216,9 @@ fn serving_with_acceptex_and_stopping() -> Result<()> {
 #[test]
 fn closing_with_operations_in_flight() -> Result<()> {
     let lp = new_event_loop()?;
-    let made = Rc::new(RefCell::new(0));
+    let transports: Transports = Rc::default();
     let server = lp.run_until_complete(lp.create_server(
-        echo_factory(&made),
+        echo_factory(&transports),
         Hosts::One("127.0.0.1".into()),
         Some(0),
         CreateServerOptions::default(),
@@ -300,7 +229,7 @@ fn closing_with_operations_in_flight() -> Result<()> {
     let recv = lp.create_task(lp.sock_recv(x, 10))?;
     let accept = lp.create_task(lp.sock_accept(lsock))?;
     let send = lp.create_task(lp.sock_sendall(p, vec![1u8; 16 << 20]))?;
-    run_until(&lp, "the operations to start", || {
+    poll_until(&lp.as_loop(), "the operations to start", || {
         in_flight(&lp) >= ACCEPTS_IN_FLIGHT + 3
     });
     let t0 = Instant::now();
@@ -328,7 +257,7 @@ fn a_socket_from_a_closed_loop_still_works() -> Result<()> {
 
     let lp = new_event_loop()?;
     let task = lp.create_task(lp.sock_recv(x.clone(), 10))?;
-    turn(&lp);
+    turn(&lp.as_loop());
     assert_eq!(
         in_flight(&lp),
         0,

@@ -4,7 +4,6 @@
 //! opens descriptors while the count is taken.
 #![cfg(target_os = "linux")]
 
-use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
@@ -12,64 +11,15 @@ use std::time::{Duration, Instant};
 
 use backend_uring::{new_event_loop, UringEventLoop};
 use loop_api::events::options::{CreateServerOptions, Hosts};
-use loop_api::protocols::{BaseProtocol, Protocol, ProtocolFactory};
-use loop_api::transports::Transport;
-use loop_api::{AbstractEventLoop, Error, EventLoopExt, Result};
+use loop_api::{AbstractEventLoop, EventLoopExt, Result};
 use socket2::Socket;
+
+use conformance::util::{echo_factory, poll_until, turn, Transports};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
         .count()
-}
-
-/// Echoes, and keeps its transport where the test can reach it.
-struct Echo {
-    transport: RefCell<Option<Rc<dyn Transport>>>,
-    all: Transports,
-}
-
-impl BaseProtocol for Echo {
-    fn connection_made(&self, t: Rc<dyn Transport>) {
-        self.all.borrow_mut().push(t.clone());
-        *self.transport.borrow_mut() = Some(t);
-    }
-    fn connection_lost(&self, _exc: Option<Error>) {
-        self.transport.borrow_mut().take();
-    }
-}
-
-impl Protocol for Echo {
-    fn data_received(&self, data: &[u8]) {
-        let t = self.transport.borrow().clone();
-        if let Some(t) = t {
-            let _ = t.write(data);
-        }
-    }
-}
-
-type Transports = Rc<RefCell<Vec<Rc<dyn Transport>>>>;
-
-/// Makes `Echo` protocols that record their transports in `all`.
-fn echo_factory(all: &Transports) -> ProtocolFactory {
-    let all = all.clone();
-    Rc::new(move || {
-        Rc::new(Echo {
-            transport: RefCell::new(None),
-            all: all.clone(),
-        }) as Rc<dyn Protocol>
-    })
-}
-
-fn run_until(lp: &UringEventLoop, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "still waiting for {what}");
-        let l = lp.as_loop();
-        lp.call_later(0.01, Box::new(move || l.stop()), None)
-            .expect("loop open");
-        lp.run_forever().expect("run");
-    }
 }
 
 fn in_flight(lp: &UringEventLoop) -> usize {
@@ -105,7 +55,9 @@ fn pause_resume_storm() {
     let mut clients: Vec<TcpStream> = (0..N)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
-    run_until(&lp, "every connection", || all.borrow().len() == N);
+    poll_until(&lp.as_loop(), "every connection", || {
+        all.borrow().len() == N
+    });
     let mut sent = vec![Vec::new(); N];
     for round in 0..30u8 {
         for (i, c) in clients.iter_mut().enumerate() {
@@ -116,13 +68,13 @@ fn pause_resume_storm() {
         for t in all.borrow().iter() {
             t.pause_reading();
         }
-        run_until(&lp, "a turn", || true);
+        turn(&lp.as_loop());
         for t in all.borrow().iter() {
             t.resume_reading();
         }
-        run_until(&lp, "a turn", || true);
+        turn(&lp.as_loop());
     }
-    run_until(&lp, "the echoes", || {
+    poll_until(&lp.as_loop(), "the echoes", || {
         all.borrow().iter().all(|t| t.get_write_buffer_size() == 0)
     });
     let ecs = std::thread::spawn(move || {
@@ -133,14 +85,16 @@ fn pause_resume_storm() {
             assert_eq!(got, sent[i], "connection {i}: bytes lost or reordered");
         }
     });
-    run_until(&lp, "the clients' checks", || ecs.is_finished());
+    poll_until(&lp.as_loop(), "the clients' checks", || ecs.is_finished());
     ecs.join().expect("echo check");
     server.close();
     server.close_clients();
     lp.run_until_complete(server.wait_closed()).expect("closed");
-    run_until(&lp, "every cancelled receive's completion", || {
-        in_flight(&lp) == 0
-    });
+    poll_until(
+        &lp.as_loop(),
+        "every cancelled receive's completion",
+        || in_flight(&lp) == 0,
+    );
     assert_eq!(buffers_out(&lp), 0, "provided buffers not given back");
     all.borrow_mut().clear();
     lp.close().expect("close");
@@ -170,14 +124,14 @@ fn cancelled_sock_ops_storm() -> Result<()> {
     p.set_nonblocking(true)?;
     let p = Rc::new(Socket::from(p));
     let big = lp.create_task(lp.sock_sendall(p, vec![7u8; 16 << 20]))?;
-    run_until(&lp, "the requests to be submitted", || {
+    poll_until(&lp.as_loop(), "the requests to be submitted", || {
         in_flight(&lp) >= 201
     });
     for t in &tasks {
         t.cancel(None);
     }
     big.cancel(None);
-    run_until(&lp, "the cancellations", || {
+    poll_until(&lp.as_loop(), "the cancellations", || {
         tasks.iter().all(|t| t.done()) && big.done() && in_flight(&lp) == 0
     });
     // Nothing was taken by the cancelled requests.
@@ -208,9 +162,13 @@ fn close_with_operations_in_flight() -> Result<()> {
     let clients: Vec<TcpStream> = (0..10)
         .map(|_| TcpStream::connect(addr))
         .collect::<std::io::Result<_>>()?;
-    run_until(&lp, "the connections", || all.borrow().len() == 10);
+    poll_until(&lp.as_loop(), "the connections", || {
+        all.borrow().len() == 10
+    });
     all.borrow()[0].write(&vec![1u8; 16 << 20])?;
-    run_until(&lp, "the send to be in flight", || in_flight(&lp) >= 12);
+    poll_until(&lp.as_loop(), "the send to be in flight", || {
+        in_flight(&lp) >= 12
+    });
     drop(server);
     all.borrow_mut().clear();
     let t0 = Instant::now();

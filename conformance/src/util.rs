@@ -379,3 +379,109 @@ impl Drop for TempPath {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+// ----- helpers for futures and backends' own tests ------------------------------
+
+/// Polls `fut` exactly once from inside the current task: its output if
+/// ready, else the future itself (still pending, to drop or await later in
+/// the same task).
+pub async fn poll_once<F: std::future::Future + Unpin>(
+    mut fut: F,
+) -> std::result::Result<F::Output, F> {
+    let ready =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx)))
+            .await;
+    match ready {
+        std::task::Poll::Ready(v) => Ok(v),
+        std::task::Poll::Pending => Err(fut),
+    }
+}
+
+/// The pending future [`poll_once`] gave back, or a panic naming what
+/// completed too early.
+#[track_caller]
+pub fn pending<T, F>(r: std::result::Result<T, F>, what: &str) -> F {
+    match r {
+        Ok(_) => panic!("{what} completed at once"),
+        Err(f) => f,
+    }
+}
+
+/// Runs `lp` in 10 ms turns until `cond()` holds; panics naming `what`
+/// after 20 s (a safety net: for state only the backend can report, such
+/// as its operations in flight, which no callback announces).
+#[track_caller]
+pub fn poll_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting for {what}"
+        );
+        turn(lp);
+    }
+}
+
+/// Runs `lp` for one 10 ms slice: lets completions already on their way
+/// arrive. Never what a test's outcome depends on.
+pub fn turn(lp: &Loop) {
+    let l = lp.clone();
+    lp.call_later(0.01, Box::new(move || l.stop()), None)
+        .expect("loop open");
+    lp.run_forever().expect("run");
+}
+
+/// The transports [`echo_factory`]'s protocols were made with, in order.
+pub type Transports = Rc<RefCell<Vec<Rc<dyn loop_api::transports::Transport>>>>;
+
+/// An echo protocol that records its transport in a shared list.
+struct RecordingEcho {
+    transport: RefCell<Option<Rc<dyn loop_api::transports::Transport>>>,
+    all: Transports,
+}
+
+impl loop_api::protocols::BaseProtocol for RecordingEcho {
+    fn connection_made(&self, t: Rc<dyn loop_api::transports::Transport>) {
+        self.all.borrow_mut().push(t.clone());
+        *self.transport.borrow_mut() = Some(t);
+    }
+    fn connection_lost(&self, _exc: Option<loop_api::Error>) {
+        self.transport.borrow_mut().take();
+    }
+}
+
+impl loop_api::protocols::Protocol for RecordingEcho {
+    fn data_received(&self, data: &[u8]) {
+        let t = self.transport.borrow().clone();
+        if let Some(t) = t {
+            let _ = t.write(data);
+        }
+    }
+}
+
+/// Makes echo protocols that record their transports in `all`.
+pub fn echo_factory(all: &Transports) -> loop_api::protocols::ProtocolFactory {
+    let all = all.clone();
+    Rc::new(move || {
+        Rc::new(RecordingEcho {
+            transport: RefCell::new(None),
+            all: all.clone(),
+        }) as Rc<dyn loop_api::protocols::Protocol>
+    })
+}
+
+/// Stops `lp` after `secs` and records that it had to: the safety net of a
+/// case that runs the loop, never how it synchronises.
+pub fn safety_net(lp: &Loop, secs: f64) -> loop_api::Result<Rc<std::cell::Cell<bool>>> {
+    let fired = Rc::new(std::cell::Cell::new(false));
+    let (f, l) = (fired.clone(), lp.clone());
+    lp.call_later(
+        secs,
+        Box::new(move || {
+            f.set(true);
+            l.stop();
+        }),
+        None,
+    )?;
+    Ok(fired)
+}

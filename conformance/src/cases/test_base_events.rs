@@ -12,8 +12,8 @@ use loop_api::log::Level;
 use loop_api::{Error, EventLoopExt, Handle, Loop, Result, TimerHandle};
 
 use crate::util::{
-    busy_wait, capture_exceptions, expect_closed, expect_runtime, soon, stop_after, Log,
-    LogCapture, RemoteWatchdog,
+    busy_wait, capture_exceptions, expect_closed, expect_runtime, safety_net, soon, stop_after,
+    Log, LogCapture, RemoteWatchdog,
 };
 use crate::Ctx;
 
@@ -22,17 +22,6 @@ const CLOCK_RES: f64 = 1e-6;
 
 fn later(lp: &Loop, delay: f64, f: impl FnOnce() + 'static) -> Result<TimerHandle> {
     lp.call_later(delay, Box::new(f), None)
-}
-
-/// Stops `lp` after `secs` and records that it had to.
-fn safety_net(lp: &Loop, secs: f64) -> Result<Rc<Cell<bool>>> {
-    let fired = Rc::new(Cell::new(false));
-    let (f, l) = (fired.clone(), lp.clone());
-    later(lp, secs, move || {
-        f.set(true);
-        l.stop();
-    })?;
-    Ok(fired)
 }
 
 fn stopper(lp: &Loop) -> impl FnOnce() + 'static {

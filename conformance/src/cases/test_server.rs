@@ -25,7 +25,7 @@ use loop_api::transports::{ExtraInfo, Transport};
 use loop_api::{Error, EventLoopExt, Loop, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::util::{run_once, run_until_done, same_obj, soon, Log};
+use crate::util::{poll_once, run_once, run_until_done, same_obj, soon, Log};
 use crate::Ctx;
 
 /// Safety net for every wait: never how a case synchronises.
@@ -152,18 +152,6 @@ fn run_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) -> Result<()
     }
     net.cancel();
     Ok(())
-}
-
-/// Polls `fut` exactly once from inside the current task: its output if
-/// ready, else the future itself (still pending).
-async fn poll_once<F: std::future::Future + Unpin>(
-    mut fut: F,
-) -> std::result::Result<F::Output, F> {
-    let ready = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await;
-    match ready {
-        Poll::Ready(v) => Ok(v),
-        Poll::Pending => Err(fut),
-    }
 }
 
 /// Which of two futures finished first.

@@ -5,13 +5,12 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::rc::Rc;
-use std::task::Poll;
 
 use loop_api::events::options::Family;
 use loop_api::{Error, EventLoopExt, Loop, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::util::{run_once, run_until_done, socketpair, RawOf};
+use crate::util::{pending, poll_once, run_once, run_until_done, socketpair, RawOf};
 use crate::{Ctx, Feature};
 
 /// Safety net for the cases that run the loop: never how they synchronise.
@@ -46,28 +45,6 @@ fn local(s: &Socket) -> SocketAddr {
         .expect("local addr")
         .as_socket()
         .expect("inet")
-}
-
-/// Polls `fut` exactly once from inside the current task: its output if
-/// ready, else the future itself (still pending, to drop or await later in
-/// the same task).
-async fn poll_once<F: std::future::Future + Unpin>(
-    mut fut: F,
-) -> std::result::Result<F::Output, F> {
-    let ready = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await;
-    match ready {
-        Poll::Ready(v) => Ok(v),
-        Poll::Pending => Err(fut),
-    }
-}
-
-/// The pending future, or a panic naming what completed too early.
-#[track_caller]
-fn pending<T, F>(r: std::result::Result<T, F>, what: &str) -> F {
-    match r {
-        Ok(_) => panic!("{what} completed at once"),
-        Err(f) => f,
-    }
 }
 
 #[track_caller]
