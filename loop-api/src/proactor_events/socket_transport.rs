@@ -415,7 +415,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         }
         let mut rest: Vec<&[u8]>;
         let mut parts = parts;
-        if total >= I::SEND_NOW_MIN && !self.sending.get() && self.outgoing.borrow().size == 0 {
+        if total >= I::SEND_NOW_MIN && self.buffer_size() == 0 {
             match I::send_now(self, parts) {
                 None => {}
                 Some(Ok(n)) if n == total => return Ok(()),
