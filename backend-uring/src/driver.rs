@@ -39,12 +39,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use loop_api::base_events::server::Server;
+use loop_api::base_events::BaseEventLoop;
 use loop_api::driver::{Driver, IoEvent, Notify};
+use loop_api::events::LocalBoxFuture;
+use loop_api::futures::Future;
+use loop_api::proactor_events::accept::{self, Acceptors};
+use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
+use loop_api::protocols::{Protocol, ProtocolFactory};
+use loop_api::transports::Transport;
 use loop_api::{Error, Result};
-use slab::Slab;
+use socket2::{SockAddr, Socket};
 
 use crate::buf_ring::{BufRing, BGID};
-use crate::ops::{Completion, Keep, OpId, Owner};
+use crate::ops::{Completion, Keep};
 
 /// Tag of the eventfd poll that wakes the loop.
 const WAKE: u64 = 0;
@@ -139,14 +147,6 @@ struct Watch {
     armed: Option<u64>,
 }
 
-struct InFlight {
-    generation: u32,
-    kind: u8,
-    keep: Keep,
-    owner: Rc<dyn Owner>,
-    cancelled: bool,
-}
-
 /// The io_uring driver.
 pub struct UringDriver {
     ring: ManuallyDrop<IoUring>,
@@ -155,8 +155,7 @@ pub struct UringDriver {
     wake_armed: bool,
     watches: HashMap<RawFd, Watch>,
     poll_generation: u32,
-    ops: Slab<InFlight>,
-    op_generation: u32,
+    ops: Operations<Keep, Completion>,
     buf_ring: Option<Rc<BufRing>>,
     /// Events reaped early, to make room in a full completion queue.
     pending: Vec<IoEvent>,
@@ -164,8 +163,8 @@ pub struct UringDriver {
     cqes: Vec<(u64, i32, u32)>,
     /// The loop is closing: completions are dropped, not dispatched.
     closing: bool,
-    /// The listeners being served, by descriptor.
-    pub(crate) acceptors: HashMap<RawFd, Rc<crate::accept::Acceptor>>,
+    /// The listeners being served.
+    pub(crate) acceptors: Acceptors<UringDriver>,
 }
 
 struct EventFd(OwnedFd);
@@ -350,13 +349,12 @@ impl UringDriver {
             wake_armed: false,
             watches: HashMap::new(),
             poll_generation: 0,
-            ops: Slab::new(),
-            op_generation: 0,
+            ops: Operations::new(GENERATION_MASK),
             buf_ring,
             pending: Vec::new(),
             cqes: Vec::new(),
             closing: false,
-            acceptors: HashMap::new(),
+            acceptors: Acceptors::default(),
         })
     }
 
@@ -393,49 +391,22 @@ impl UringDriver {
         &mut self,
         entry: squeue::Entry,
         keep: Keep,
-        owner: Rc<dyn Owner>,
+        owner: Rc<dyn Owner<Completion>>,
         kind: u8,
     ) -> Result<OpId> {
         if self.closing {
             return Err(Error::loop_closed());
         }
-        self.op_generation = self.op_generation.wrapping_add(1) & GENERATION_MASK;
-        let generation = self.op_generation;
-        let key = self.ops.insert(InFlight {
-            generation,
-            kind,
-            keep,
-            owner,
-            cancelled: false,
-        });
-        let entry = entry.user_data(tag(CLASS_OP, generation, key as u32));
+        let id = self.ops.insert(keep, owner, kind);
+        let entry = entry.user_data(tag(CLASS_OP, id.generation, id.key));
         // SAFETY: the entry's pointers point into the `keep` just stored
-        // in `self.ops[key]` (caller's promise), where it stays until the
+        // in `self.ops` (caller's promise), where it stays until the
         // completion tagged with this key and generation is reaped.
         if let Err(e) = unsafe { self.push(entry) } {
-            self.ops.remove(key);
+            self.ops.remove(id);
             return Err(e.into());
         }
-        Ok(OpId {
-            key: key as u32,
-            generation,
-        })
-    }
-
-    /// Asks the kernel to cancel `id`; its completion (`-ECANCELED`, or its
-    /// result if it finished first) still comes, and only then is its
-    /// memory released. Cancelling an operation that is done does nothing.
-    pub(crate) fn cancel(&mut self, id: OpId) {
-        let Some(op) = self.ops.get_mut(id.key as usize) else {
-            return;
-        };
-        if op.generation != id.generation || op.cancelled {
-            return;
-        }
-        op.cancelled = true;
-        let target = tag(CLASS_OP, id.generation, id.key);
-        // SAFETY: a cancel request carries no pointer, only the tag.
-        let _ = unsafe { self.push(opcode::AsyncCancel::new(target).build().user_data(IGNORE)) };
+        Ok(id)
     }
 
     /// Submits what is queued now, and lets the kernel finish what that
@@ -590,20 +561,19 @@ impl UringDriver {
             (Some(bid), Some(r)) => Some((bid, r.reap(bid, res.max(0) as usize, flags))),
             _ => None,
         };
-        let key = (t & 0xffff_ffff) as usize;
-        let generation = ((t >> 32) as u32) & GENERATION_MASK;
-        match self.ops.get(key) {
-            Some(op) if op.generation == generation => {}
-            _ => return,
-        }
+        let id = OpId {
+            key: (t & 0xffff_ffff) as u32,
+            generation: ((t >> 32) as u32) & GENERATION_MASK,
+        };
         let more = cqueue::more(flags);
         if more {
             if self.closing {
                 return;
             }
-            let op = &self.ops[key];
+            let Some(op) = self.ops.get(id) else { return };
             let (owner, kind) = (op.owner.clone(), op.kind);
             owner.complete(Completion {
+                id,
                 kind,
                 res,
                 more,
@@ -612,15 +582,18 @@ impl UringDriver {
             });
             return;
         }
-        let op = self.ops.remove(key);
+        let Some(op) = self.ops.remove(id) else {
+            return;
+        };
         if self.closing {
             return; // dropped: the kernel is done with its memory
         }
         op.owner.complete(Completion {
+            id,
             kind: op.kind,
             res,
             more,
-            keep: Some(op.keep),
+            keep: Some(op.memory),
             buf,
         });
     }
@@ -679,15 +652,7 @@ impl UringDriver {
     /// still in flight.
     fn cancel_all_and_drain(&mut self, limit: Duration) -> usize {
         self.closing = true;
-        let ids: Vec<OpId> = self
-            .ops
-            .iter()
-            .map(|(k, op)| OpId {
-                key: k as u32,
-                generation: op.generation,
-            })
-            .collect();
-        for id in ids {
+        for id in self.ops.ids() {
             self.cancel(id);
         }
         let deadline = Instant::now() + limit;
@@ -796,67 +761,86 @@ impl Driver for UringDriver {
     }
 
     fn make_socket_transport(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        sock: Rc<socket2::Socket>,
-        protocol: Rc<dyn loop_api::protocols::Protocol>,
-        waiter: Option<loop_api::Future<()>>,
-        server: Option<Rc<loop_api::base_events::server::Server>>,
-    ) -> Result<Rc<dyn loop_api::transports::Transport>> {
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+        server: Option<Rc<Server>>,
+    ) -> Result<Rc<dyn Transport>> {
         crate::transport::create(lp, sock, protocol, waiter, server)
     }
 
     fn start_serving(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        protocol_factory: loop_api::protocols::ProtocolFactory,
-        sock: Rc<socket2::Socket>,
-        server: Rc<loop_api::base_events::server::Server>,
-        _backlog: i32,
+        lp: &Rc<BaseEventLoop<Self>>,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        server: Rc<Server>,
+        backlog: i32,
     ) -> Result<()> {
-        crate::accept::start_serving(lp, protocol_factory, sock, server)
+        accept::start_serving(lp, protocol_factory, sock, server, backlog)
     }
 
-    fn stop_serving(lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>, sock: &socket2::Socket) {
-        crate::accept::stop_serving(lp, sock)
+    fn stop_serving(lp: &Rc<BaseEventLoop<Self>>, sock: &Socket) {
+        accept::stop_serving(lp, sock)
     }
 
     fn sock_recv(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        sock: Rc<socket2::Socket>,
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
         nbytes: usize,
-    ) -> loop_api::events::LocalBoxFuture<'static, Result<Vec<u8>>> {
+    ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
         Box::pin(crate::sock_ops::sock_recv(lp.clone(), sock, nbytes))
     }
 
     fn sock_recv_into(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        sock: Rc<socket2::Socket>,
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
         buf: Vec<u8>,
-    ) -> loop_api::events::LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
         Box::pin(crate::sock_ops::sock_recv_into(lp.clone(), sock, buf))
     }
 
     fn sock_sendall(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        sock: Rc<socket2::Socket>,
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
         data: Vec<u8>,
-    ) -> loop_api::events::LocalBoxFuture<'static, Result<()>> {
+    ) -> LocalBoxFuture<'static, Result<()>> {
         Box::pin(crate::sock_ops::sock_sendall(lp.clone(), sock, data))
     }
 
     fn sock_connect(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        sock: Rc<socket2::Socket>,
-        address: socket2::SockAddr,
-    ) -> loop_api::events::LocalBoxFuture<'static, Result<()>> {
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<()>> {
         Box::pin(crate::sock_ops::sock_connect(lp.clone(), sock, address))
     }
 
     fn sock_accept(
-        lp: &Rc<loop_api::base_events::BaseEventLoop<Self>>,
-        sock: Rc<socket2::Socket>,
-    ) -> loop_api::events::LocalBoxFuture<'static, Result<(socket2::Socket, socket2::SockAddr)>>
-    {
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
         Box::pin(crate::sock_ops::sock_accept(lp.clone(), sock))
+    }
+}
+
+impl Proactor for UringDriver {
+    type Completion = Completion;
+
+    /// Asks the kernel to cancel `id`; its completion (`-ECANCELED`, or its
+    /// result if it finished first) still comes, and only then is its
+    /// memory released. Cancelling an operation that is done does nothing.
+    fn cancel(&mut self, id: OpId) {
+        if !self.ops.request_cancel(id) {
+            return;
+        }
+        let target = tag(CLASS_OP, id.generation, id.key);
+        // SAFETY: a cancel request carries no pointer, only the tag.
+        let _ = unsafe { self.push(opcode::AsyncCancel::new(target).build().user_data(IGNORE)) };
+    }
+
+    fn settle(&mut self) {
+        UringDriver::settle(self)
     }
 }
 
@@ -871,9 +855,7 @@ impl Drop for UringDriver {
             // The kernel still holds these operations' memory: leak it
             // rather than free it under the kernel, and the buffer ring
             // they may still write into with it.
-            for (_, op) in std::mem::take(&mut self.ops) {
-                std::mem::forget(op.keep);
-            }
+            self.ops.leak_all();
             std::mem::forget(self.buf_ring.take());
         }
         // SAFETY: dropped once, here; nothing uses the ring afterwards.

@@ -1,23 +1,20 @@
-//! Operations in flight: the memory the kernel may still touch, and who
-//! hears of the completion.
+//! What an io_uring operation lends the kernel, and what its owner hears.
 //!
 //! Every request that carries a pointer into our memory is submitted with
 //! the owned allocation it points into, as a [`Keep`]. The driver holds the
-//! `Keep` in its table of operations until the request's last completion
-//! has been reaped (a cancelled request included: cancellation is only a
-//! request too, and the kernel may finish the operation first), and only
-//! then hands it back to the [`Owner`]. So no buffer, iovec or socket
-//! address is freed or moved while the kernel holds a pointer to it: moving
-//! a `Vec` or a `Box` into the table moves the handle, not the heap memory
-//! the pointer names.
+//! `Keep` in its table of operations (the shared
+//! [`Operations`](loop_api::proactor_events::ops::Operations)) until the
+//! request's last completion has been reaped, cancelled requests included,
+//! and only then hands it back to the owner with the [`Completion`]. So no
+//! buffer, iovec or socket address is freed or moved while the kernel holds
+//! a pointer to it.
 
-use std::rc::Rc;
-
+use loop_api::proactor_events::ops::OpId;
 use loop_api::proactor_events::SendBatch;
 use socket2::SockAddr;
 
 /// Owned memory an operation's pointers point into.
-pub(crate) enum Keep {
+pub enum Keep {
     /// The request points at nothing of ours (polls, accepts without an
     /// address, provided-buffer receives, cancels).
     Nothing,
@@ -33,7 +30,7 @@ pub(crate) enum Keep {
 
 /// A vectored send's memory: `msg` points at `iov`, each iovec into a
 /// chunk of `batch`.
-pub(crate) struct SendBufs {
+pub struct SendBufs {
     batch: SendBatch,
     iov: Vec<libc::iovec>,
     pub msg: libc::msghdr,
@@ -72,7 +69,9 @@ impl SendBufs {
 }
 
 /// One completion, as the owner hears it.
-pub(crate) struct Completion {
+pub struct Completion {
+    /// Which operation.
+    pub id: OpId,
     /// Which of the owner's operations (the owner's own numbering).
     pub kind: u8,
     /// The CQE's result: a count, a descriptor, or `-errno`.
@@ -84,19 +83,4 @@ pub(crate) struct Completion {
     /// The provided buffer this completion's data is in, and where in it
     /// the data starts (see `BufRing::reap`).
     pub buf: Option<(u16, u32)>,
-}
-
-/// Who hears of an operation's completions.
-pub(crate) trait Owner {
-    /// Called from inside the driver's `poll`, with the driver borrowed:
-    /// record the completion and schedule work on the ready queue; never
-    /// run user code or touch the driver here.
-    fn complete(self: Rc<Self>, completion: Completion);
-}
-
-/// An operation in flight, named by its slot and the slot's generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct OpId {
-    pub key: u32,
-    pub generation: u32,
 }

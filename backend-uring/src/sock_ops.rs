@@ -13,92 +13,36 @@
 //! data, as on every backend; a cancelled receive or accept never took
 //! anything.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
-use io_uring::{opcode, types};
-use loop_api::events::AbstractEventLoop;
-use loop_api::selector_events::{check_nonblocking, connect_failed};
+use io_uring::{opcode, squeue, types};
+use loop_api::base_events::sockets::{check_nonblocking, connect_failed};
+use loop_api::base_events::BaseLoop;
+use loop_api::proactor_events::ops::OpFuture;
 use loop_api::Result;
 use socket2::{SockAddr, Socket};
 
-use crate::ops::{Completion, Keep, OpId, Owner};
+use crate::ops::Keep;
 use crate::UringEventLoop;
 
-/// Where one operation's completion lands.
-#[derive(Default)]
-struct OneShot {
-    done: Cell<Option<(i32, Keep)>>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Owner for OneShot {
-    fn complete(self: Rc<Self>, c: Completion) {
-        self.done
-            .set(Some((c.res, c.keep.unwrap_or(Keep::Nothing))));
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-}
-
-/// One operation, awaited: its result (`-errno` on failure) and its memory.
-struct OpFuture {
-    lp: Rc<UringEventLoop>,
-    id: Option<OpId>,
-    state: Rc<OneShot>,
-}
-
-impl OpFuture {
-    /// Submits `entry` with `keep`.
-    ///
-    /// # Safety
-    /// As [`crate::driver::UringDriver::submit`]: `entry` points only into
-    /// `keep`'s heap memory.
-    unsafe fn submit(
-        lp: &Rc<UringEventLoop>,
-        entry: io_uring::squeue::Entry,
-        keep: Keep,
-    ) -> Result<OpFuture> {
-        let state = Rc::new(OneShot::default());
-        let owner: Rc<dyn Owner> = state.clone();
-        // SAFETY: the caller's promise, passed on.
-        let id = lp.with_driver(|d| unsafe { d.submit(entry, keep, owner, 0) })?;
-        Ok(OpFuture {
-            lp: lp.clone(),
-            id: Some(id),
-            state,
-        })
-    }
-}
-
-impl Future for OpFuture {
-    type Output = (i32, Keep);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, Keep)> {
-        if let Some(r) = self.state.done.take() {
-            self.id = None;
-            return Poll::Ready(r);
-        }
-        *self.state.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl Drop for OpFuture {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            // The driver keeps the memory until the cancelled request's
-            // completion; if the driver is busy (we are dropped from inside
-            // it, as the loop closes) it is cancelling everything anyway.
-            let _ = self.lp.try_with_driver(|d| d.cancel(id));
-        }
-    }
+/// Submits `entry` with `keep` and awaits its completion: the result
+/// (`-errno` on failure) and the memory back. Dropping the future cancels
+/// the request; the driver keeps the memory until its completion.
+///
+/// # Safety
+/// As `UringDriver::submit`: `entry` points only into `keep`'s heap
+/// memory.
+async unsafe fn run(
+    lp: &Rc<UringEventLoop>,
+    entry: squeue::Entry,
+    keep: Keep,
+) -> Result<(i32, Keep)> {
+    // SAFETY: the caller's promise, passed on.
+    let op = OpFuture::start(lp, |d, owner| unsafe { d.submit(entry, keep, owner, 0) })?;
+    let c = op.await;
+    Ok((c.res, c.keep.unwrap_or(Keep::Nothing)))
 }
 
 fn os_error(res: i32) -> io::Error {
@@ -116,7 +60,7 @@ fn check(lp: &UringEventLoop, sock: &Socket) -> Result<()> {
 async fn readable(lp: &Rc<UringEventLoop>, sock: &Socket) -> Result<()> {
     let entry = opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), libc::POLLIN as u32).build();
     // SAFETY: a poll request carries no pointer into our memory.
-    let (res, _) = unsafe { OpFuture::submit(lp, entry, Keep::Nothing)? }.await;
+    let (res, _) = unsafe { run(lp, entry, Keep::Nothing) }.await?;
     if res < 0 {
         return Err(os_error(res).into());
     }
@@ -189,7 +133,7 @@ pub(crate) async fn sock_sendall(
             .build();
         // SAFETY: the request reads from `data`'s heap allocation, which
         // the driver keeps until the completion.
-        let (res, keep) = unsafe { OpFuture::submit(&lp, entry, Keep::Buf(data))? }.await;
+        let (res, keep) = unsafe { run(&lp, entry, Keep::Buf(data)) }.await?;
         let Keep::Buf(d) = keep else {
             unreachable!("submitted with a buffer")
         };
@@ -225,7 +169,7 @@ pub(crate) async fn sock_connect(
     .build();
     // SAFETY: the request reads the address from the box, which the driver
     // keeps until the completion.
-    let (res, keep) = unsafe { OpFuture::submit(&lp, entry, Keep::Addr(addr))? }.await;
+    let (res, keep) = unsafe { run(&lp, entry, Keep::Addr(addr)) }.await?;
     if res < 0 {
         let Keep::Addr(addr) = keep else {
             unreachable!("submitted with an address")

@@ -23,8 +23,8 @@ use std::rc::Rc;
 use io_uring::{opcode, types};
 use loop_api::base_events::server::Server;
 use loop_api::events::options::MAX_READ_SIZE;
-use loop_api::events::AbstractEventLoop;
 use loop_api::futures::Future;
+use loop_api::proactor_events::ops::{OpId, Owner, Proactor};
 use loop_api::proactor_events::{ProactorSocketTransport, RecvEvent, SendBatch, StreamIo};
 use loop_api::protocols::Protocol;
 use loop_api::transports::Transport;
@@ -32,7 +32,7 @@ use loop_api::Result;
 use socket2::Socket;
 
 use crate::buf_ring::{BufRing, BGID};
-use crate::ops::{Completion, Keep, OpId, Owner, SendBufs};
+use crate::ops::{Completion, Keep, SendBufs};
 use crate::UringEventLoop;
 
 const RECV: u8 = 0;
@@ -63,7 +63,7 @@ pub(crate) fn create(
         recv_op: Cell::new(None),
         send_op: Cell::new(None),
     };
-    let t = ProactorSocketTransport::create(lp.as_loop(), sock, protocol, waiter, server, io)?;
+    let t = ProactorSocketTransport::create(lp.clone(), sock, protocol, waiter, server, io)?;
     Ok(t)
 }
 
@@ -76,13 +76,13 @@ impl UringStream {
 }
 
 /// The completion handler: record, for the transport's step.
-impl Owner for UringSocketTransport {
+impl Owner<Completion> for UringSocketTransport {
     fn complete(self: Rc<Self>, c: Completion) {
         self.push_completion(c);
     }
 }
 
-fn owner(t: &Rc<UringSocketTransport>) -> Rc<dyn Owner> {
+fn owner(t: &Rc<UringSocketTransport>) -> Rc<dyn Owner<Completion>> {
     t.clone()
 }
 

@@ -4,13 +4,30 @@
 //! Everything that is not the OS mechanism lives here: the FIFO ready queue,
 //! the timer heap, run/stop/close, the cross-thread queue, exception
 //! handling, debug checks, the default executor, readiness callbacks and
-//! Unix signals. The networking methods written on top of the backend
-//! plumbing hooks are in the submodules.
+//! Unix signals. The networking methods are in the submodules, written
+//! once over [`BaseLoop`], the driver-erased face of this type that
+//! answers asyncio's private hooks from the [`Driver`]:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`connect`] | `create_connection` (Happy Eyeballs), `connect_accepted_socket` |
+//! | [`server`] | `Server`, `create_server` |
+//! | [`serving`] | what every accept loop shares: `accept_one`, the 1 s back-off |
+//! | [`unix`] | `create_unix_connection`, `create_unix_server` |
+//! | [`datagram`] | `create_datagram_endpoint` |
+//! | [`sendfile`] | `sendfile`, `sock_sendfile` and their read-and-send fallbacks |
+//! | [`resolver`] | `getaddrinfo`, `getnameinfo` |
+//! | [`sockets`] | socket helpers and asyncio's socket error messages |
 
+mod base_loop;
 pub mod connect;
 pub mod datagram;
+pub mod resolver;
 pub mod sendfile;
 pub mod server;
+pub mod serving;
+pub mod sockets;
+mod tls_options;
 pub mod unix;
 #[cfg(windows)]
 #[doc(hidden)]
@@ -20,30 +37,48 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::future::IntoFuture;
+use std::ffi::OsString;
+use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use socket2::{SockAddr, Socket};
+
+pub use base_loop::BaseLoop;
+
 use crate::contextvars::Context;
-use crate::driver::{Driver, IoEvent, Notify};
+use crate::driver::{Driver, IoEvent, Notify, VirtualClock};
+use crate::events::options::{
+    AddrInfo, CreateConnectionOptions, CreateDatagramEndpointOptions, CreateServerOptions,
+    CreateUnixConnectionOptions, CreateUnixServerOptions, Family, Hosts, SslContext,
+    StartTlsOptions, SubprocessOptions,
+};
 use crate::events::{
-    self, AbstractEventLoop, Callback, EventLoopExt, ExceptionContext, ExceptionHandler, Handle,
-    LocalBoxFuture, Loop, RawFd, RemoteLoop, RepeatCallback, SendCallback, SoonKey, SoonSlab, Step,
+    self, AbstractEventLoop, AbstractServer, Callback, DatagramPair, EventLoopExt,
+    ExceptionContext, ExceptionHandler, Handle, LocalBoxFuture, Loop, RawFd, RemoteLoop,
+    RepeatCallback, SendCallback, SoonKey, SoonSlab, Step, StreamPair, SubprocessPair,
     ThreadsafeCaller, TimerHandle,
 };
 use crate::exceptions::{Error, Result};
 use crate::executor::{Executor, Job, ThreadPoolExecutor};
 use crate::futures::Future;
 use crate::log::{self, Level};
-use crate::protocols::{Protocol, ProtocolFactory};
-use crate::tasks::{self, Task, TaskFactory, TaskOptions};
+use crate::protocols::{
+    DatagramProtocolFactory, Protocol, ProtocolFactory, SubprocessProtocolFactory,
+};
+use crate::tasks::TaskFactory;
 use crate::transports::{BaseTransport, Transport};
-use server::Server;
-use socket2::{SockAddr, Socket};
+
+/// A method this build does not have yet.
+fn not_implemented<T: 'static>(what: &'static str) -> LocalBoxFuture<'static, Result<T>> {
+    Box::pin(async move { Err(Error::NotImplemented(what)) })
+}
 
 /// The poll timeout is capped at one day, as asyncio's `MAXIMUM_SELECT_TIMEOUT`.
 pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -223,6 +258,8 @@ pub struct BaseEventLoop<D: Driver> {
     debug: Cell<bool>,
     slow_callback_duration: Cell<f64>,
     clock_resolution: f64,
+    /// The driver's virtual clock, if it has one; else the monotonic clock.
+    clock: Option<Rc<VirtualClock>>,
     exception_handler: RefCell<Option<ExceptionHandler>>,
     task_factory: RefCell<Option<TaskFactory>>,
     default_executor: RefCell<Option<Arc<dyn Executor>>>,
@@ -247,6 +284,7 @@ impl<D: Driver> BaseEventLoop<D> {
     pub fn new(driver: D) -> Rc<Self> {
         let id = next_loop_id();
         let notify = driver.notifier();
+        let clock = driver.clock();
         let debug = std::env::var_os(DEBUG_ENV).is_some_and(|v| !v.is_empty());
         let soon = SoonSlab::new();
         Rc::new_cyclic(|this| BaseEventLoop {
@@ -265,6 +303,7 @@ impl<D: Driver> BaseEventLoop<D> {
             debug: Cell::new(debug),
             slow_callback_duration: Cell::new(0.1),
             clock_resolution: 1e-9,
+            clock,
             exception_handler: RefCell::new(None),
             task_factory: RefCell::new(None),
             default_executor: RefCell::new(None),
@@ -676,7 +715,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 
     fn run_forever(&self) -> Result<()> {
-        check_can_run(self)?;
+        events::check_can_run(self)?;
         self.running.set(true);
         let prev = events::_set_running_loop(Some(self.as_loop()));
         struct Finish<'a, D: Driver>(&'a BaseEventLoop<D>, Option<Loop>);
@@ -755,7 +794,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
             t.close();
         }
         let _ = self.driver.borrow_mut().flush();
-        tasks::_forget_loop_tasks(self.id);
+        crate::tasks::_forget_loop_tasks(self.id);
         self.executor_shutdown_called.set(true);
         if let Some(ex) = self.default_executor.borrow_mut().take() {
             ex.shutdown(false);
@@ -876,7 +915,10 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 
     fn time(&self) -> f64 {
-        epoch().elapsed().as_secs_f64()
+        match &self.clock {
+            None => epoch().elapsed().as_secs_f64(),
+            Some(c) => c.now(),
+        }
     }
 
     fn call_soon_step(&self, step: Rc<dyn Step>) -> Result<()> {
@@ -978,21 +1020,151 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         self._remove_writer(fd)
     }
 
-    fn _add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
-        self.add_fd_callback(&self.readers, fd, Handle::new_repeating(callback, None))
+    // ----- DNS: the system resolver on the default executor ---------------------
+
+    fn getaddrinfo(
+        &self,
+        host: Option<String>,
+        port: Option<String>,
+        family: Family,
+        socktype: i32,
+        proto: i32,
+        flags: i32,
+    ) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
+        resolver::getaddrinfo(self.as_loop(), host, port, family, socktype, proto, flags)
     }
 
-    fn _remove_reader(&self, fd: RawFd) -> Result<bool> {
-        self.remove_fd_callback(&self.readers, fd)
+    fn getnameinfo(
+        &self,
+        sockaddr: SocketAddr,
+        flags: i32,
+    ) -> LocalBoxFuture<'static, Result<(String, String)>> {
+        resolver::getnameinfo(self.as_loop(), sockaddr, flags)
     }
 
-    fn _add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
-        self.add_fd_callback(&self.writers, fd, Handle::new_repeating(callback, None))
+    // ----- networking, written once in the submodules ---------------------------
+
+    fn create_connection(
+        &self,
+        protocol_factory: ProtocolFactory,
+        host: Option<String>,
+        port: Option<u16>,
+        options: CreateConnectionOptions,
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
+        connect::create_connection(self.me(), protocol_factory, host, port, options)
     }
 
-    fn _remove_writer(&self, fd: RawFd) -> Result<bool> {
-        self.remove_fd_callback(&self.writers, fd)
+    fn create_server(
+        &self,
+        protocol_factory: ProtocolFactory,
+        host: Hosts,
+        port: Option<u16>,
+        options: CreateServerOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
+        server::create_server(self.me(), protocol_factory, host, port, options)
     }
+
+    fn connect_accepted_socket(
+        &self,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        ssl: Option<SslContext>,
+        ssl_handshake_timeout: Option<Duration>,
+        ssl_shutdown_timeout: Option<Duration>,
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
+        connect::connect_accepted_socket(
+            self.me(),
+            protocol_factory,
+            sock,
+            ssl,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+    }
+
+    fn sendfile(
+        &self,
+        transport: Rc<dyn Transport>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        sendfile::sendfile(self.as_loop(), transport, file, offset, count, fallback)
+    }
+
+    fn start_tls(
+        &self,
+        _transport: Rc<dyn Transport>,
+        _protocol: Rc<dyn Protocol>,
+        _sslcontext: SslContext,
+        _options: StartTlsOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn Transport>>> {
+        not_implemented("start_tls")
+    }
+
+    fn create_unix_connection(
+        &self,
+        protocol_factory: ProtocolFactory,
+        path: Option<PathBuf>,
+        options: CreateUnixConnectionOptions,
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
+        unix::create_unix_connection(self.me(), protocol_factory, path, options)
+    }
+
+    fn create_unix_server(
+        &self,
+        protocol_factory: ProtocolFactory,
+        path: Option<PathBuf>,
+        options: CreateUnixServerOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
+        unix::create_unix_server(self.me(), protocol_factory, path, options)
+    }
+
+    fn create_datagram_endpoint(
+        &self,
+        protocol_factory: DatagramProtocolFactory,
+        options: CreateDatagramEndpointOptions,
+    ) -> LocalBoxFuture<'static, Result<DatagramPair>> {
+        datagram::create_datagram_endpoint(self.me(), protocol_factory, options)
+    }
+
+    fn connect_read_pipe(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _pipe: File,
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
+        not_implemented("connect_read_pipe")
+    }
+
+    fn connect_write_pipe(
+        &self,
+        _protocol_factory: ProtocolFactory,
+        _pipe: File,
+    ) -> LocalBoxFuture<'static, Result<StreamPair>> {
+        not_implemented("connect_write_pipe")
+    }
+
+    fn subprocess_exec(
+        &self,
+        _protocol_factory: SubprocessProtocolFactory,
+        _program: OsString,
+        _args: Vec<OsString>,
+        _options: SubprocessOptions,
+    ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
+        not_implemented("subprocess_exec")
+    }
+
+    fn subprocess_shell(
+        &self,
+        _protocol_factory: SubprocessProtocolFactory,
+        _cmd: OsString,
+        _options: SubprocessOptions,
+    ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
+        not_implemented("subprocess_shell")
+    }
+
+    // ----- the sock_* methods: the driver's ------------------------------------
 
     fn sock_recv(
         &self,
@@ -1010,8 +1182,34 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         D::sock_recv_into(&self.me(), sock, buf)
     }
 
+    fn sock_recvfrom(
+        &self,
+        sock: Rc<Socket>,
+        bufsize: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
+        D::sock_recvfrom(&self.me(), sock, bufsize)
+    }
+
+    fn sock_recvfrom_into(
+        &self,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
+        D::sock_recvfrom_into(&self.me(), sock, buf, nbytes)
+    }
+
     fn sock_sendall(&self, sock: Rc<Socket>, data: Vec<u8>) -> LocalBoxFuture<'static, Result<()>> {
         D::sock_sendall(&self.me(), sock, data)
+    }
+
+    fn sock_sendto(
+        &self,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<usize>> {
+        D::sock_sendto(&self.me(), sock, data, address)
     }
 
     fn sock_connect(
@@ -1026,53 +1224,15 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         D::sock_accept(&self.me(), sock)
     }
 
-    fn _make_socket_transport(
+    fn sock_sendfile(
         &self,
         sock: Rc<Socket>,
-        protocol: Rc<dyn Protocol>,
-        waiter: Option<Future<()>>,
-        server: Option<Rc<Server>>,
-    ) -> Result<Rc<dyn Transport>> {
-        D::make_socket_transport(&self.me(), sock, protocol, waiter, server)
-    }
-
-    fn _start_serving(
-        &self,
-        protocol_factory: ProtocolFactory,
-        sock: Rc<Socket>,
-        server: Rc<Server>,
-        backlog: i32,
-    ) -> Result<()> {
-        D::start_serving(&self.me(), protocol_factory, sock, server, backlog)
-    }
-
-    fn _stop_serving(&self, sock: &Socket) {
-        D::stop_serving(&self.me(), sock)
-    }
-
-    fn _sock_sendfile_native(
-        &self,
-        sock: Rc<Socket>,
-        file: Rc<std::fs::File>,
+        file: Rc<File>,
         offset: u64,
         count: Option<u64>,
+        fallback: bool,
     ) -> LocalBoxFuture<'static, Result<u64>> {
-        D::sock_sendfile_native(&self.me(), sock, file, offset, count)
-    }
-
-    fn _register_transport(&self, fd: RawFd, transport: Weak<dyn BaseTransport>) {
-        self.transports.borrow_mut().insert(fd, transport);
-    }
-
-    fn _ensure_fd_no_transport(&self, fd: RawFd) -> Result<()> {
-        let owner = self.transports.borrow().get(&fd).and_then(Weak::upgrade);
-        match owner {
-            Some(t) if !t.is_closing() => Err(Error::runtime(format!(
-                "File descriptor {fd} is used by transport {}",
-                crate::transports::describe(&*t)
-            ))),
-            _ => Ok(()),
-        }
+        sendfile::sock_sendfile(self.me(), sock, file, offset, count, fallback)
     }
 
     #[cfg(unix)]
@@ -1188,59 +1348,4 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     fn remove_interrupt_handler(&self) -> Result<()> {
         Ok(())
     }
-}
-
-/// asyncio's `_check_closed` and `_check_running`, before a loop runs.
-fn check_can_run(lp: &dyn AbstractEventLoop) -> Result<()> {
-    if lp.is_closed() {
-        return Err(Error::loop_closed());
-    }
-    if lp.is_running() {
-        return Err(Error::runtime("This event loop is already running"));
-    }
-    if events::_get_running_loop().is_some() {
-        return Err(Error::runtime(
-            "Cannot run the event loop while another loop is running",
-        ));
-    }
-    Ok(())
-}
-
-/// `run_until_complete` for any loop; see [`EventLoopExt::run_until_complete`].
-pub(crate) fn run_until_complete<T, F>(lp: &Loop, future: F) -> Result<T>
-where
-    T: 'static,
-    F: IntoFuture<Output = Result<T>> + 'static,
-{
-    check_can_run(&**lp)?;
-    let any: &dyn Any = &future;
-    type Taker<T> = Box<dyn Fn() -> Result<T>>;
-    let (obj, take): (Rc<dyn crate::futures::FutureObj>, Taker<T>) =
-        if let Some(f) = any.downcast_ref::<Future<T>>() {
-            let f = f.clone();
-            (f.as_obj(), Box::new(move || f.take_result()))
-        } else if let Some(t) = any.downcast_ref::<Task<T>>() {
-            let t = t.clone();
-            (t.as_obj(), Box::new(move || t.take_result()))
-        } else {
-            let t = Task::spawn(lp.clone(), future.into_future(), TaskOptions::default())?;
-            let t2 = t.clone();
-            (t.as_obj(), Box::new(move || t2.take_result()))
-        };
-    if obj.get_loop().loop_id() != lp.loop_id() {
-        return Err(Error::value(
-            "The future belongs to a different loop than the one specified as the loop argument",
-        ));
-    }
-    let stopper = obj.get_loop();
-    let id = obj.add_done_callback_erased(Box::new(move || stopper.stop()));
-    let ran = lp.run_forever();
-    obj.remove_done_callback(id);
-    ran?;
-    if !obj.done() {
-        return Err(Error::runtime(
-            "Event loop stopped before Future completed.",
-        ));
-    }
-    take()
 }

@@ -1,35 +1,44 @@
 //! The backend contract: what an OS mechanism supplies to the generic loop.
 //!
-//! [`crate::base_events::BaseEventLoop`] owns the ready queue, timers,
-//! tasks, executor, signals and error handling; a [`Driver`] only waits for
-//! the OS and reports what happened. This mirrors asyncio's `BaseEventLoop`
-//! over a `selectors` selector or an IOCP proactor, and compio's one driver
-//! contract over epoll, io_uring and IOCP.
+//! [`BaseEventLoop`] owns everything that is not
+//! the OS: the ready queue, timers, tasks, the executor, signals, error
+//! handling, the `create_*` methods, servers and the transports' logic. A
+//! [`Driver`] is the one way a backend plugs in, as mio's `sys` layer and
+//! compio's driver are: `pub type MyLoop = BaseEventLoop<MyDriver>`.
 //!
-//! # Readiness
-//! [`Driver::set_interest`] declares, per descriptor, whether the loop wants
-//! readable and/or writable events; interest is level-triggered, as a
-//! selector's is: while a descriptor stays readable, every `poll` reports it.
-//! A driver without readiness (a pure proactor) returns
-//! [`Error::NotSupported`](crate::Error::NotSupported) and `add_reader` fails
-//! with it.
+//! # What every driver supplies
+//! - [`Driver::poll`]: wait for the OS up to a timeout and report what
+//!   happened. `EINTR` comes back as `ErrorKind::Interrupted`, and the
+//!   loop polls again.
+//! - [`Driver::notifier`]: a `Send + Sync` handle that makes a blocked
+//!   `poll` return. A notification sent before `poll` starts is not lost:
+//!   that `poll` returns at once. Spurious returns are allowed.
+//! - [`Driver::set_interest`]: readiness per descriptor, level-triggered as
+//!   a selector's is: while a descriptor stays readable, every `poll`
+//!   reports it. A driver without readiness returns
+//!   [`Error::NotSupported`](crate::Error::NotSupported), and `add_reader`
+//!   fails with it.
 //!
-//! # Waking
-//! [`Driver::notifier`] is a `Send + Sync` handle that makes a blocked
-//! [`Driver::poll`] return. A notification sent before `poll` starts is not
-//! lost: that `poll` returns at once. Spurious returns are allowed.
+//! # What a completion driver adds
+//! A completion-based driver (io_uring, IOCP) runs operations whose memory
+//! it owns until the kernel is done with them
+//! ([`crate::proactor_events::ops`] is the shared machinery). The loop core
+//! does not see them: during `poll` the driver hands each completion to
+//! the operation's owner, which only records it and schedules itself on
+//! the ready queue (no user code runs inside `poll`). Such a driver plugs
+//! its transports and socket operations into the loop through the
+//! associated functions of the second half of this trait (asyncio's
+//! `_make_socket_transport` and friends, which `ProactorEventLoop`
+//! overrides); their defaults are the readiness ones of
+//! [`crate::selector_events`], so a readiness driver writes none of them.
 //!
-//! # Completions
-//! A completion-based driver (io_uring, IOCP) also runs operations whose
-//! buffers it owns until the kernel is done with them. The loop core does
-//! not see them: the driver hands each completion to the operation's owner
-//! during `poll`, and the owner only records it and schedules itself on the
-//! ready queue (no user code runs inside `poll`). Such a driver plugs its
-//! own transports and socket operations into the loop through the
-//! associated functions below (asyncio's `_make_socket_transport` and
-//! friends, overridden by `ProactorEventLoop`); their defaults are the
-//! readiness ones of [`crate::selector_events`].
+//! # Time
+//! The loop's clock is the process's monotonic clock unless
+//! [`Driver::clock`] hands it a [`VirtualClock`]: then time moves only when
+//! the driver moves it ([`crate::test_utils::TestDriver`] does so when the
+//! loop would block).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io;
 use std::rc::Rc;
@@ -43,8 +52,9 @@ use crate::base_events::BaseEventLoop;
 use crate::events::{LocalBoxFuture, RawFd};
 use crate::exceptions::Result;
 use crate::futures::Future;
-use crate::protocols::{Protocol, ProtocolFactory};
-use crate::transports::Transport;
+use crate::protocols::{DatagramProtocol, Protocol, ProtocolFactory};
+use crate::selector_events;
+use crate::transports::{DatagramTransport, Transport};
 
 /// One readiness event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +73,38 @@ pub trait Notify: Send + Sync {
     fn notify(&self) -> io::Result<()>;
 }
 
-/// An OS I/O mechanism the loop core runs on.
+/// A loop clock that moves only when its driver moves it, in seconds.
+#[derive(Debug, Default)]
+pub struct VirtualClock(Cell<f64>);
+
+impl VirtualClock {
+    /// A clock at `start` seconds.
+    pub fn new(start: f64) -> Rc<Self> {
+        Rc::new(VirtualClock(Cell::new(start)))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> f64 {
+        self.0.get()
+    }
+
+    /// Moves the clock forward by `seconds` (never back).
+    pub fn advance(&self, seconds: f64) {
+        if seconds > 0.0 {
+            self.0.set(self.0.get() + seconds);
+        }
+    }
+
+    /// Moves the clock to `when`, if that is later than now.
+    pub fn advance_to(&self, when: f64) {
+        if when > self.0.get() {
+            self.0.set(when);
+        }
+    }
+}
+
+/// An OS I/O mechanism the loop core runs on. See the module docs for the
+/// contract.
 pub trait Driver: 'static {
     /// The backend's name, as `AbstractEventLoop::backend_name` reports it.
     fn name(&self) -> &'static str;
@@ -87,14 +128,23 @@ pub trait Driver: 'static {
         Ok(())
     }
 
+    /// The loop's clock: `None` (the default) for the process's monotonic
+    /// clock, or a virtual one that this driver moves.
+    fn clock(&self) -> Option<Rc<VirtualClock>> {
+        None
+    }
+
     // ----- the backend's transports and socket operations ----------------------
     //
     // What `BaseEventLoop<Self>` answers for asyncio's private hooks and the
     // `sock_*` methods. The defaults are readiness-based; a completion-based
     // driver overrides them with operations on its own mechanism.
 
-    /// `_make_socket_transport`: see
-    /// [`AbstractEventLoop::_make_socket_transport`](crate::events::AbstractEventLoop::_make_socket_transport).
+    /// `_make_socket_transport`: wraps a connected stream socket in this
+    /// loop's transport; the protocol's `connection_made` and then
+    /// `waiter`'s result follow on the loop. The transport takes `sock`
+    /// over, closes it when the connection is lost, and puts it in the
+    /// blocking mode its I/O needs.
     fn make_socket_transport(
         lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
@@ -105,7 +155,7 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::socket_transport::SocketTransport::create(
+        selector_events::socket_transport::SocketTransport::create(
             lp.clone(),
             sock,
             protocol,
@@ -114,7 +164,29 @@ pub trait Driver: 'static {
         )
     }
 
-    /// `_start_serving`: accept connections on `sock` for `server`.
+    /// `_make_datagram_transport`: wraps a datagram socket (connected to
+    /// `address` if given), as for `make_socket_transport`.
+    fn make_datagram_transport(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn DatagramProtocol>,
+        address: Option<SockAddr>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn DatagramTransport>>
+    where
+        Self: Sized,
+    {
+        selector_events::datagram_transport::DatagramSocketTransport::create(
+            lp.clone(),
+            sock,
+            protocol,
+            address,
+            waiter,
+        )
+    }
+
+    /// `_start_serving`: accepts connections on the listening `sock` for
+    /// `server`, up to `backlog` per wakeup where that means something.
     fn start_serving(
         lp: &Rc<BaseEventLoop<Self>>,
         protocol_factory: ProtocolFactory,
@@ -125,22 +197,16 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::accept::start_serving(
-            lp.clone(),
-            protocol_factory,
-            sock,
-            server,
-            backlog,
-        )
+        selector_events::accept::start_serving(lp.clone(), protocol_factory, sock, server, backlog)
     }
 
-    /// `_stop_serving`: stop accepting on `sock` and shut it down.
+    /// `_stop_serving`: stops accepting on `sock` and shuts it down, so
+    /// that new connections are refused even while someone holds a clone.
     fn stop_serving(lp: &Rc<BaseEventLoop<Self>>, sock: &Socket)
     where
         Self: Sized,
     {
-        let lp: crate::events::Loop = lp.clone();
-        crate::selector_events::accept::stop_serving(&lp, sock)
+        selector_events::accept::stop_serving(&(lp.clone() as _), sock)
     }
 
     /// `sock_recv`.
@@ -152,7 +218,7 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::sock_recv(&(lp.clone() as _), sock, nbytes)
+        selector_events::sock_recv(lp.clone(), sock, nbytes)
     }
 
     /// `sock_recv_into`.
@@ -164,7 +230,32 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::sock_recv_into(&(lp.clone() as _), sock, buf)
+        selector_events::sock_recv_into(lp.clone(), sock, buf)
+    }
+
+    /// `sock_recvfrom`.
+    fn sock_recvfrom(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        bufsize: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>>
+    where
+        Self: Sized,
+    {
+        selector_events::sock_recvfrom(lp.clone(), sock, bufsize)
+    }
+
+    /// `sock_recvfrom_into`.
+    fn sock_recvfrom_into(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>>
+    where
+        Self: Sized,
+    {
+        selector_events::sock_recvfrom_into(lp.clone(), sock, buf, nbytes)
     }
 
     /// `sock_sendall`.
@@ -176,7 +267,20 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::sock_sendall(&(lp.clone() as _), sock, data)
+        selector_events::sock_sendall(lp.clone(), sock, data)
+    }
+
+    /// `sock_sendto`.
+    fn sock_sendto(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<usize>>
+    where
+        Self: Sized,
+    {
+        selector_events::sock_sendto(lp.clone(), sock, data, address)
     }
 
     /// `sock_connect`.
@@ -188,29 +292,7 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::sock_connect(&(lp.clone() as _), sock, address)
-    }
-
-    /// `_sock_sendfile_native`: the zero-copy path of `sock_sendfile` and
-    /// of a transport's `_sendfile_native` (see
-    /// [`AbstractEventLoop::_sock_sendfile_native`](crate::events::AbstractEventLoop::_sock_sendfile_native)).
-    fn sock_sendfile_native(
-        lp: &Rc<BaseEventLoop<Self>>,
-        sock: Rc<Socket>,
-        file: Rc<File>,
-        offset: u64,
-        count: Option<u64>,
-    ) -> LocalBoxFuture<'static, Result<u64>>
-    where
-        Self: Sized,
-    {
-        crate::selector_events::sendfile::sock_sendfile_native(
-            lp.clone(),
-            sock,
-            file,
-            offset,
-            count,
-        )
+        selector_events::sock_connect(lp.clone(), sock, address)
     }
 
     /// `sock_accept`.
@@ -221,6 +303,24 @@ pub trait Driver: 'static {
     where
         Self: Sized,
     {
-        crate::selector_events::sock_accept(&(lp.clone() as _), sock)
+        selector_events::sock_accept(lp.clone(), sock)
+    }
+
+    /// `_sock_sendfile_native`: the zero-copy path of `sock_sendfile` and
+    /// of a transport's `_sendfile_native`, for a socket already checked
+    /// and flushed; `SendfileNotAvailable` when this file and socket
+    /// cannot use it (the caller may then fall back). Readiness loops use
+    /// `sendfile(2)` on writability.
+    fn sock_sendfile_native(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<u64>>
+    where
+        Self: Sized,
+    {
+        selector_events::sendfile::sock_sendfile_native(lp.clone(), sock, file, offset, count)
     }
 }

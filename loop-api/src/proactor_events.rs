@@ -2,13 +2,16 @@
 //!
 //! asyncio's `ProactorEventLoop` writes its transports once over a
 //! proactor that starts operations and reports their completions. Here the
-//! same split holds: [`ProactorSocketTransport`] is the whole stream
-//! transport — reading, buffering, flow control, EOF, closing, errors —
-//! and a backend supplies only [`StreamIo`]: how to start and cancel one
-//! receive and one send on its mechanism (io_uring, IOCP), and how to hand
-//! their completions back.
+//! same split holds, and a backend (io_uring, IOCP) keeps only its OS
+//! calls:
 //!
-//! # The contract
+//! | module | written once | the backend supplies |
+//! |---|---|---|
+//! | [`ops`] | the table of operations in flight and their memory, owners, [`OpFuture`](ops::OpFuture) | [`Proactor`](ops::Proactor): cancel one operation |
+//! | [`accept`] | serving a listener, the back-off, stopping | [`AcceptIo`](accept::AcceptIo): start one accept, read its completion |
+//! | [`socket_transport`] | the stream transport: reading, buffering, flow control, EOF, closing, errors | [`StreamIo`]: start and cancel one receive and one send |
+//!
+//! # The stream transport's contract
 //! - At most one receive and one send are outstanding per transport. The
 //!   transport asks for a receive with [`StreamIo::start_recv`] and for a
 //!   send with [`StreamIo::start_send`], handing over the chunks to send as
@@ -36,6 +39,8 @@ use std::rc::Rc;
 use crate::events::{AbstractEventLoop, Step};
 use crate::exceptions::Result;
 
+pub mod accept;
+pub mod ops;
 pub mod socket_transport;
 
 pub use socket_transport::ProactorSocketTransport;

@@ -1,13 +1,14 @@
-//! asyncio's `selector_events` socket methods (`sock_recv`, `sock_sendall`,
-//! `sock_connect`, `sock_accept`, ...) and `base_events`' resolver methods
-//! (`getaddrinfo`, `getnameinfo`), built on readiness.
+//! What asyncio's `selector_events` holds: the socket methods (`sock_recv`,
+//! `sock_sendall`, `sock_connect`, `sock_accept`, ...), the stream and
+//! datagram transports, the accept loop and `sendfile(2)`, all built on
+//! readiness.
 //!
 //! Each `sock_*` function tries the operation at once; if the socket would
 //! block, it watches the descriptor with `add_reader`/`add_writer`, retries
 //! from the callback until the operation completes, and stops watching when
-//! done. Every loop with readiness gets them through the default bodies of
-//! [`AbstractEventLoop`](crate::events::AbstractEventLoop); completion-based
-//! backends may override them.
+//! done. These are the defaults of [`Driver`](crate::driver::Driver)'s
+//! hooks: every readiness driver gets them, and a completion driver
+//! overrides what its mechanism does better.
 //!
 //! # As in asyncio
 //! - The returned future is lazy, like a coroutine: nothing happens until it
@@ -23,8 +24,6 @@
 //!   socket with one pending replaces the first's watch (asyncio's
 //!   `add_reader` does the same), and the first then never completes; when
 //!   it is dropped it leaves the second's watch in place.
-//! - Resolver errors (asyncio's `socket.gaierror`) are [`Error::Io`] with
-//!   the resolver's message.
 
 pub mod accept;
 pub mod datagram_transport;
@@ -34,13 +33,13 @@ pub mod socket_transport;
 use std::cell::Cell;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use socket2::{SockAddr, Socket};
 
-use crate::events::options::{AddrInfo, Family};
-use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd, RepeatCallback};
+use crate::base_events::sockets::{check_nonblocking, connect_failed, is_retry, raw_fd};
+use crate::base_events::BaseLoop;
+use crate::events::{EventLoopExt, LocalBoxFuture, RawFd, RepeatCallback};
 use crate::exceptions::{Error, Result};
 
 // ----- the readiness machinery --------------------------------------------------
@@ -58,42 +57,6 @@ pub(crate) enum Step<T> {
     Done(T),
     /// Made progress (or none) and must wait for readiness again.
     Again,
-}
-
-/// The descriptor `add_reader` takes.
-pub(crate) fn raw_fd(sock: &Socket) -> RawFd {
-    #[cfg(unix)]
-    {
-        std::os::fd::AsRawFd::as_raw_fd(sock)
-    }
-    #[cfg(windows)]
-    {
-        std::os::windows::io::AsRawSocket::as_raw_socket(sock)
-    }
-}
-
-/// asyncio's "the socket must be non-blocking" check (Unix only: Windows
-/// cannot report a socket's blocking mode).
-pub fn check_nonblocking(sock: &Socket) -> Result<()> {
-    #[cfg(unix)]
-    {
-        if !sock.nonblocking()? {
-            return Err(Error::value("the socket must be non-blocking"));
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = sock;
-    }
-    Ok(())
-}
-
-/// `BlockingIOError` and `InterruptedError`: wait and try again.
-fn is_retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 /// A non-blocking `connect` that goes on in the background (asyncio catches
@@ -128,7 +91,7 @@ impl Drop for AliveFlag {
 /// (asyncio's `_sock_read_done`/`_sock_write_done`), unless the loop no
 /// longer holds our callback (replaced, or the loop closed).
 struct Watch {
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     fd: RawFd,
     dir: Dir,
     alive: Rc<Cell<bool>>,
@@ -149,7 +112,7 @@ impl Drop for Watch {
 /// each time the socket is ready in direction `dir`. `WouldBlock` and
 /// `Interrupted` errors mean "wait again"; any other error ends it.
 async fn until_done<T: 'static>(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     dir: Dir,
     try_first: bool,
@@ -171,7 +134,7 @@ async fn until_done<T: 'static>(
 /// (`sendfile` through `_sendfile_native`). The watch is removed when the
 /// operation ends or the future is dropped.
 pub(crate) async fn watch_until_done<T: 'static>(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     dir: Dir,
     try_first: bool,
@@ -230,11 +193,10 @@ fn recv_from_init(sock: &Socket, buf: &mut [u8]) -> io::Result<(usize, SockAddr)
 
 /// `loop.sock_recv(sock, nbytes)`: up to `nbytes`; empty at EOF.
 pub fn sock_recv(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     nbytes: usize,
 ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         until_done(lp, sock, Dir::Read, true, move |mut s| {
@@ -249,11 +211,10 @@ pub fn sock_recv(
 
 /// `loop.sock_recv_into(sock, buf)`: `(buf, nbytes)`.
 pub fn sock_recv_into(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     buf: Vec<u8>,
 ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         let mut buf = Some(buf);
@@ -268,11 +229,10 @@ pub fn sock_recv_into(
 
 /// `loop.sock_recvfrom(sock, bufsize)`: `(data, address)`.
 pub fn sock_recvfrom(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     bufsize: usize,
 ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         until_done(lp, sock, Dir::Read, true, move |s| {
@@ -288,12 +248,11 @@ pub fn sock_recvfrom(
 /// `loop.sock_recvfrom_into(sock, buf, nbytes)`: `(buf, nbytes, address)`;
 /// `nbytes == 0` means the whole buffer.
 pub fn sock_recvfrom_into(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     buf: Vec<u8>,
     nbytes: usize,
 ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         let nbytes = if nbytes == 0 { buf.len() } else { nbytes };
@@ -314,11 +273,10 @@ pub fn sock_recvfrom_into(
 
 /// `loop.sock_sendall(sock, data)`: sends until all of `data` is out.
 pub fn sock_sendall(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     data: Vec<u8>,
 ) -> LocalBoxFuture<'static, Result<()>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         let mut sent = 0;
@@ -336,12 +294,11 @@ pub fn sock_sendall(
 
 /// `loop.sock_sendto(sock, data, address)`: bytes sent.
 pub fn sock_sendto(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     data: Vec<u8>,
     address: SockAddr,
 ) -> LocalBoxFuture<'static, Result<usize>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         until_done(lp, sock, Dir::Write, true, move |s| {
@@ -354,11 +311,10 @@ pub fn sock_sendto(
 /// `loop.sock_connect(sock, address)`: starts the connection, waits for
 /// writability, then reads `SO_ERROR`.
 pub fn sock_connect(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     address: SockAddr,
 ) -> LocalBoxFuture<'static, Result<()>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         match sock.connect(&address) {
@@ -379,37 +335,11 @@ pub fn sock_connect(
     })
 }
 
-/// asyncio's `OSError(errno, f'Connect call failed {address}')`, the
-/// address as Python prints it: `('127.0.0.1', 80)`, `('::1', 80, 0, 0)`.
-pub fn connect_failed(e: &io::Error, address: &SockAddr) -> Error {
-    Error::os(e, format!("Connect call failed {}", py_addr(address)))
-}
-
-/// An address as Python prints it: `('127.0.0.1', 80)`,
-/// `('::1', 80, 0, 0)`, `'/tmp/sock'`.
-pub(crate) fn py_addr(address: &SockAddr) -> String {
-    match address.as_socket() {
-        Some(SocketAddr::V4(a)) => format!("('{}', {})", a.ip(), a.port()),
-        Some(SocketAddr::V6(a)) => format!(
-            "('{}', {}, {}, {})",
-            a.ip(),
-            a.port(),
-            a.flowinfo(),
-            a.scope_id()
-        ),
-        None => match crate::transports::extra_addr(address.clone()) {
-            crate::transports::ExtraInfo::UnixPath(p) => format!("'{p}'"),
-            other => format!("{other:?}"),
-        },
-    }
-}
-
 /// `loop.sock_accept(sock)`: a new non-blocking socket and the peer's address.
 pub fn sock_accept(
-    lp: &Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
 ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
-    let lp = lp.clone();
     Box::pin(async move {
         check_nonblocking(&sock)?;
         until_done(lp, sock, Dir::Read, true, |s| {
@@ -418,86 +348,5 @@ pub fn sock_accept(
             Ok(Step::Done((conn, addr)))
         })
         .await
-    })
-}
-
-// ----- the resolver ---------------------------------------------------------------
-
-/// The `AF_*` number of a [`Family`].
-pub(crate) fn family_number(family: Family) -> i32 {
-    match family {
-        Family::Unspec => 0, // AF_UNSPEC everywhere
-        Family::Inet => socket2::Domain::IPV4.into(),
-        Family::Inet6 => socket2::Domain::IPV6.into(),
-        Family::Unix => socket2::Domain::UNIX.into(),
-    }
-}
-
-fn resolve(
-    host: Option<String>,
-    port: Option<String>,
-    family: Family,
-    socktype: i32,
-    proto: i32,
-    flags: i32,
-) -> Result<Vec<AddrInfo>> {
-    let hints = dns_lookup::AddrInfoHints {
-        flags,
-        address: family_number(family),
-        socktype,
-        protocol: proto,
-    };
-    let found = dns_lookup::getaddrinfo(host.as_deref(), port.as_deref(), Some(hints))
-        .map_err(io::Error::from)?;
-    let mut out = Vec::new();
-    for info in found {
-        let info = info?;
-        out.push(AddrInfo {
-            family: match info.sockaddr {
-                SocketAddr::V4(_) => Family::Inet,
-                SocketAddr::V6(_) => Family::Inet6,
-            },
-            socktype: info.socktype,
-            proto: info.protocol,
-            canonname: info.canonname.unwrap_or_default(),
-            addr: info.sockaddr,
-        });
-    }
-    Ok(out)
-}
-
-/// `loop.getaddrinfo(host, port, family=, type=, proto=, flags=)`, on the
-/// loop's default executor.
-pub fn getaddrinfo(
-    lp: &Loop,
-    host: Option<String>,
-    port: Option<String>,
-    family: Family,
-    socktype: i32,
-    proto: i32,
-    flags: i32,
-) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
-    let lp = lp.clone();
-    Box::pin(async move {
-        lp.run_in_executor(None, move || {
-            resolve(host, port, family, socktype, proto, flags)
-        })?
-        .await?
-    })
-}
-
-/// `loop.getnameinfo(sockaddr, flags)`: `(host, port)`, on the loop's
-/// default executor.
-pub fn getnameinfo(
-    lp: &Loop,
-    sockaddr: SocketAddr,
-    flags: i32,
-) -> LocalBoxFuture<'static, Result<(String, String)>> {
-    let lp = lp.clone();
-    Box::pin(async move {
-        lp.run_in_executor(None, move || {
-            dns_lookup::getnameinfo(&sockaddr, flags).map_err(|e| Error::from(io::Error::from(e)))
-        })?
-        .await?
     })
 }

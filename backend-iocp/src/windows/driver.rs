@@ -3,10 +3,10 @@
 //! # Overlapped operations
 //! [`IocpDriver::submit`] starts an operation (see `ops`) on a socket,
 //! associating the socket with the port ([`Key::Operation`]) the first
-//! time. The driver keeps each operation's header, by address, until its
-//! packet is dequeued; only then is the memory rebuilt and handed back to
-//! the operation's [`Owner`]. [`IocpDriver::cancel`] is `CancelIoEx` and
-//! nothing more: the packet (`ERROR_OPERATION_ABORTED`, or the real result
+//! time. The driver keeps each operation's header in the shared table of
+//! operations ([`Operations`]) until its packet is dequeued; only then is
+//! the memory rebuilt and handed back to the operation's owner. Cancelling
+//! ([`Proactor::cancel`]) is `CancelIoEx` and nothing more: the packet (`ERROR_OPERATION_ABORTED`, or the real result
 //! when the operation finished first) still comes, and the memory waits
 //! for it.
 //!
@@ -26,7 +26,11 @@ use std::time::{Duration, Instant};
 use loop_api::base_events::server::Server;
 use loop_api::driver::{Driver, IoEvent, Notify};
 use loop_api::events::{LocalBoxFuture, RawFd};
-use loop_api::protocols::ProtocolFactory;
+use loop_api::futures::Future;
+use loop_api::proactor_events::accept::{self, Acceptors};
+use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
+use loop_api::protocols::{Protocol, ProtocolFactory};
+use loop_api::transports::Transport;
 use loop_api::Error;
 use socket2::{SockAddr, Socket};
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, HANDLE};
@@ -35,9 +39,8 @@ use windows_sys::Win32::Storage::FileSystem::SetFileCompletionNotificationModes;
 use windows_sys::Win32::System::WindowsProgramming::FILE_SKIP_SET_EVENT_ON_HANDLE;
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED, OVERLAPPED_ENTRY};
 
-use super::accept::Acceptor;
 use super::afd::Afd;
-use super::ops::{self, Completion, OpHeader, OpId, Owner, Request};
+use super::ops::{self, Completion, OpHeader, Request};
 use super::port::{self, CompletionPort, Key};
 use super::sock_ops::LateAccepts;
 use super::IocpEventLoop;
@@ -48,16 +51,14 @@ const ENTRIES: usize = 256;
 /// and AFD polls to come back before it leaks their memory instead.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-/// The driver's bookkeeping for one operation in flight; the header the
-/// kernel may touch is apart, at the address this is keyed by.
-struct InFlight {
-    serial: u64,
-    /// The socket it was issued on (for an accept, the listener): what
-    /// `CancelIoEx` and `WSAGetOverlappedResult` are given.
+/// What an operation in flight lends the kernel: its header (from
+/// `Box::into_raw`, owned by the table until its packet is dequeued; a raw
+/// pointer, so dropping the table leaks it rather than free it under the
+/// kernel), and the socket it was issued on (for an accept, the listener):
+/// what `CancelIoEx` and `WSAGetOverlappedResult` are given.
+pub(crate) struct Issued {
+    header: *mut OpHeader,
     socket: SOCKET,
-    kind: u8,
-    owner: Rc<dyn Owner>,
-    cancelled: bool,
 }
 
 /// Why an operation could not be started.
@@ -96,17 +97,18 @@ pub struct IocpDriver {
     /// Opened on the first `set_interest`, so a loop that never watches a
     /// socket never touches AFD.
     afd: Option<Afd>,
-    /// Operations in flight, by the address of their header (each one
-    /// from `Box::into_raw`, owned here until its packet is dequeued).
-    ops: HashMap<usize, InFlight>,
-    next_serial: u64,
+    /// Operations in flight.
+    ops: Operations<Issued, Completion>,
+    /// Their ids, by the address of their header (a packet's
+    /// `lpOverlapped`).
+    by_address: HashMap<usize, OpId>,
     /// Sockets this driver associated with the port (by handle value; see
     /// [`IocpDriver::associate`] for why a hit alone is not trusted).
     associated: HashSet<SOCKET>,
     /// The loop is closing: no new operations; completions are dropped.
     closing: bool,
-    /// The listeners being served, by socket.
-    pub(crate) acceptors: HashMap<SOCKET, Rc<Acceptor>>,
+    /// The listeners being served.
+    pub(crate) acceptors: Acceptors<IocpDriver>,
     /// Connections accepted by `sock_accept`s cancelled too late.
     pub(crate) late_accepts: Rc<LateAccepts>,
 }
@@ -143,11 +145,11 @@ impl IocpDriver {
             port,
             entries: port::entries(ENTRIES),
             afd: None,
-            ops: HashMap::new(),
-            next_serial: 0,
+            ops: Operations::new(u32::MAX),
+            by_address: HashMap::new(),
             associated: HashSet::new(),
             closing: false,
-            acceptors: HashMap::new(),
+            acceptors: Acceptors::default(),
             late_accepts: Rc::default(),
         })
     }
@@ -208,53 +210,26 @@ impl IocpDriver {
         &mut self,
         socket: SOCKET,
         request: Request,
-        owner: Rc<dyn Owner>,
+        owner: Rc<dyn Owner<Completion>>,
         kind: u8,
     ) -> Result<OpId, SubmitError> {
         self.associate(socket)?;
         let header = Box::into_raw(OpHeader::new(request));
-        let addr = header as usize;
-        self.next_serial += 1;
-        let serial = self.next_serial;
-        self.ops.insert(
-            addr,
-            InFlight {
-                serial,
-                socket,
-                kind,
-                owner,
-                cancelled: false,
-            },
-        );
+        let id = self.ops.insert(Issued { header, socket }, owner, kind);
+        self.by_address.insert(header as usize, id);
         // SAFETY: `header` is a fresh box's pointer, now owned by `ops`,
         // which frees it only when the packet for it is dequeued (or leaks
         // it); `socket` is associated with this port, so the packet comes
         // here.
         if let Err(e) = unsafe { ops::issue(header, socket) } {
-            self.ops.remove(&addr);
+            self.ops.remove(id);
+            self.by_address.remove(&(header as usize));
             // SAFETY: the operation did not start, so no packet will come
             // and the kernel holds no pointer into the header.
             drop(unsafe { Box::from_raw(header) });
             return Err(SubmitError::Io(e));
         }
-        Ok(OpId { addr, serial })
-    }
-
-    /// Asks the kernel to cancel `id` (`CancelIoEx`). Its packet still
-    /// comes, and only then is its memory released. Cancelling an
-    /// operation that is done, or cancelled already, does nothing.
-    pub(crate) fn cancel(&mut self, id: OpId) {
-        let Some(op) = self.ops.get_mut(&id.addr) else {
-            return;
-        };
-        if op.serial != id.serial || op.cancelled {
-            return;
-        }
-        op.cancelled = true;
-        // SAFETY: the OVERLAPPED is only used to find the request; one that
-        // completed already (or a socket closed since, whose requests were
-        // cancelled by the close) is simply not found.
-        unsafe { CancelIoEx(op.socket as HANDLE, id.addr as *const OVERLAPPED) };
+        Ok(id)
     }
 
     /// Handles one [`Key::Operation`] packet.
@@ -262,22 +237,23 @@ impl IocpDriver {
         let addr = entry.lpOverlapped as usize;
         // A packet for an OVERLAPPED that is not ours (someone else's
         // operation on a socket associated here) is not touched.
-        let Some(op) = self.ops.remove(&addr) else {
+        let Some(id) = self.by_address.remove(&addr) else {
             return;
         };
-        // SAFETY: `addr` is in `ops`, so it is a header from Box::into_raw
-        // that this driver issued; its packet is dequeued, so the kernel is
-        // done with it, and it left `ops`, so nothing else will free it.
-        let header = unsafe { Box::from_raw(addr as *mut OpHeader) };
+        let op = self
+            .ops
+            .remove(id)
+            .expect("in the table while its address is");
+        // SAFETY: the header came from Box::into_raw in `submit`; its packet
+        // is dequeued, so the kernel is done with it, and it left the table,
+        // so nothing else will free it.
+        let header = unsafe { Box::from_raw(op.memory.header) };
         if self.closing {
             return; // dropped: the kernel is done with its memory
         }
-        let result = header.result(op.socket, entry.dwNumberOfBytesTransferred);
+        let result = header.result(op.memory.socket, entry.dwNumberOfBytesTransferred);
         op.owner.complete(Completion {
-            id: OpId {
-                addr,
-                serial: op.serial,
-            },
+            id,
             kind: op.kind,
             result,
             request: header.into_request(),
@@ -289,10 +265,8 @@ impl IocpDriver {
     /// leaked.
     fn cancel_all_and_drain(&mut self, limit: Duration) {
         self.closing = true;
-        for (&addr, op) in &mut self.ops {
-            op.cancelled = true;
-            // SAFETY: as in `cancel`: only used to find the request.
-            unsafe { CancelIoEx(op.socket as HANDLE, addr as *const OVERLAPPED) };
+        for id in self.ops.ids() {
+            self.cancel(id);
         }
         if let Some(afd) = self.afd.as_mut() {
             afd.cancel_all();
@@ -329,9 +303,9 @@ impl IocpDriver {
                 }
             }
         }
-        // The kernel still holds these: leak their memory (the headers are
-        // raw pointers, which clearing the table does not free).
-        self.ops.clear();
+        // The kernel still holds these: leak their memory.
+        self.ops.leak_all();
+        self.by_address.clear();
         if let Some(afd) = self.afd.as_mut() {
             afd.leak_in_flight();
         }
@@ -412,10 +386,10 @@ impl Driver for IocpDriver {
     fn make_socket_transport(
         lp: &Rc<IocpEventLoop>,
         sock: Rc<Socket>,
-        protocol: Rc<dyn loop_api::protocols::Protocol>,
-        waiter: Option<loop_api::Future<()>>,
-        server: Option<Rc<loop_api::base_events::server::Server>>,
-    ) -> loop_api::Result<Rc<dyn loop_api::transports::Transport>> {
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+        server: Option<Rc<Server>>,
+    ) -> loop_api::Result<Rc<dyn Transport>> {
         super::transport::create(lp, sock, protocol, waiter, server)
     }
 
@@ -436,11 +410,11 @@ impl Driver for IocpDriver {
         server: Rc<Server>,
         backlog: i32,
     ) -> loop_api::Result<()> {
-        super::accept::start_serving(lp, protocol_factory, sock, server, backlog)
+        accept::start_serving(lp, protocol_factory, sock, server, backlog)
     }
 
     fn stop_serving(lp: &Rc<IocpEventLoop>, sock: &Socket) {
-        super::accept::stop_serving(lp, sock)
+        accept::stop_serving(lp, sock)
     }
 
     fn sock_recv(
@@ -480,6 +454,28 @@ impl Driver for IocpDriver {
         sock: Rc<Socket>,
     ) -> LocalBoxFuture<'static, loop_api::Result<(Socket, SockAddr)>> {
         Box::pin(super::sock_ops::sock_accept(lp.clone(), sock))
+    }
+}
+
+impl Proactor for IocpDriver {
+    type Completion = Completion;
+
+    /// `CancelIoEx`. The packet still comes, and only then is the
+    /// operation's memory released.
+    fn cancel(&mut self, id: OpId) {
+        if !self.ops.request_cancel(id) {
+            return;
+        }
+        let Some(op) = self.ops.get(id) else { return };
+        // SAFETY: the OVERLAPPED is only used to find the request; one that
+        // completed already (or a socket closed since, whose requests were
+        // cancelled by the close) is simply not found.
+        unsafe {
+            CancelIoEx(
+                op.memory.socket as HANDLE,
+                op.memory.header as *const OVERLAPPED,
+            )
+        };
     }
 }
 

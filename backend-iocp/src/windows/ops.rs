@@ -1,5 +1,7 @@
 //! Overlapped socket operations: the memory the kernel may touch while one
-//! is in flight, how each is issued, and who hears of its completion.
+//! is in flight, how each is issued, and what its owner hears (the table
+//! of operations in flight and the owners are the shared
+//! [`loop_api::proactor_events::ops`]).
 //!
 //! # Memory
 //! An operation is an [`OpHeader`] on the heap: a `#[repr(C)]` struct whose
@@ -11,7 +13,7 @@
 //! the completion packet whose `lpOverlapped` is that address is dequeued
 //! (a cancelled operation's packet included: `CancelIoEx` is a request, and
 //! only the packet says the kernel is done). Only then is the box rebuilt
-//! and its [`Request`] handed back to the [`Owner`]. While an operation is
+//! and its [`Request`] handed back to the operation's owner. While an operation is
 //! in flight nothing on our side reads or writes the header; the driver's
 //! bookkeeping for it (owner, socket, cancellation) lives apart, in the
 //! driver's table.
@@ -29,6 +31,8 @@ use std::mem::{size_of, MaybeUninit};
 use std::ptr;
 use std::rc::Rc;
 use std::sync::OnceLock;
+
+use loop_api::proactor_events::ops::OpId;
 
 use socket2::{SockAddr, Socket};
 use windows_sys::core::{BOOL, GUID};
@@ -52,7 +56,7 @@ const STATUS_CANCELLED: NTSTATUS = 0xC000_0120_u32 as NTSTATUS;
 pub(crate) const ACCEPT_ADDR_LEN: u32 = size_of::<SOCKADDR_STORAGE>() as u32 + 16;
 
 /// What an operation does, with the memory it lends the kernel.
-pub(crate) enum Request {
+pub enum Request {
     /// `WSARecv` into all of `buf`. An empty `buf` is a zero-byte receive,
     /// which completes once data (or EOF, or an error) is there and takes
     /// nothing: readiness, as an overlapped operation.
@@ -292,9 +296,9 @@ fn last_wsa_error() -> i32 {
 }
 
 /// One completion, as the owner hears it.
-pub(crate) struct Completion {
-    /// Which operation (the driver's id), so an owner with several in
-    /// flight knows which one ended.
+pub struct Completion {
+    /// Which operation, so an owner with several in flight knows which one
+    /// ended.
     pub id: OpId,
     /// The owner's own tag for the operation. Read by owners with more
     /// than one kind of operation in flight (the stream transport); the
@@ -305,23 +309,6 @@ pub(crate) struct Completion {
     pub result: io::Result<usize>,
     /// The memory the operation lent the kernel, handed back.
     pub request: Request,
-}
-
-/// Who hears of an operation's completion.
-pub(crate) trait Owner {
-    /// Called from inside the driver's `poll`, with the driver borrowed:
-    /// record the completion and schedule work on the ready queue; never
-    /// run user code or touch the driver here.
-    fn complete(self: Rc<Self>, completion: Completion);
-}
-
-/// An operation in flight: the address of its header and a number the
-/// driver never reuses, so that an id whose operation is gone (and whose
-/// address may hold a new one) names nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct OpId {
-    pub addr: usize,
-    pub serial: u64,
 }
 
 /// The Winsock extension functions, looked up once.
@@ -476,6 +463,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use loop_api::driver::Driver;
+    use loop_api::proactor_events::ops::{Owner, Proactor};
     use windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED;
 
     use super::*;
@@ -484,7 +472,7 @@ mod tests {
     #[derive(Default)]
     struct Record(RefCell<Vec<Completion>>);
 
-    impl Owner for Record {
+    impl Owner<Completion> for Record {
         fn complete(self: Rc<Self>, c: Completion) {
             self.0.borrow_mut().push(c);
         }

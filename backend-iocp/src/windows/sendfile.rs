@@ -17,13 +17,14 @@
 use std::fs::File;
 use std::rc::Rc;
 
-use loop_api::events::{LocalBoxFuture, Loop};
-use loop_api::selector_events::sendfile::{self, FilePosition};
+use loop_api::base_events::sendfile::{regular_file_len, FilePosition};
+use loop_api::events::LocalBoxFuture;
+use loop_api::selector_events::sendfile;
 use loop_api::Result;
 use socket2::Socket;
 
 use super::ops::Request;
-use super::sock_ops::{overlapped_ok, raw, OpFuture};
+use super::sock_ops::{overlapped_ok, raw, start};
 use super::IocpEventLoop;
 
 /// The most one `TransmitFile` call is asked for.
@@ -40,10 +41,9 @@ pub(crate) fn sock_sendfile_native(
     let lp = lp.clone();
     Box::pin(async move {
         if !overlapped_ok(&lp, &sock)? {
-            let l: Loop = lp;
-            return sendfile::sock_sendfile_native(l, sock, file, offset, count).await;
+            return sendfile::sock_sendfile_native(lp, sock, file, offset, count).await;
         }
-        let size = sendfile::regular_file_len(&file)?;
+        let size = regular_file_len(&file)?;
         let end = match count {
             Some(c) => offset.saturating_add(c).min(size),
             None => size,
@@ -57,7 +57,7 @@ pub(crate) fn sock_sendfile_native(
                 offset: at,
                 len,
             };
-            let c = OpFuture::submit(&lp, raw(&sock), transmit, None)?.await;
+            let c = start(&lp, raw(&sock), transmit)?.await;
             let n = c.result? as u64;
             if n == 0 {
                 break; // the file ended early (it shrank)

@@ -51,10 +51,11 @@ use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
 use std::ptr;
 use std::rc::{Rc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 
-use loop_api::events::{AbstractEventLoop, Loop};
-use loop_api::selector_events::{self, check_nonblocking, connect_failed};
+use loop_api::base_events::sockets::{check_nonblocking, connect_failed, is_retry};
+use loop_api::base_events::BaseLoop;
+use loop_api::selector_events;
 use loop_api::{Error, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 use windows_sys::Win32::Foundation::ERROR_NETNAME_DELETED;
@@ -63,8 +64,8 @@ use windows_sys::Win32::Networking::WinSock::{
     SO_UPDATE_CONNECT_CONTEXT, WSAEINVAL,
 };
 
-use super::driver::SubmitError;
-use super::ops::{self, Completion, OpId, Owner, Request, ACCEPT_ADDR_LEN};
+use super::driver::{IocpDriver, SubmitError};
+use super::ops::{self, Completion, Request, ACCEPT_ADDR_LEN};
 use super::IocpEventLoop;
 
 /// The socket's handle, as Winsock calls take it.
@@ -74,113 +75,30 @@ pub(crate) fn raw(sock: &Socket) -> SOCKET {
 
 // ----- one operation, awaited ------------------------------------------------------
 
-/// Where a connection accepted for a cancelled `sock_accept` goes.
-pub(crate) struct LateHook {
-    listener: Weak<Socket>,
-    stash: Rc<LateAccepts>,
+/// The shared awaited operation, on this driver.
+pub(crate) type OpFuture = loop_api::proactor_events::ops::OpFuture<IocpDriver>;
+
+/// Starts `request` on `socket` and awaits it.
+pub(crate) fn start(
+    lp: &Rc<IocpEventLoop>,
+    socket: SOCKET,
+    request: Request,
+) -> std::result::Result<OpFuture, SubmitError> {
+    OpFuture::start(lp, |d, owner| d.submit(socket, request, owner, 0))
 }
 
-/// Where one operation's completion lands.
-struct OneShot {
-    done: RefCell<Option<Completion>>,
-    waker: RefCell<Option<Waker>>,
-    /// The future is gone: a completion is salvaged, not recorded.
-    abandoned: Cell<bool>,
-    late: Option<LateHook>,
-}
-
-impl OneShot {
-    /// A completion nobody awaits any more: a connection an accept took
-    /// anyway is kept for the next `sock_accept`; anything else (a
-    /// zero-byte receive, a send's data) is dropped.
-    fn salvage(&self, c: Completion) {
-        let Some(hook) = &self.late else { return };
-        let (Ok(_), Request::Accept { conn, addrs }) = (c.result, c.request) else {
-            return;
-        };
-        let Some(listener) = hook.listener.upgrade() else {
-            return; // the listener is gone: the connection closes
-        };
-        if let Ok((conn, peer)) = finish_accept(&listener, conn, &addrs) {
-            hook.stash.push(&hook.listener, conn, peer);
-        }
-    }
-}
-
-impl Owner for OneShot {
-    fn complete(self: Rc<Self>, c: Completion) {
-        if self.abandoned.get() {
-            self.salvage(c);
-            return;
-        }
-        *self.done.borrow_mut() = Some(c);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-}
-
-/// One overlapped operation, awaited: its completion.
-pub(crate) struct OpFuture {
-    lp: Rc<IocpEventLoop>,
-    /// `None` once the completion was returned.
-    id: Option<OpId>,
-    state: Rc<OneShot>,
-}
-
-impl OpFuture {
-    /// Starts `request` on `socket`.
-    pub(crate) fn submit(
-        lp: &Rc<IocpEventLoop>,
-        socket: SOCKET,
-        request: Request,
-        late: Option<LateHook>,
-    ) -> std::result::Result<OpFuture, SubmitError> {
-        let state = Rc::new(OneShot {
-            done: RefCell::new(None),
-            waker: RefCell::new(None),
-            abandoned: Cell::new(false),
-            late,
-        });
-        let owner: Rc<dyn Owner> = state.clone();
-        let id = lp.with_driver(|d| d.submit(socket, request, owner, 0))?;
-        Ok(OpFuture {
-            lp: lp.clone(),
-            id: Some(id),
-            state,
-        })
-    }
-}
-
-impl Future for OpFuture {
-    type Output = Completion;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
-        let done = self.state.done.borrow_mut().take();
-        if let Some(c) = done {
-            self.id = None;
-            return Poll::Ready(c);
-        }
-        *self.state.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl Drop for OpFuture {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else {
-            return; // completed, and its completion returned
-        };
-        let unseen = self.state.done.borrow_mut().take();
-        if let Some(c) = unseen {
-            self.state.salvage(c); // completed, but never returned
-            return;
-        }
-        self.state.abandoned.set(true);
-        // The driver keeps the memory until the cancelled operation's
-        // packet; if the driver is busy (we are dropped from inside it, as
-        // the loop closes) it is cancelling everything anyway.
-        let _ = self.lp.try_with_driver(|d| d.cancel(id));
+/// An accept nobody awaits any more that took a connection anyway: kept,
+/// with (a weak reference to) its listener, for the next `sock_accept` on
+/// it; dropped (closed) if the listener is gone.
+fn salvage_accept(listener: Weak<Socket>, stash: Rc<LateAccepts>, c: Completion) {
+    let (Ok(_), Request::Accept { conn, addrs }) = (c.result, c.request) else {
+        return;
+    };
+    let Some(l) = listener.upgrade() else {
+        return; // the listener is gone: the connection closes
+    };
+    if let Ok((conn, peer)) = finish_accept(&l, conn, &addrs) {
+        stash.push(&listener, conn, peer);
     }
 }
 
@@ -279,17 +197,6 @@ fn is_stream(sock: &Socket) -> bool {
     matches!(sock.r#type(), Ok(t) if t == Type::STREAM)
 }
 
-fn as_loop(lp: &Rc<IocpEventLoop>) -> Loop {
-    lp.clone()
-}
-
-fn is_retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
-
 fn last_wsa_error() -> io::Error {
     // SAFETY: reads this thread's last Winsock error; no preconditions.
     io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
@@ -316,7 +223,7 @@ async fn when_readable<T>(
             Err(e) => return Err(e.into()),
         }
         let readiness = Request::Recv { buf: Vec::new() };
-        let c = OpFuture::submit(lp, raw(sock), readiness, None)?.await;
+        let c = start(lp, raw(sock), readiness)?.await;
         waited_error = c.result.err();
     }
 }
@@ -331,7 +238,7 @@ pub(crate) async fn sock_recv(
 ) -> Result<Vec<u8>> {
     check(&lp, &sock)?;
     if !is_stream(&sock) || !overlapped_ok(&lp, &sock)? {
-        return selector_events::sock_recv(&as_loop(&lp), sock, nbytes).await;
+        return selector_events::sock_recv(lp, sock, nbytes).await;
     }
     let mut buf = vec![0u8; nbytes];
     let n = when_readable(&lp, &sock, || (&*sock).read(&mut buf)).await?;
@@ -347,7 +254,7 @@ pub(crate) async fn sock_recv_into(
 ) -> Result<(Vec<u8>, usize)> {
     check(&lp, &sock)?;
     if !is_stream(&sock) || !overlapped_ok(&lp, &sock)? {
-        return selector_events::sock_recv_into(&as_loop(&lp), sock, buf).await;
+        return selector_events::sock_recv_into(lp, sock, buf).await;
     }
     let n = when_readable(&lp, &sock, || (&*sock).read(&mut buf)).await?;
     Ok((buf, n))
@@ -361,7 +268,7 @@ pub(crate) async fn sock_sendall(
 ) -> Result<()> {
     check(&lp, &sock)?;
     if !is_stream(&sock) || !overlapped_ok(&lp, &sock)? {
-        return selector_events::sock_sendall(&as_loop(&lp), sock, data).await;
+        return selector_events::sock_sendall(lp, sock, data).await;
     }
     let mut data = data;
     let mut sent = 0;
@@ -370,7 +277,7 @@ pub(crate) async fn sock_sendall(
             chunks: VecDeque::from([data]),
             head: sent,
         };
-        let c = OpFuture::submit(&lp, raw(&sock), send, None)?.await;
+        let c = start(&lp, raw(&sock), send)?.await;
         let Request::Send { mut chunks, .. } = c.request else {
             unreachable!("a send completes with its send request")
         };
@@ -393,13 +300,13 @@ pub(crate) async fn sock_connect(
     check(&lp, &sock)?;
     let inet = address.is_ipv4() || address.is_ipv6();
     if !inet || !is_stream(&sock) || !overlapped_ok(&lp, &sock)? {
-        return selector_events::sock_connect(&as_loop(&lp), sock, address).await;
+        return selector_events::sock_connect(lp, sock, address).await;
     }
     ensure_bound(&sock, &address).map_err(|e| connect_failed(&e, &address))?;
     let connect = Request::Connect {
         addr: address.clone(),
     };
-    let c = match OpFuture::submit(&lp, raw(&sock), connect, None) {
+    let c = match start(&lp, raw(&sock), connect) {
         Ok(op) => op.await,
         Err(SubmitError::Io(e)) => return Err(connect_failed(&e, &address)),
         Err(e) => return Err(e.into()),
@@ -460,7 +367,7 @@ pub(crate) async fn sock_accept(
     };
     let domain = match domain {
         Some(d) if is_stream(&sock) && overlapped_ok(&lp, &sock)? => d,
-        _ => return selector_events::sock_accept(&as_loop(&lp), sock).await,
+        _ => return selector_events::sock_accept(lp, sock).await,
     };
     let stash = lp.with_driver(|d| d.late_accepts.clone());
     loop {
@@ -468,11 +375,9 @@ pub(crate) async fn sock_accept(
             return Ok(got);
         }
         let conn = Socket::new(domain, Type::STREAM, None)?;
-        let hook = LateHook {
-            listener: Rc::downgrade(&sock),
-            stash: stash.clone(),
-        };
-        let mut op = OpFuture::submit(&lp, raw(&sock), Request::accept(conn), Some(hook))?;
+        let (listener, late) = (Rc::downgrade(&sock), stash.clone());
+        let mut op = start(&lp, raw(&sock), Request::accept(conn))?
+            .salvage_with(move |c| salvage_accept(listener, late, c));
         let waiting = Waiting::new(&stash);
         let got = poll_fn(|cx| {
             // A connection kept from a cancelled accept is older than any

@@ -9,7 +9,8 @@
 //!   still reads the last one's data).
 //! - Sending: one `WSASend` of the batch's chunks, one `WSABUF` each (the
 //!   chunks move into the operation, no copy).
-//! - Completions only record and schedule (see `ops::Owner`); the transport
+//! - Completions only record and schedule (see
+//!   [`Owner`](loop_api::proactor_events::ops::Owner)); the transport
 //!   processes them from its step on the ready queue, in order.
 //! - A socket this loop's port cannot take (already associated with
 //!   another port) gets the readiness transport (AFD polling) instead.
@@ -18,8 +19,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use loop_api::base_events::server::Server;
-use loop_api::events::AbstractEventLoop;
 use loop_api::futures::Future;
+use loop_api::proactor_events::ops::{OpId, Owner, Proactor};
 use loop_api::proactor_events::{ProactorSocketTransport, RecvEvent, SendBatch, StreamIo};
 use loop_api::protocols::Protocol;
 use loop_api::selector_events::socket_transport::SocketTransport;
@@ -29,7 +30,7 @@ use socket2::Socket;
 use windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED;
 
 use super::driver::SubmitError;
-use super::ops::{Completion, OpId, Owner, Request};
+use super::ops::{Completion, Request};
 use super::sock_ops::raw;
 use super::IocpEventLoop;
 
@@ -73,7 +74,7 @@ pub(crate) fn create(
         send_op: Cell::new(None),
         spare: RefCell::new(Vec::new()),
     };
-    let t = ProactorSocketTransport::create(lp.as_loop(), sock, protocol, waiter, server, io)?;
+    let t = ProactorSocketTransport::create(lp.clone(), sock, protocol, waiter, server, io)?;
     Ok(t)
 }
 
@@ -86,7 +87,7 @@ impl IocpStream {
 }
 
 /// The completion handler: record, for the transport's step.
-impl Owner for IocpSocketTransport {
+impl Owner<Completion> for IocpSocketTransport {
     fn complete(self: Rc<Self>, c: Completion) {
         self.push_completion(c);
     }
@@ -96,7 +97,7 @@ fn submit(t: &Rc<IocpSocketTransport>, request: Request, kind: u8) -> Result<OpI
     let Some(sock) = t.socket() else {
         return Err(loop_api::transports::lifecycle::connection_closed());
     };
-    let owner: Rc<dyn Owner> = t.clone();
+    let owner: Rc<dyn Owner<Completion>> = t.clone();
     let id = t
         .io()
         .lp

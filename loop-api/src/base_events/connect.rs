@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use socket2::{Socket, Type};
 
-use super::server::{bind_error, domain_of, sock_stream};
+use super::sockets::{bind_error, domain_of, sock_stream};
+use super::tls_options::check_no_ssl;
+use super::BaseLoop;
 use crate::events::options::{AddrInfo, CreateConnectionOptions, Family, SslContext};
 use crate::events::{EventLoopExt, LocalBoxFuture, Loop, StreamPair};
 use crate::exceptions::{Error, Result};
@@ -30,7 +32,7 @@ use crate::staggered::{interleave_addrinfos, staggered_race, Attempt};
 
 /// `loop.create_connection`.
 pub fn create_connection(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     protocol_factory: ProtocolFactory,
     host: Option<String>,
     port: Option<u16>,
@@ -49,7 +51,7 @@ pub fn create_connection(
                     "host/port and sock can not be specified at the same time",
                 ));
             }
-            connect_host(&lp, host, port, &options).await?
+            connect_host(&(lp.clone() as Loop), host, port, &options).await?
         } else {
             let Some(sock) = options.sock.clone() else {
                 return Err(Error::value(
@@ -69,7 +71,7 @@ pub fn create_connection(
 
 /// `loop.connect_accepted_socket`.
 pub fn connect_accepted_socket(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     protocol_factory: ProtocolFactory,
     sock: Rc<Socket>,
     ssl: Option<SslContext>,
@@ -92,37 +94,10 @@ pub fn connect_accepted_socket(
     })
 }
 
-/// asyncio's argument checks for TLS options, and our one refusal: TLS
-/// itself is not built.
-pub(crate) fn check_no_ssl(
-    ssl: bool,
-    server_hostname: bool,
-    handshake: Option<Duration>,
-    shutdown: Option<Duration>,
-) -> Result<()> {
-    if ssl {
-        return Err(Error::NotImplemented("TLS (ssl=...)"));
-    }
-    if server_hostname {
-        return Err(Error::value("server_hostname is only meaningful with ssl"));
-    }
-    if handshake.is_some() {
-        return Err(Error::value(
-            "ssl_handshake_timeout is only meaningful with ssl",
-        ));
-    }
-    if shutdown.is_some() {
-        return Err(Error::value(
-            "ssl_shutdown_timeout is only meaningful with ssl",
-        ));
-    }
-    Ok(())
-}
-
 /// asyncio's `_create_connection_transport`: the protocol, the transport,
 /// and the wait for `connection_made`.
 pub(crate) async fn create_connection_transport(
-    lp: &Loop,
+    lp: &Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     protocol_factory: ProtocolFactory,
 ) -> Result<StreamPair> {

@@ -16,7 +16,8 @@ use std::rc::Rc;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::server::set_reuse_port;
+use super::sockets::set_reuse_port;
+use super::BaseLoop;
 use crate::events::options::{CreateDatagramEndpointOptions, DatagramAddr, Family};
 use crate::events::{DatagramPair, EventLoopExt, LocalBoxFuture, Loop};
 use crate::exceptions::{Error, Result};
@@ -27,7 +28,7 @@ pub const REUSE_ADDRESS_REFUSED: &str = "Passing `reuse_address=True` is no long
 
 /// `loop.create_datagram_endpoint`.
 pub fn create_datagram_endpoint(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     protocol_factory: DatagramProtocolFactory,
     options: CreateDatagramEndpointOptions,
 ) -> LocalBoxFuture<'static, Result<DatagramPair>> {
@@ -37,7 +38,7 @@ pub fn create_datagram_endpoint(
         }
         let (sock, r_addr) = match options.sock.clone() {
             Some(sock) => (check_given_socket(sock, &options)?, None),
-            None => open_socket(&lp, &options).await?,
+            None => open_socket(&(lp.clone() as Loop), &options).await?,
         };
         let protocol = protocol_factory();
         let waiter = lp.create_future::<()>();
@@ -71,7 +72,7 @@ fn check_given_socket(sock: Rc<Socket>, o: &CreateDatagramEndpointOptions) -> Re
     if o.family != Family::Unspec {
         problems.push(format!(
             "family={}",
-            crate::selector_events::family_number(o.family)
+            super::resolver::family_number(o.family)
         ));
     }
     if o.proto != 0 {

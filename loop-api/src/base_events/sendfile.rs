@@ -37,17 +37,45 @@
 //!   the protocol stays in place and hears them.
 //! - `loop.sendfile` returns once the transport's buffer has been handed to
 //!   the OS, not merely once the last block was written to the transport.
+//!
+//! # `sock_sendfile`, as in asyncio
+//! - The socket must be non-blocking (`ValueError`, checked always, as for
+//!   the other `sock_*` methods) and a stream socket (`ValueError: only
+//!   SOCK_STREAM type sockets are supported`); `count`, when given, must be
+//!   positive (`ValueError`). The socket must not belong to a transport
+//!   (`RuntimeError`, asyncio's `_ensure_fd_no_transport`).
+//! - The zero-copy path is the driver's (`sendfile(2)` on readiness,
+//!   `TransmitFile` on IOCP); when it is not available
+//!   (`SendfileNotAvailable`), with `fallback` the file is read and sent
+//!   with `sock_sendall`.
+//! - `offset` is where in the file to start, whatever the file's current
+//!   position; `count` `None` means to the end of the file, and a `count`
+//!   past the end stops at the end. The result is the number of bytes sent.
+//! - When it ends (done, failed or cancelled) after sending something, the
+//!   file's position is `offset` + bytes sent; when nothing was sent the
+//!   position is left alone.
+//!
+//! # `sock_sendfile`, unlike asyncio
+//! - asyncio's native path treats any file with a descriptor as sendable and
+//!   reports a FIFO's `st_size` of 0 as an empty file; here anything but a
+//!   regular file is `SendfileNotAvailable` (and so goes to the fallback).
+//! - asyncio turns any `OSError` of the first `sendfile` call into
+//!   `SendfileNotAvailableError`; here only the errors that mean "this
+//!   file/socket pair cannot do zero-copy" do, so that `fallback=False`
+//!   reports, say, a reset connection as what it is.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use socket2::Socket;
+use socket2::{Socket, Type};
 
+use super::sockets::{check_nonblocking, raw_fd};
+use super::BaseLoop;
 use crate::events::{EventLoopExt, LocalBoxFuture, Loop};
 use crate::exceptions::{Error, Result};
-use crate::selector_events::sendfile::FilePosition;
 use crate::transports::{describe, Transport};
 
 /// asyncio's `SENDFILE_FALLBACK_READBUFFER_SIZE`: block size of
@@ -55,6 +83,81 @@ use crate::transports::{describe, Transport};
 const SOCK_FALLBACK_BLOCK: u64 = 256 * 1024;
 /// Block size of `loop.sendfile`'s fallback (asyncio's 16384).
 const TRANSPORT_FALLBACK_BLOCK: u64 = 16 * 1024;
+
+/// `loop.sock_sendfile`.
+pub fn sock_sendfile(
+    lp: Rc<dyn BaseLoop>,
+    sock: Rc<Socket>,
+    file: Rc<File>,
+    offset: u64,
+    count: Option<u64>,
+    fallback: bool,
+) -> LocalBoxFuture<'static, Result<u64>> {
+    Box::pin(async move {
+        check_nonblocking(&sock)?;
+        if sock.r#type()? != Type::STREAM {
+            return Err(Error::value("only SOCK_STREAM type sockets are supported"));
+        }
+        check_count(count)?;
+        lp._ensure_fd_no_transport(raw_fd(&sock))?;
+        match lp
+            ._sock_sendfile_native(sock.clone(), file.clone(), offset, count)
+            .await
+        {
+            Err(Error::SendfileNotAvailable(_)) if fallback => {}
+            done => return done,
+        }
+        sock_sendfile_fallback(lp.as_loop(), sock, file, offset, count).await
+    })
+}
+
+/// Leaves the file's position at `start` + bytes sent when the operation
+/// ends, however it ends (asyncio's `_sock_sendfile_update_filepos` and the
+/// fallback's `finally`); where it was when nothing was sent (Windows'
+/// positional reads move it, so it is put back).
+pub struct FilePosition {
+    pub(crate) file: Rc<File>,
+    pub(crate) start: u64,
+    /// Bytes sent so far; set it as they go out.
+    pub sent: Rc<Cell<u64>>,
+    before: Option<u64>,
+}
+
+impl FilePosition {
+    /// A guard for a transfer of `file` from `start` on.
+    pub fn new(file: Rc<File>, start: u64) -> Self {
+        let before = (&*file).stream_position().ok();
+        FilePosition {
+            file,
+            start,
+            sent: Rc::new(Cell::new(0)),
+            before,
+        }
+    }
+}
+
+impl Drop for FilePosition {
+    fn drop(&mut self) {
+        let sent = self.sent.get();
+        // A file that cannot seek (a pipe read by the fallback) has no
+        // position to update: the seeks fail and change nothing.
+        if sent > 0 {
+            let _ = (&*self.file).seek(SeekFrom::Start(self.start.saturating_add(sent)));
+        } else if let Some(p) = self.before {
+            let _ = (&*self.file).seek(SeekFrom::Start(p));
+        }
+    }
+}
+
+/// The size of `file`, which a zero-copy path can send only if it is a
+/// regular file (`SendfileNotAvailable` otherwise, so that the caller may
+/// fall back to reading and sending).
+pub fn regular_file_len(file: &File) -> Result<u64> {
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(m.len()),
+        _ => Err(Error::SendfileNotAvailable("not a regular file".into())),
+    }
+}
 
 /// `loop.sendfile`.
 pub fn sendfile(

@@ -23,7 +23,6 @@
 //!   goes out of scope, and [`ServerScope::close`] also waits for it.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::ops::Deref;
 #[cfg(unix)]
 use std::path::PathBuf;
@@ -31,7 +30,10 @@ use std::rc::{Rc, Weak};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::events::options::{CreateServerOptions, Family, Hosts};
+use super::sockets::{bind_error, domain_of, set_reuse_port, sock_stream};
+use super::tls_options::check_no_ssl;
+use super::BaseLoop;
+use crate::events::options::{CreateServerOptions, Hosts};
 use crate::events::{AbstractServer, EventLoopExt, LocalBoxFuture, Loop};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
@@ -40,7 +42,7 @@ use crate::transports::Transport;
 
 /// `asyncio.Server`.
 pub struct Server {
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     this: Weak<Server>,
     /// `None` once closed.
     sockets: RefCell<Option<Vec<Rc<Socket>>>>,
@@ -70,7 +72,7 @@ pub(crate) struct UnixCleanup {
 impl Server {
     /// A server over listening (or about to listen) `sockets`.
     pub fn new(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         sockets: Vec<Rc<Socket>>,
         protocol_factory: ProtocolFactory,
         backlog: i32,
@@ -239,7 +241,7 @@ impl AbstractServer for Server {
             .this
             .upgrade()
             .expect("a server is used through its Rc");
-        let lp = self.lp.clone();
+        let lp: Loop = self.lp.clone();
         Box::pin(async move {
             me.start()?;
             // One iteration, so that the accept readers are in place.
@@ -340,40 +342,16 @@ impl Drop for ServerScope {
     }
 }
 
-pub(crate) fn domain_of(family: Family, addr: &SocketAddr) -> Domain {
-    match family {
-        Family::Inet => Domain::IPV4,
-        Family::Inet6 => Domain::IPV6,
-        _ => Domain::for_address(*addr),
-    }
-}
-
-/// `SOCK_STREAM` as `getaddrinfo` takes it.
-pub(crate) fn sock_stream() -> i32 {
-    i32::from(Type::STREAM)
-}
-
-/// asyncio's `OSError(errno, 'error while attempting to bind on address
-/// ...')`: the OS error's kind, with the address in the message.
-pub(crate) fn bind_error(addr: &SocketAddr, e: &std::io::Error) -> Error {
-    let text = e.to_string().to_lowercase();
-    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
-    Error::os(
-        e,
-        format!("error while attempting to bind on address {addr}: {text}"),
-    )
-}
-
 /// `loop.create_server`.
 pub fn create_server(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     protocol_factory: ProtocolFactory,
     host: Hosts,
     port: Option<u16>,
     options: CreateServerOptions,
 ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
     Box::pin(async move {
-        super::connect::check_no_ssl(
+        check_no_ssl(
             options.ssl.is_some(),
             false,
             options.ssl_handshake_timeout,
@@ -389,7 +367,7 @@ pub fn create_server(
                     "host/port and sock can not be specified at the same time",
                 ));
             }
-            bind_all(&lp, host, port.unwrap_or(0), &options).await?
+            bind_all(&(lp.clone() as Loop), host, port.unwrap_or(0), &options).await?
         } else {
             let Some(sock) = options.sock.clone() else {
                 return Err(Error::value("Neither host/port nor sock were specified"));
@@ -415,7 +393,7 @@ pub fn create_server(
         }
         if options.start_serving {
             server.start()?;
-            crate::tasks::sleep_on(&lp, 0.0).await?;
+            crate::tasks::sleep_on(&(lp.clone() as Loop), 0.0).await?;
         }
         Ok(server as Rc<dyn AbstractServer>)
     })
@@ -509,20 +487,5 @@ fn passive_flag() -> i32 {
     #[cfg(windows)]
     {
         1
-    }
-}
-
-/// `SO_REUSEPORT`, where the OS has it (`ValueError` elsewhere, as asyncio's
-/// "reuse_port not supported by socket module").
-pub(crate) fn set_reuse_port(sock: &Socket) -> Result<()> {
-    #[cfg(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))]
-    {
-        sock.set_reuse_port(true)?;
-        Ok(())
-    }
-    #[cfg(not(all(unix, not(target_os = "solaris"), not(target_os = "illumos"))))]
-    {
-        let _ = sock;
-        Err(Error::value("reuse_port not supported by socket module"))
     }
 }

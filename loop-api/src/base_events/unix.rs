@@ -14,8 +14,9 @@
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use super::BaseLoop;
 use crate::events::options::{CreateUnixConnectionOptions, CreateUnixServerOptions};
-use crate::events::{AbstractServer, LocalBoxFuture, Loop, StreamPair};
+use crate::events::{AbstractServer, LocalBoxFuture, StreamPair};
 #[cfg(not(unix))]
 use crate::exceptions::Error;
 use crate::exceptions::Result;
@@ -26,7 +27,7 @@ pub(crate) use imp::remove_socket_file;
 
 /// `loop.create_unix_connection`.
 pub fn create_unix_connection(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     protocol_factory: ProtocolFactory,
     path: Option<PathBuf>,
     options: CreateUnixConnectionOptions,
@@ -44,7 +45,7 @@ pub fn create_unix_connection(
 
 /// `loop.create_unix_server`.
 pub fn create_unix_server(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     protocol_factory: ProtocolFactory,
     path: Option<PathBuf>,
     options: CreateUnixServerOptions,
@@ -77,10 +78,12 @@ mod imp {
 
     use socket2::{Domain, SockAddr, Socket, Type};
 
-    use super::super::connect::{check_no_ssl, create_connection_transport};
+    use super::super::connect::create_connection_transport;
     use super::super::server::{Server, UnixCleanup};
+    use super::super::tls_options::check_no_ssl;
+    use super::super::BaseLoop;
     use crate::events::options::{CreateUnixConnectionOptions, CreateUnixServerOptions};
-    use crate::events::{AbstractServer, LocalBoxFuture, Loop, StreamPair};
+    use crate::events::{AbstractServer, LocalBoxFuture, StreamPair};
     use crate::exceptions::{Error, Result};
     use crate::log::{self, Level};
     use crate::protocols::ProtocolFactory;
@@ -100,7 +103,7 @@ mod imp {
     }
 
     pub(super) fn create_unix_connection(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         protocol_factory: ProtocolFactory,
         path: Option<PathBuf>,
         options: CreateUnixConnectionOptions,
@@ -136,7 +139,7 @@ mod imp {
     }
 
     pub(super) fn create_unix_server(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         protocol_factory: ProtocolFactory,
         path: Option<PathBuf>,
         options: CreateUnixServerOptions,

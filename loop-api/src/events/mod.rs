@@ -3,6 +3,7 @@
 
 mod abstract_loop;
 mod exception_context;
+mod ext;
 mod handles;
 pub mod options;
 mod policy;
@@ -10,10 +11,12 @@ mod running;
 mod server;
 
 pub use abstract_loop::{
-    AbstractEventLoop, DatagramPair, EventLoopExt, LocalBoxFuture, Loop, RemoteLoop, Step,
-    StreamPair, SubprocessPair, ThreadsafeCaller,
+    AbstractEventLoop, DatagramPair, LocalBoxFuture, Loop, RemoteLoop, Step, StreamPair,
+    SubprocessPair, ThreadsafeCaller,
 };
 pub use exception_context::{ExceptionContext, ExceptionHandler};
+pub(crate) use ext::check_can_run;
+pub use ext::EventLoopExt;
 pub use handles::{Callback, Handle, RepeatCallback, SendCallback, TimerHandle};
 pub(crate) use handles::{SoonKey, SoonSlab};
 pub use policy::AbstractEventLoopPolicy;

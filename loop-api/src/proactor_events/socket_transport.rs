@@ -33,7 +33,8 @@ use socket2::Socket;
 
 use super::{Inbox, RecvEvent, SendBatch, StreamIo};
 use crate::base_events::server::Server;
-use crate::events::{LocalBoxFuture, Loop, RawFd, Step};
+use crate::base_events::BaseLoop;
+use crate::events::{LocalBoxFuture, RawFd, Step};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::Protocol;
@@ -118,7 +119,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
     /// Wraps a connected stream socket: `TCP_NODELAY` on TCP, then
     /// `connection_made`, the first receive, and `waiter`'s result.
     pub fn create(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         sock: Rc<Socket>,
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,
@@ -554,7 +555,7 @@ impl<I: StreamIo> ReadTransport for ProactorSocketTransport<I> {
         self.base.paused.set(false);
         if !self.held.borrow().is_empty() || self.held_eof.get() {
             let me = self.me();
-            lifecycle::call_soon_or_now(self.base.lp(), move || {
+            lifecycle::call_soon_or_now(&**self.base.lp(), move || {
                 if me.is_reading() {
                     me.deliver_held();
                 }

@@ -22,9 +22,11 @@ use std::rc::{Rc, Weak};
 
 use socket2::{SockAddr, Socket};
 
+use super::recv_from_init;
 use super::socket_transport::{put_read_buf, take_read_buf};
-use super::{is_retry, raw_fd, recv_from_init};
-use crate::events::{Loop, RawFd};
+use crate::base_events::sockets::{is_retry, py_addr, raw_fd};
+use crate::base_events::BaseLoop;
+use crate::events::RawFd;
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::{BaseProtocol, DatagramProtocol};
@@ -43,7 +45,7 @@ impl crate::protocols::Protocol for NotAStreamProtocol {}
 
 /// asyncio's `_SelectorDatagramTransport`.
 pub struct DatagramSocketTransport {
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     this: Weak<DatagramSocketTransport>,
     sock: RefCell<Option<Rc<Socket>>>,
     fd: RawFd,
@@ -64,7 +66,7 @@ impl DatagramSocketTransport {
     /// Wraps a datagram socket (asyncio's `_make_datagram_transport`);
     /// `connection_made`, the reader and `waiter`'s result follow on the loop.
     pub fn create(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         sock: Rc<Socket>,
         protocol: Rc<dyn DatagramProtocol>,
         address: Option<SockAddr>,
@@ -106,7 +108,7 @@ impl DatagramSocketTransport {
                 );
             }
         };
-        lifecycle::schedule_start(&lp, made, move || me2.add_reader(), waiter)?;
+        lifecycle::schedule_start(&*lp, made, move || me2.add_reader(), waiter)?;
         Ok(t)
     }
 
@@ -218,12 +220,12 @@ impl DatagramSocketTransport {
     fn report(&self, exc: Error, message: &str) {
         let proto: Rc<dyn Any> = Rc::new(self.protocol.borrow().clone());
         let tr: Rc<dyn Any> = Rc::new(self.me() as Rc<dyn DatagramTransport>);
-        lifecycle::report(&self.lp, exc, message, tr, proto);
+        lifecycle::report(&*self.lp, exc, message, tr, proto);
     }
 
     fn fatal_error(&self, exc: Error, message: &str) {
         let describe = crate::transports::describe(self);
-        lifecycle::report_fatal(&self.lp, &exc, message, &describe, || {
+        lifecycle::report_fatal(&*self.lp, &exc, message, &describe, || {
             self.report(exc.clone(), message)
         });
         self.force_close(Some(exc));
@@ -243,7 +245,7 @@ impl DatagramSocketTransport {
         }
         self.conn_lost.set(self.conn_lost.get() + 1);
         let me = self.me();
-        lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(exc));
+        lifecycle::call_soon_or_now(&*self.lp, move || me.call_connection_lost(exc));
     }
 
     fn call_connection_lost(&self, exc: Option<Error>) {
@@ -291,7 +293,7 @@ impl BaseTransport for DatagramSocketTransport {
             self.conn_lost.set(self.conn_lost.get() + 1);
             let _ = self.lp._remove_writer(self.fd);
             let me = self.me();
-            lifecycle::call_soon_or_now(&self.lp, move || me.call_connection_lost(None));
+            lifecycle::call_soon_or_now(&*self.lp, move || me.call_connection_lost(None));
         }
     }
 
@@ -310,7 +312,7 @@ impl DatagramTransport for DatagramSocketTransport {
             (Some(peer), Some(a)) if a != *peer => {
                 return Err(Error::value(format!(
                     "Invalid address: must be None or {}",
-                    super::py_addr(peer)
+                    py_addr(peer)
                 )))
             }
             (Some(peer), _) => Some(peer.clone()),

@@ -1,128 +1,30 @@
-//! `loop.sock_sendfile` on readiness (asyncio's `BaseEventLoop.sock_sendfile`
-//! with the `_sock_sendfile_native` of `unix_events`).
+//! `sock_sendfile`'s zero-copy path on readiness (asyncio's
+//! `_sock_sendfile_native` of `unix_events`): `sendfile(2)`, one call each
+//! time the socket is writable.
 //!
-//! # As in asyncio
-//! - The socket must be non-blocking (`ValueError`, checked always, as for
-//!   the other `sock_*` methods) and a stream socket (`ValueError: only
-//!   SOCK_STREAM type sockets are supported`); `count`, when given, must be
-//!   positive (`ValueError`). The socket must not belong to a transport
-//!   (`RuntimeError`, asyncio's `_ensure_fd_no_transport`).
-//! - The zero-copy path is `sendfile(2)`, one call each time the socket is
-//!   writable. It is not available (`SendfileNotAvailable`) on platforms
-//!   without it, for a file that is not a regular file, or when the first
-//!   call fails with `EINVAL`, `ENOSYS`, `ENOTSOCK`, `EOPNOTSUPP` or
-//!   `ESPIPE`; with `fallback` the file is then read and sent with
-//!   `sock_sendall` (see [`crate::base_events::sendfile`]).
-//! - `offset` is where in the file to start, whatever the file's current
-//!   position; `count` `None` means to the end of the file, and a `count`
-//!   past the end stops at the end. The result is the number of bytes sent.
-//! - When it ends (done, failed or cancelled) after sending something, the
-//!   file's position is `offset` + bytes sent; when nothing was sent the
-//!   position is left alone.
-//! - Cancelling (dropping the future) stops watching the socket and leaves
-//!   it usable: the bytes sent so far are the file's position minus `offset`.
-//!
-//! # Unlike asyncio
-//! - asyncio's native path treats any file with a descriptor as sendable and
-//!   reports a FIFO's `st_size` of 0 as an empty file; here anything but a
-//!   regular file is `SendfileNotAvailable` (and so goes to the fallback).
-//! - asyncio turns any `OSError` of the first `sendfile` call into
-//!   `SendfileNotAvailableError`; here only the errors that mean "this
-//!   file/socket pair cannot do zero-copy" do, so that `fallback=False`
-//!   reports, say, a reset connection as what it is.
+//! It is not available (`SendfileNotAvailable`) on platforms without it,
+//! for a file that is not a regular file, or when the first call fails
+//! with `EINVAL`, `ENOSYS`, `ENOTSOCK`, `EOPNOTSUPP` or `ESPIPE`; the
+//! caller may then fall back to reading and sending (see
+//! [`crate::base_events::sendfile`]). Cancelling (dropping the future)
+//! stops watching the socket and leaves it usable: the bytes sent so far
+//! are the file's position minus `offset`.
 
-use std::cell::Cell;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::rc::Rc;
 
-use socket2::{Socket, Type};
+use socket2::Socket;
 
-use super::{check_nonblocking, raw_fd};
-use crate::events::{LocalBoxFuture, Loop};
+use crate::base_events::BaseLoop;
+use crate::events::LocalBoxFuture;
 use crate::exceptions::{Error, Result};
-
-/// `loop.sock_sendfile`.
-pub fn sock_sendfile(
-    lp: Loop,
-    sock: Rc<Socket>,
-    file: Rc<File>,
-    offset: u64,
-    count: Option<u64>,
-    fallback: bool,
-) -> LocalBoxFuture<'static, Result<u64>> {
-    Box::pin(async move {
-        check_nonblocking(&sock)?;
-        if sock.r#type()? != Type::STREAM {
-            return Err(Error::value("only SOCK_STREAM type sockets are supported"));
-        }
-        crate::base_events::sendfile::check_count(count)?;
-        lp._ensure_fd_no_transport(raw_fd(&sock))?;
-        match lp
-            ._sock_sendfile_native(sock.clone(), file.clone(), offset, count)
-            .await
-        {
-            Err(Error::SendfileNotAvailable(_)) if fallback => {}
-            done => return done,
-        }
-        crate::base_events::sendfile::sock_sendfile_fallback(lp, sock, file, offset, count).await
-    })
-}
-
-/// Leaves the file's position at `start` + bytes sent when the operation
-/// ends, however it ends (asyncio's `_sock_sendfile_update_filepos` and the
-/// fallback's `finally`); where it was when nothing was sent (Windows'
-/// positional reads move it, so it is put back).
-pub struct FilePosition {
-    pub(crate) file: Rc<File>,
-    pub(crate) start: u64,
-    /// Bytes sent so far; set it as they go out.
-    pub sent: Rc<Cell<u64>>,
-    before: Option<u64>,
-}
-
-impl FilePosition {
-    /// A guard for a transfer of `file` from `start` on.
-    pub fn new(file: Rc<File>, start: u64) -> Self {
-        let before = (&*file).stream_position().ok();
-        FilePosition {
-            file,
-            start,
-            sent: Rc::new(Cell::new(0)),
-            before,
-        }
-    }
-}
-
-impl Drop for FilePosition {
-    fn drop(&mut self) {
-        let sent = self.sent.get();
-        // A file that cannot seek (a pipe read by the fallback) has no
-        // position to update: the seeks fail and change nothing.
-        if sent > 0 {
-            let _ = (&*self.file).seek(SeekFrom::Start(self.start.saturating_add(sent)));
-        } else if let Some(p) = self.before {
-            let _ = (&*self.file).seek(SeekFrom::Start(p));
-        }
-    }
-}
-
-/// The size of `file`, which a zero-copy path can send only if it is a
-/// regular file (`SendfileNotAvailable` otherwise, so that the caller may
-/// fall back to reading and sending).
-pub fn regular_file_len(file: &File) -> Result<u64> {
-    match file.metadata() {
-        Ok(m) if m.is_file() => Ok(m.len()),
-        _ => Err(Error::SendfileNotAvailable("not a regular file".into())),
-    }
-}
 
 /// The zero-copy path alone: `SendfileNotAvailable` when it cannot be used.
 /// Watches the socket with the unchecked `_add_writer` hook, so that a
 /// transport's `_sendfile_native` may call it on the transport's own socket
 /// (after flushing its buffer and pausing reading).
 pub fn sock_sendfile_native(
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     file: Rc<File>,
     offset: u64,
@@ -133,10 +35,12 @@ pub fn sock_sendfile_native(
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod native {
+    use std::cell::Cell;
     use std::io;
     use std::os::fd::AsRawFd;
 
     use super::*;
+    use crate::base_events::sendfile::{regular_file_len, FilePosition};
     use crate::selector_events::{watch_until_done, Dir, Step};
 
     /// The most one `sendfile(2)` call is asked for (Linux caps a call at
@@ -212,7 +116,7 @@ mod native {
     }
 
     pub(super) async fn run(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         sock: Rc<Socket>,
         file: Rc<File>,
         offset: u64,
@@ -244,7 +148,7 @@ mod native {
     use super::*;
 
     pub(super) async fn run(
-        _lp: Loop,
+        _lp: Rc<dyn BaseLoop>,
         _sock: Rc<Socket>,
         _file: Rc<File>,
         _offset: u64,

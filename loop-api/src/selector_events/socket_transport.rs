@@ -32,10 +32,11 @@ use std::rc::{Rc, Weak};
 
 use socket2::Socket;
 
-use super::is_retry;
 use crate::base_events::server::Server;
+use crate::base_events::sockets::is_retry;
+use crate::base_events::BaseLoop;
 use crate::events::options::MAX_READ_SIZE;
-use crate::events::{LocalBoxFuture, Loop};
+use crate::events::LocalBoxFuture;
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::Protocol;
@@ -127,7 +128,7 @@ impl SocketTransport {
     /// sets `TCP_NODELAY` on TCP, then schedules `connection_made`, the
     /// reader, and `waiter`'s result, in that order.
     pub fn create(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         sock: Rc<Socket>,
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,

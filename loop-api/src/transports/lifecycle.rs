@@ -11,7 +11,7 @@ use std::rc::Rc;
 use socket2::SockAddr;
 
 use super::{extra_addr, BaseTransport, ExtraInfo};
-use crate::events::{ExceptionContext, Loop, RawFd};
+use crate::events::{AbstractEventLoop, ExceptionContext, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
@@ -72,7 +72,7 @@ pub fn drop_lost_write(conn_lost: &Cell<u32>) -> bool {
 
 /// Runs `f` from the ready queue, or at once if the loop is closed (then
 /// nothing would ever run it, and a transport must still be torn down).
-pub fn call_soon_or_now(lp: &Loop, f: impl FnOnce() + 'static) {
+pub fn call_soon_or_now(lp: &dyn AbstractEventLoop, f: impl FnOnce() + 'static) {
     let cell = Rc::new(Cell::new(Some(f)));
     let c = cell.clone();
     let queued = lp.call_soon(
@@ -95,7 +95,7 @@ pub fn call_soon_or_now(lp: &Loop, f: impl FnOnce() + 'static) {
 /// `waiter`'s result: asyncio's order, so that whoever awaits the waiter
 /// finds the protocol connected.
 pub fn schedule_start(
-    lp: &Loop,
+    lp: &dyn AbstractEventLoop,
     made: impl FnOnce() + 'static,
     start: impl FnOnce() + 'static,
     waiter: Option<Future<()>>,
@@ -117,7 +117,13 @@ pub fn schedule_start(
 
 /// Hands `exc` to the exception handler with the transport and protocol
 /// (each boxed as `Any`: an `Rc<dyn ...Transport>`, an `Rc<dyn ...Protocol>`).
-pub fn report(lp: &Loop, exc: Error, message: &str, transport: Rc<dyn Any>, protocol: Rc<dyn Any>) {
+pub fn report(
+    lp: &dyn AbstractEventLoop,
+    exc: Error,
+    message: &str,
+    transport: Rc<dyn Any>,
+    protocol: Rc<dyn Any>,
+) {
     lp.call_exception_handler(
         ExceptionContext::new(message)
             .with_exception(exc)
@@ -129,7 +135,13 @@ pub fn report(lp: &Loop, exc: Error, message: &str, transport: Rc<dyn Any>, prot
 /// asyncio's `_fatal_error` policy: an `OSError` (a reset peer, say) is
 /// not a bug and is only logged in debug mode; anything else is reported
 /// through `report`. Either way the caller then force-closes.
-pub fn report_fatal(lp: &Loop, exc: &Error, message: &str, describe: &str, report: impl FnOnce()) {
+pub fn report_fatal(
+    lp: &dyn AbstractEventLoop,
+    exc: &Error,
+    message: &str,
+    describe: &str,
+    report: impl FnOnce(),
+) {
     if matches!(exc, Error::Io(_)) {
         if lp.get_debug() {
             log::log(Level::Debug, &format!("{describe}: {message}: {exc}"));

@@ -23,12 +23,13 @@ use super::flow_control::FlowControl;
 use super::lifecycle::{self, SocketInfo};
 use super::{BaseTransport, ExtraInfo, Transport};
 use crate::base_events::server::Server;
-use crate::events::{EventLoopExt, LocalBoxFuture, Loop, RawFd};
+use crate::base_events::sockets::raw_fd;
+use crate::base_events::BaseLoop;
+use crate::events::{EventLoopExt, LocalBoxFuture, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
 use crate::protocols::Protocol;
-use crate::selector_events::raw_fd;
 
 /// A socket made ready for a transport by [`StreamBase::prepare`].
 pub struct Prepared {
@@ -40,7 +41,7 @@ pub struct Prepared {
 
 /// The state and steps every stream socket transport shares.
 pub struct StreamBase {
-    lp: Loop,
+    lp: Rc<dyn BaseLoop>,
     this: Weak<dyn Transport>,
     /// `None` once closed.
     sock: RefCell<Option<Rc<Socket>>>,
@@ -66,7 +67,7 @@ impl StreamBase {
     /// asyncio's constructor preamble: the loop must be open; the socket is
     /// made non-blocking and, on TCP, gets `TCP_NODELAY` (asyncio's
     /// `_set_nodelay`: small writes go out at once).
-    pub fn prepare(lp: &Loop, sock: Rc<Socket>) -> Result<Prepared> {
+    pub fn prepare(lp: &Rc<dyn BaseLoop>, sock: Rc<Socket>) -> Result<Prepared> {
         if lp.is_closed() {
             return Err(Error::loop_closed());
         }
@@ -90,7 +91,7 @@ impl StreamBase {
 
     /// The base of the transport `this` (built with `Rc::new_cyclic`).
     pub fn new(
-        lp: Loop,
+        lp: Rc<dyn BaseLoop>,
         prepared: Prepared,
         protocol: Rc<dyn Protocol>,
         server: Option<Rc<Server>>,
@@ -120,7 +121,7 @@ impl StreamBase {
     }
 
     /// The loop.
-    pub fn lp(&self) -> &Loop {
+    pub fn lp(&self) -> &Rc<dyn BaseLoop> {
         &self.lp
     }
 
@@ -188,14 +189,14 @@ impl StreamBase {
     pub fn report(&self, exc: Error, message: &str) {
         let proto: Rc<dyn Any> = Rc::new(self.protocol());
         let tr: Rc<dyn Any> = Rc::new(self.me());
-        lifecycle::report(&self.lp, exc, message, tr, proto);
+        lifecycle::report(&*self.lp, exc, message, tr, proto);
     }
 
     /// The reporting half of asyncio's `_fatal_error`: OS errors are only
     /// logged in debug mode; anything else goes to the exception handler.
     /// The caller then force-closes.
     pub fn report_fatal(&self, exc: &Error, message: &str) {
-        lifecycle::report_fatal(&self.lp, exc, message, &self.repr(), || {
+        lifecycle::report_fatal(&*self.lp, exc, message, &self.repr(), || {
             self.report(exc.clone(), message)
         });
     }
@@ -321,7 +322,7 @@ impl StreamBase {
     /// closed.
     pub fn schedule_connection_lost(&self, f: impl FnOnce() + 'static) {
         self.conn_lost.set(self.conn_lost.get() + 1);
-        lifecycle::call_soon_or_now(&self.lp, f);
+        lifecycle::call_soon_or_now(&*self.lp, f);
     }
 
     /// asyncio's `_call_connection_lost`, once: the protocol's
@@ -400,5 +401,5 @@ pub fn start<T: StreamTransport>(
             );
         }
     };
-    lifecycle::schedule_start(&base.lp, made, start_reading, waiter)
+    lifecycle::schedule_start(&*base.lp, made, start_reading, waiter)
 }
