@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use loop_api::driver::{Driver, IoEvent, Notify};
 use loop_api::events::RawFd;
+use loop_api::selector_events::SelectorIo;
 use loop_api::Error;
 use polling::{Event, Events, PollMode, Poller};
 
@@ -69,6 +70,8 @@ fn borrow(fd: RawFd) -> std::os::windows::io::BorrowedSocket<'static> {
 }
 
 impl Driver for PollingDriver {
+    type Io = SelectorIo;
+
     fn name(&self) -> &'static str {
         "select"
     }

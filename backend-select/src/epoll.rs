@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use loop_api::driver::{Driver, IoEvent, Notify};
 use loop_api::events::RawFd;
+use loop_api::selector_events::SelectorIo;
 use loop_api::Error;
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -88,6 +89,8 @@ impl EpollDriver {
 }
 
 impl Driver for EpollDriver {
+    type Io = SelectorIo;
+
     fn name(&self) -> &'static str {
         "select"
     }

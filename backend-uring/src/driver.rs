@@ -31,6 +31,7 @@
 //! the provided-buffer ring it may write into.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -41,13 +42,14 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use loop_api::base_events::server::Server;
 use loop_api::base_events::BaseEventLoop;
-use loop_api::driver::{Driver, IoEvent, Notify};
+use loop_api::driver::{Driver, IoEvent, IoModel, Notify};
 use loop_api::events::LocalBoxFuture;
 use loop_api::futures::Future;
 use loop_api::proactor_events::accept::{self, Acceptors};
 use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
-use loop_api::protocols::{Protocol, ProtocolFactory};
-use loop_api::transports::Transport;
+use loop_api::protocols::{DatagramProtocol, Protocol, ProtocolFactory};
+use loop_api::selector_events::SelectorIo;
+use loop_api::transports::{DatagramTransport, Transport};
 use loop_api::{Error, Result};
 use socket2::{SockAddr, Socket};
 
@@ -678,6 +680,8 @@ impl UringDriver {
 }
 
 impl Driver for UringDriver {
+    type Io = Self;
+
     fn name(&self) -> &'static str {
         "uring"
     }
@@ -759,7 +763,12 @@ impl Driver for UringDriver {
         }
         Ok(())
     }
+}
 
+/// Stream transports, serving and the stream `sock_*` methods as
+/// completion-based operations; datagrams and `sendto`/`recvfrom` on
+/// readiness.
+impl IoModel<UringDriver> for UringDriver {
     fn make_socket_transport(
         lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
@@ -821,6 +830,52 @@ impl Driver for UringDriver {
         sock: Rc<Socket>,
     ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
         Box::pin(crate::sock_ops::sock_accept(lp.clone(), sock))
+    }
+
+    fn make_datagram_transport(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn DatagramProtocol>,
+        address: Option<SockAddr>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn DatagramTransport>> {
+        SelectorIo::make_datagram_transport(lp, sock, protocol, address, waiter)
+    }
+
+    fn sock_recvfrom(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        bufsize: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
+        SelectorIo::sock_recvfrom(lp, sock, bufsize)
+    }
+
+    fn sock_recvfrom_into(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
+        SelectorIo::sock_recvfrom_into(lp, sock, buf, nbytes)
+    }
+
+    fn sock_sendto(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<usize>> {
+        SelectorIo::sock_sendto(lp, sock, data, address)
+    }
+
+    fn sock_sendfile_native(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        SelectorIo::sock_sendfile_native(lp, sock, file, offset, count)
     }
 }
 

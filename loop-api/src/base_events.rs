@@ -18,6 +18,7 @@
 //! | [`sendfile`] | `sendfile`, `sock_sendfile` and their read-and-send fallbacks |
 //! | [`resolver`] | `getaddrinfo`, `getnameinfo` |
 //! | [`sockets`] | socket helpers and asyncio's socket error messages |
+//! | [`stream_base`] | what the readiness and the proactor stream transports share |
 
 mod base_loop;
 pub mod connect;
@@ -27,6 +28,7 @@ pub mod sendfile;
 pub mod server;
 pub mod serving;
 pub mod sockets;
+pub mod stream_base;
 mod tls_options;
 pub mod unix;
 #[cfg(windows)]
@@ -53,7 +55,7 @@ use socket2::{SockAddr, Socket};
 pub use base_loop::BaseLoop;
 
 use crate::contextvars::Context;
-use crate::driver::{Driver, IoEvent, Notify, VirtualClock};
+use crate::driver::{Driver, IoEvent, IoModel, Notify, VirtualClock};
 use crate::events::options::{
     AddrInfo, CreateConnectionOptions, CreateDatagramEndpointOptions, CreateServerOptions,
     CreateUnixConnectionOptions, CreateUnixServerOptions, Family, Hosts, SslContext,
@@ -1171,7 +1173,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         sock: Rc<Socket>,
         nbytes: usize,
     ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
-        D::sock_recv(&self.me(), sock, nbytes)
+        D::Io::sock_recv(&self.me(), sock, nbytes)
     }
 
     fn sock_recv_into(
@@ -1179,7 +1181,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         sock: Rc<Socket>,
         buf: Vec<u8>,
     ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
-        D::sock_recv_into(&self.me(), sock, buf)
+        D::Io::sock_recv_into(&self.me(), sock, buf)
     }
 
     fn sock_recvfrom(
@@ -1187,7 +1189,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         sock: Rc<Socket>,
         bufsize: usize,
     ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
-        D::sock_recvfrom(&self.me(), sock, bufsize)
+        D::Io::sock_recvfrom(&self.me(), sock, bufsize)
     }
 
     fn sock_recvfrom_into(
@@ -1196,11 +1198,11 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         buf: Vec<u8>,
         nbytes: usize,
     ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
-        D::sock_recvfrom_into(&self.me(), sock, buf, nbytes)
+        D::Io::sock_recvfrom_into(&self.me(), sock, buf, nbytes)
     }
 
     fn sock_sendall(&self, sock: Rc<Socket>, data: Vec<u8>) -> LocalBoxFuture<'static, Result<()>> {
-        D::sock_sendall(&self.me(), sock, data)
+        D::Io::sock_sendall(&self.me(), sock, data)
     }
 
     fn sock_sendto(
@@ -1209,7 +1211,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         data: Vec<u8>,
         address: SockAddr,
     ) -> LocalBoxFuture<'static, Result<usize>> {
-        D::sock_sendto(&self.me(), sock, data, address)
+        D::Io::sock_sendto(&self.me(), sock, data, address)
     }
 
     fn sock_connect(
@@ -1217,11 +1219,11 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         sock: Rc<Socket>,
         address: SockAddr,
     ) -> LocalBoxFuture<'static, Result<()>> {
-        D::sock_connect(&self.me(), sock, address)
+        D::Io::sock_connect(&self.me(), sock, address)
     }
 
     fn sock_accept(&self, sock: Rc<Socket>) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
-        D::sock_accept(&self.me(), sock)
+        D::Io::sock_accept(&self.me(), sock)
     }
 
     fn sock_sendfile(

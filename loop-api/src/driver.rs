@@ -26,11 +26,11 @@
 //! does not see them: during `poll` the driver hands each completion to
 //! the operation's owner, which only records it and schedules itself on
 //! the ready queue (no user code runs inside `poll`). Such a driver plugs
-//! its transports and socket operations into the loop through the
-//! associated functions of the second half of this trait (asyncio's
-//! `_make_socket_transport` and friends, which `ProactorEventLoop`
-//! overrides); their defaults are the readiness ones of
-//! [`crate::selector_events`], so a readiness driver writes none of them.
+//! its transports and socket operations into the loop through its
+//! [`Driver::Io`], an [`IoModel`] (asyncio's `_make_socket_transport` and
+//! friends, which `ProactorEventLoop` overrides); a readiness driver names
+//! the readiness model, [`SelectorIo`](crate::selector_events::SelectorIo),
+//! and writes none of them.
 //!
 //! # Time
 //! The loop's clock is the process's monotonic clock unless
@@ -53,7 +53,6 @@ use crate::events::{LocalBoxFuture, RawFd};
 use crate::exceptions::Result;
 use crate::futures::Future;
 use crate::protocols::{DatagramProtocol, Protocol, ProtocolFactory};
-use crate::selector_events;
 use crate::transports::{DatagramTransport, Transport};
 
 /// One readiness event.
@@ -105,7 +104,7 @@ impl VirtualClock {
 
 /// An OS I/O mechanism the loop core runs on. See the module docs for the
 /// contract.
-pub trait Driver: 'static {
+pub trait Driver: Sized + 'static {
     /// The backend's name, as `AbstractEventLoop::backend_name` reports it.
     fn name(&self) -> &'static str;
 
@@ -134,177 +133,114 @@ pub trait Driver: 'static {
         None
     }
 
-    // ----- the backend's transports and socket operations ----------------------
-    //
-    // What `BaseEventLoop<Self>` answers for asyncio's private hooks and the
-    // `sock_*` methods. The defaults are readiness-based; a completion-based
-    // driver overrides them with operations on its own mechanism.
+    /// How this driver's loop does socket I/O: transports, serving and
+    /// the `sock_*` methods. A readiness driver names
+    /// [`SelectorIo`](crate::selector_events::SelectorIo); a completion
+    /// driver names its own type (often itself).
+    type Io: IoModel<Self>;
+}
 
+/// How a loop does socket I/O (asyncio's split between `SelectorEventLoop`
+/// and `ProactorEventLoop`): what `BaseEventLoop<D>` answers for asyncio's
+/// private hooks (`_make_socket_transport`, `_start_serving`, ...) and the
+/// `sock_*` methods. Readiness has one implementation for every driver,
+/// [`SelectorIo`](crate::selector_events::SelectorIo); a completion driver
+/// implements this for its own mechanism and hands what it does not do
+/// better to `SelectorIo` (datagrams, say).
+pub trait IoModel<D: Driver> {
     /// `_make_socket_transport`: wraps a connected stream socket in this
     /// loop's transport; the protocol's `connection_made` and then
     /// `waiter`'s result follow on the loop. The transport takes `sock`
     /// over, closes it when the connection is lost, and puts it in the
     /// blocking mode its I/O needs.
     fn make_socket_transport(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,
         server: Option<Rc<Server>>,
-    ) -> Result<Rc<dyn Transport>>
-    where
-        Self: Sized,
-    {
-        selector_events::socket_transport::SocketTransport::create(
-            lp.clone(),
-            sock,
-            protocol,
-            waiter,
-            server,
-        )
-    }
+    ) -> Result<Rc<dyn Transport>>;
 
     /// `_make_datagram_transport`: wraps a datagram socket (connected to
     /// `address` if given), as for `make_socket_transport`.
     fn make_datagram_transport(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         protocol: Rc<dyn DatagramProtocol>,
         address: Option<SockAddr>,
         waiter: Option<Future<()>>,
-    ) -> Result<Rc<dyn DatagramTransport>>
-    where
-        Self: Sized,
-    {
-        selector_events::datagram_transport::DatagramSocketTransport::create(
-            lp.clone(),
-            sock,
-            protocol,
-            address,
-            waiter,
-        )
-    }
+    ) -> Result<Rc<dyn DatagramTransport>>;
 
     /// `_start_serving`: accepts connections on the listening `sock` for
     /// `server`, up to `backlog` per wakeup where that means something.
     fn start_serving(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         protocol_factory: ProtocolFactory,
         sock: Rc<Socket>,
         server: Rc<Server>,
         backlog: i32,
-    ) -> Result<()>
-    where
-        Self: Sized,
-    {
-        selector_events::accept::start_serving(lp.clone(), protocol_factory, sock, server, backlog)
-    }
+    ) -> Result<()>;
 
     /// `_stop_serving`: stops accepting on `sock` and shuts it down, so
     /// that new connections are refused even while someone holds a clone.
-    fn stop_serving(lp: &Rc<BaseEventLoop<Self>>, sock: &Socket)
-    where
-        Self: Sized,
-    {
-        selector_events::accept::stop_serving(&(lp.clone() as _), sock)
-    }
+    fn stop_serving(lp: &Rc<BaseEventLoop<D>>, sock: &Socket);
 
     /// `sock_recv`.
     fn sock_recv(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         nbytes: usize,
-    ) -> LocalBoxFuture<'static, Result<Vec<u8>>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_recv(lp.clone(), sock, nbytes)
-    }
+    ) -> LocalBoxFuture<'static, Result<Vec<u8>>>;
 
     /// `sock_recv_into`.
     fn sock_recv_into(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         buf: Vec<u8>,
-    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_recv_into(lp.clone(), sock, buf)
-    }
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>>;
 
     /// `sock_recvfrom`.
     fn sock_recvfrom(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         bufsize: usize,
-    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_recvfrom(lp.clone(), sock, bufsize)
-    }
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>>;
 
     /// `sock_recvfrom_into`.
     fn sock_recvfrom_into(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         buf: Vec<u8>,
         nbytes: usize,
-    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_recvfrom_into(lp.clone(), sock, buf, nbytes)
-    }
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>>;
 
     /// `sock_sendall`.
     fn sock_sendall(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         data: Vec<u8>,
-    ) -> LocalBoxFuture<'static, Result<()>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_sendall(lp.clone(), sock, data)
-    }
+    ) -> LocalBoxFuture<'static, Result<()>>;
 
     /// `sock_sendto`.
     fn sock_sendto(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         data: Vec<u8>,
         address: SockAddr,
-    ) -> LocalBoxFuture<'static, Result<usize>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_sendto(lp.clone(), sock, data, address)
-    }
+    ) -> LocalBoxFuture<'static, Result<usize>>;
 
     /// `sock_connect`.
     fn sock_connect(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         address: SockAddr,
-    ) -> LocalBoxFuture<'static, Result<()>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_connect(lp.clone(), sock, address)
-    }
+    ) -> LocalBoxFuture<'static, Result<()>>;
 
     /// `sock_accept`.
     fn sock_accept(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
-    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>>
-    where
-        Self: Sized,
-    {
-        selector_events::sock_accept(lp.clone(), sock)
-    }
+    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>>;
 
     /// `_sock_sendfile_native`: the zero-copy path of `sock_sendfile` and
     /// of a transport's `_sendfile_native`, for a socket already checked
@@ -312,15 +248,10 @@ pub trait Driver: 'static {
     /// cannot use it (the caller may then fall back). Readiness loops use
     /// `sendfile(2)` on writability.
     fn sock_sendfile_native(
-        lp: &Rc<BaseEventLoop<Self>>,
+        lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
         file: Rc<File>,
         offset: u64,
         count: Option<u64>,
-    ) -> LocalBoxFuture<'static, Result<u64>>
-    where
-        Self: Sized,
-    {
-        selector_events::sendfile::sock_sendfile_native(lp.clone(), sock, file, offset, count)
-    }
+    ) -> LocalBoxFuture<'static, Result<u64>>;
 }

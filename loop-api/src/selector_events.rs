@@ -6,9 +6,9 @@
 //! Each `sock_*` function tries the operation at once; if the socket would
 //! block, it watches the descriptor with `add_reader`/`add_writer`, retries
 //! from the callback until the operation completes, and stops watching when
-//! done. These are the defaults of [`Driver`](crate::driver::Driver)'s
-//! hooks: every readiness driver gets them, and a completion driver
-//! overrides what its mechanism does better.
+//! done. [`SelectorIo`] is this model as a driver's
+//! [`IoModel`]: every readiness driver names it, and a completion driver
+//! hands it what its own mechanism does not do better.
 //!
 //! # As in asyncio
 //! - The returned future is lazy, like a coroutine: nothing happens until it
@@ -31,16 +31,145 @@ pub mod sendfile;
 pub mod socket_transport;
 
 use std::cell::Cell;
+use std::fs::File;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::rc::Rc;
 
 use socket2::{SockAddr, Socket};
 
+use crate::base_events::server::Server;
 use crate::base_events::sockets::{check_nonblocking, connect_failed, is_retry, raw_fd};
-use crate::base_events::BaseLoop;
+use crate::base_events::{BaseEventLoop, BaseLoop};
+use crate::driver::{Driver, IoModel};
 use crate::events::{EventLoopExt, LocalBoxFuture, RawFd, RepeatCallback};
 use crate::exceptions::{Error, Result};
+use crate::futures::Future;
+use crate::protocols::{DatagramProtocol, Protocol, ProtocolFactory};
+use crate::transports::{DatagramTransport, Transport};
+
+// ----- the readiness model -----------------------------------------------------
+
+/// Socket I/O on readiness (asyncio's `SelectorEventLoop`), for any
+/// driver that reports readiness: `type Io = SelectorIo;`.
+pub struct SelectorIo;
+
+impl<D: Driver> IoModel<D> for SelectorIo {
+    fn make_socket_transport(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+        server: Option<Rc<Server>>,
+    ) -> Result<Rc<dyn Transport>> {
+        socket_transport::SocketTransport::create(lp.clone(), sock, protocol, waiter, server)
+    }
+
+    fn make_datagram_transport(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn DatagramProtocol>,
+        address: Option<SockAddr>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn DatagramTransport>> {
+        datagram_transport::DatagramSocketTransport::create(
+            lp.clone(),
+            sock,
+            protocol,
+            address,
+            waiter,
+        )
+    }
+
+    fn start_serving(
+        lp: &Rc<BaseEventLoop<D>>,
+        protocol_factory: ProtocolFactory,
+        sock: Rc<Socket>,
+        server: Rc<Server>,
+        backlog: i32,
+    ) -> Result<()> {
+        accept::start_serving(lp.clone(), protocol_factory, sock, server, backlog)
+    }
+
+    fn stop_serving(lp: &Rc<BaseEventLoop<D>>, sock: &Socket) {
+        accept::stop_serving(&(lp.clone() as _), sock)
+    }
+
+    fn sock_recv(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
+        sock_recv(lp.clone(), sock, nbytes)
+    }
+
+    fn sock_recv_into(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize)>> {
+        sock_recv_into(lp.clone(), sock, buf)
+    }
+
+    fn sock_recvfrom(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        bufsize: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, SockAddr)>> {
+        sock_recvfrom(lp.clone(), sock, bufsize)
+    }
+
+    fn sock_recvfrom_into(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, Result<(Vec<u8>, usize, SockAddr)>> {
+        sock_recvfrom_into(lp.clone(), sock, buf, nbytes)
+    }
+
+    fn sock_sendall(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<()>> {
+        sock_sendall(lp.clone(), sock, data)
+    }
+
+    fn sock_sendto(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<usize>> {
+        sock_sendto(lp.clone(), sock, data, address)
+    }
+
+    fn sock_connect(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, Result<()>> {
+        sock_connect(lp.clone(), sock, address)
+    }
+
+    fn sock_accept(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+    ) -> LocalBoxFuture<'static, Result<(Socket, SockAddr)>> {
+        sock_accept(lp.clone(), sock)
+    }
+
+    fn sock_sendfile_native(
+        lp: &Rc<BaseEventLoop<D>>,
+        sock: Rc<Socket>,
+        file: Rc<File>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<u64>> {
+        sendfile::sock_sendfile_native(lp.clone(), sock, file, offset, count)
+    }
+}
 
 // ----- the readiness machinery --------------------------------------------------
 

@@ -18,7 +18,6 @@ use crate::protocols::{DatagramProtocol, Protocol};
 
 pub mod flow_control;
 pub mod lifecycle;
-pub mod stream;
 
 /// What `get_extra_info` can return.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,13 +24,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loop_api::base_events::server::Server;
-use loop_api::driver::{Driver, IoEvent, Notify};
+use loop_api::base_events::BaseEventLoop;
+use loop_api::driver::{Driver, IoEvent, IoModel, Notify};
 use loop_api::events::{LocalBoxFuture, RawFd};
 use loop_api::futures::Future;
 use loop_api::proactor_events::accept::{self, Acceptors};
 use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
-use loop_api::protocols::{Protocol, ProtocolFactory};
-use loop_api::transports::Transport;
+use loop_api::protocols::{DatagramProtocol, Protocol, ProtocolFactory};
+use loop_api::selector_events::SelectorIo;
+use loop_api::transports::{DatagramTransport, Transport};
 use loop_api::Error;
 use socket2::{SockAddr, Socket};
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, HANDLE};
@@ -43,7 +45,6 @@ use super::afd::Afd;
 use super::ops::{self, Completion, OpHeader, Request};
 use super::port::{self, CompletionPort, Key};
 use super::sock_ops::LateAccepts;
-use super::IocpEventLoop;
 
 /// Packets dequeued per `GetQueuedCompletionStatusEx` call.
 const ENTRIES: usize = 256;
@@ -333,6 +334,8 @@ impl IocpDriver {
 }
 
 impl Driver for IocpDriver {
+    type Io = Self;
+
     fn name(&self) -> &'static str {
         "iocp"
     }
@@ -382,9 +385,14 @@ impl Driver for IocpDriver {
         self.acceptors.clear();
         Ok(())
     }
+}
 
+/// Stream transports, serving, `sendfile` and the stream `sock_*` methods
+/// as overlapped operations; datagrams and `sendto`/`recvfrom` on AFD
+/// readiness.
+impl IoModel<IocpDriver> for IocpDriver {
     fn make_socket_transport(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,
@@ -394,7 +402,7 @@ impl Driver for IocpDriver {
     }
 
     fn sock_sendfile_native(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
         file: Rc<std::fs::File>,
         offset: u64,
@@ -404,7 +412,7 @@ impl Driver for IocpDriver {
     }
 
     fn start_serving(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         protocol_factory: ProtocolFactory,
         sock: Rc<Socket>,
         server: Rc<Server>,
@@ -413,12 +421,12 @@ impl Driver for IocpDriver {
         accept::start_serving(lp, protocol_factory, sock, server, backlog)
     }
 
-    fn stop_serving(lp: &Rc<IocpEventLoop>, sock: &Socket) {
+    fn stop_serving(lp: &Rc<BaseEventLoop<Self>>, sock: &Socket) {
         accept::stop_serving(lp, sock)
     }
 
     fn sock_recv(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
         nbytes: usize,
     ) -> LocalBoxFuture<'static, loop_api::Result<Vec<u8>>> {
@@ -426,7 +434,7 @@ impl Driver for IocpDriver {
     }
 
     fn sock_recv_into(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
         buf: Vec<u8>,
     ) -> LocalBoxFuture<'static, loop_api::Result<(Vec<u8>, usize)>> {
@@ -434,7 +442,7 @@ impl Driver for IocpDriver {
     }
 
     fn sock_sendall(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
         data: Vec<u8>,
     ) -> LocalBoxFuture<'static, loop_api::Result<()>> {
@@ -442,7 +450,7 @@ impl Driver for IocpDriver {
     }
 
     fn sock_connect(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
         address: SockAddr,
     ) -> LocalBoxFuture<'static, loop_api::Result<()>> {
@@ -450,10 +458,46 @@ impl Driver for IocpDriver {
     }
 
     fn sock_accept(
-        lp: &Rc<IocpEventLoop>,
+        lp: &Rc<BaseEventLoop<Self>>,
         sock: Rc<Socket>,
     ) -> LocalBoxFuture<'static, loop_api::Result<(Socket, SockAddr)>> {
         Box::pin(super::sock_ops::sock_accept(lp.clone(), sock))
+    }
+
+    fn make_datagram_transport(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        protocol: Rc<dyn DatagramProtocol>,
+        address: Option<SockAddr>,
+        waiter: Option<Future<()>>,
+    ) -> loop_api::Result<Rc<dyn DatagramTransport>> {
+        SelectorIo::make_datagram_transport(lp, sock, protocol, address, waiter)
+    }
+
+    fn sock_recvfrom(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        bufsize: usize,
+    ) -> LocalBoxFuture<'static, loop_api::Result<(Vec<u8>, SockAddr)>> {
+        SelectorIo::sock_recvfrom(lp, sock, bufsize)
+    }
+
+    fn sock_recvfrom_into(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        buf: Vec<u8>,
+        nbytes: usize,
+    ) -> LocalBoxFuture<'static, loop_api::Result<(Vec<u8>, usize, SockAddr)>> {
+        SelectorIo::sock_recvfrom_into(lp, sock, buf, nbytes)
+    }
+
+    fn sock_sendto(
+        lp: &Rc<BaseEventLoop<Self>>,
+        sock: Rc<Socket>,
+        data: Vec<u8>,
+        address: SockAddr,
+    ) -> LocalBoxFuture<'static, loop_api::Result<usize>> {
+        SelectorIo::sock_sendto(lp, sock, data, address)
     }
 }
 

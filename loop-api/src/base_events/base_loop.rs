@@ -18,7 +18,7 @@ use socket2::{SockAddr, Socket};
 
 use super::server::Server;
 use super::BaseEventLoop;
-use crate::driver::Driver;
+use crate::driver::{Driver, IoModel};
 use crate::events::{AbstractEventLoop, Handle, LocalBoxFuture, RawFd, RepeatCallback};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
@@ -57,7 +57,7 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
     fn _ensure_fd_no_transport(&self, fd: RawFd) -> Result<()>;
 
     /// Wraps a connected stream socket in this loop's transport
-    /// ([`Driver::make_socket_transport`]).
+    /// ([`IoModel::make_socket_transport`]).
     fn _make_socket_transport(
         &self,
         sock: Rc<Socket>,
@@ -65,7 +65,7 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
         waiter: Option<Future<()>>,
         server: Option<Rc<Server>>,
     ) -> Result<Rc<dyn Transport>>;
-    /// Wraps a datagram socket ([`Driver::make_datagram_transport`]).
+    /// Wraps a datagram socket ([`IoModel::make_datagram_transport`]).
     fn _make_datagram_transport(
         &self,
         sock: Rc<Socket>,
@@ -74,7 +74,7 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn DatagramTransport>>;
     /// Starts accepting on a listening socket for `server`
-    /// ([`Driver::start_serving`]).
+    /// ([`IoModel::start_serving`]).
     fn _start_serving(
         &self,
         protocol_factory: ProtocolFactory,
@@ -82,10 +82,10 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
         server: Rc<Server>,
         backlog: i32,
     ) -> Result<()>;
-    /// Stops accepting on `sock` ([`Driver::stop_serving`]).
+    /// Stops accepting on `sock` ([`IoModel::stop_serving`]).
     fn _stop_serving(&self, sock: &Socket);
     /// The zero-copy path of `sock_sendfile` and of a transport's
-    /// `_sendfile_native` ([`Driver::sock_sendfile_native`]).
+    /// `_sendfile_native` ([`IoModel::sock_sendfile_native`]).
     fn _sock_sendfile_native(
         &self,
         sock: Rc<Socket>,
@@ -138,7 +138,7 @@ impl<D: Driver> BaseLoop for BaseEventLoop<D> {
         waiter: Option<Future<()>>,
         server: Option<Rc<Server>>,
     ) -> Result<Rc<dyn Transport>> {
-        D::make_socket_transport(&self.me(), sock, protocol, waiter, server)
+        D::Io::make_socket_transport(&self.me(), sock, protocol, waiter, server)
     }
 
     fn _make_datagram_transport(
@@ -148,7 +148,7 @@ impl<D: Driver> BaseLoop for BaseEventLoop<D> {
         address: Option<SockAddr>,
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn DatagramTransport>> {
-        D::make_datagram_transport(&self.me(), sock, protocol, address, waiter)
+        D::Io::make_datagram_transport(&self.me(), sock, protocol, address, waiter)
     }
 
     fn _start_serving(
@@ -158,11 +158,11 @@ impl<D: Driver> BaseLoop for BaseEventLoop<D> {
         server: Rc<Server>,
         backlog: i32,
     ) -> Result<()> {
-        D::start_serving(&self.me(), protocol_factory, sock, server, backlog)
+        D::Io::start_serving(&self.me(), protocol_factory, sock, server, backlog)
     }
 
     fn _stop_serving(&self, sock: &Socket) {
-        D::stop_serving(&self.me(), sock)
+        D::Io::stop_serving(&self.me(), sock)
     }
 
     fn _sock_sendfile_native(
@@ -172,6 +172,6 @@ impl<D: Driver> BaseLoop for BaseEventLoop<D> {
         offset: u64,
         count: Option<u64>,
     ) -> LocalBoxFuture<'static, Result<u64>> {
-        D::sock_sendfile_native(&self.me(), sock, file, offset, count)
+        D::Io::sock_sendfile_native(&self.me(), sock, file, offset, count)
     }
 }

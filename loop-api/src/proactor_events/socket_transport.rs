@@ -33,13 +33,13 @@ use socket2::Socket;
 
 use super::{Inbox, RecvEvent, SendBatch, StreamIo};
 use crate::base_events::server::Server;
+use crate::base_events::stream_base::{self, StreamBase, StreamTransport};
 use crate::base_events::BaseLoop;
 use crate::events::{LocalBoxFuture, RawFd, Step};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::Protocol;
 use crate::transports::lifecycle;
-use crate::transports::stream::{self, StreamBase, StreamTransport};
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// Chunks kept for reuse: at most this many ...
@@ -142,7 +142,7 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
             in_step: Cell::new(false),
         });
         let me = t.clone();
-        stream::start(&t, move || me.start_reading(), waiter)?;
+        stream_base::start(&t, move || me.start_reading(), waiter)?;
         Ok(t)
     }
 

@@ -34,6 +34,7 @@ use socket2::Socket;
 
 use crate::base_events::server::Server;
 use crate::base_events::sockets::is_retry;
+use crate::base_events::stream_base::{self, StreamBase, StreamTransport};
 use crate::base_events::BaseLoop;
 use crate::events::options::MAX_READ_SIZE;
 use crate::events::LocalBoxFuture;
@@ -41,7 +42,6 @@ use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::Protocol;
 use crate::transports::lifecycle;
-use crate::transports::stream::{self, StreamBase, StreamTransport};
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// The most buffers one vectored send hands the kernel.
@@ -141,7 +141,7 @@ impl SocketTransport {
             buffer: RefCell::new(WriteBuffer::default()),
         });
         let me = t.clone();
-        stream::start(&t, move || me.add_reader(), waiter)?;
+        stream_base::start(&t, move || me.add_reader(), waiter)?;
         Ok(t)
     }
 

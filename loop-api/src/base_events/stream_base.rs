@@ -19,17 +19,17 @@ use std::rc::{Rc, Weak};
 
 use socket2::{SockAddr, Socket};
 
-use super::flow_control::FlowControl;
-use super::lifecycle::{self, SocketInfo};
-use super::{BaseTransport, ExtraInfo, Transport};
-use crate::base_events::server::Server;
-use crate::base_events::sockets::raw_fd;
-use crate::base_events::BaseLoop;
+use super::server::Server;
+use super::sockets::raw_fd;
+use super::BaseLoop;
 use crate::events::{EventLoopExt, LocalBoxFuture, RawFd};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
 use crate::protocols::Protocol;
+use crate::transports::flow_control::FlowControl;
+use crate::transports::lifecycle::{self, SocketInfo};
+use crate::transports::{BaseTransport, ExtraInfo, Transport};
 
 /// A socket made ready for a transport by [`StreamBase::prepare`].
 pub struct Prepared {
@@ -177,7 +177,7 @@ impl StreamBase {
     /// The transport as `repr()` shows it.
     pub fn repr(&self) -> String {
         match self.this.upgrade() {
-            Some(me) => super::describe(&*me),
+            Some(me) => crate::transports::describe(&*me),
             None => "<transport>".into(),
         }
     }
