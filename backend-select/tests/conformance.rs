@@ -1,2 +1,39 @@
-//! The whole conformance suite on the select backend.
-conformance::suite!(backend_select::loop_factory);
+//! The whole conformance suite on the select backend: epoll on Linux,
+//! `polling` (IOCP and AFD) on Windows, where the Unix-only checks and what
+//! Wine lacks are declared too.
+
+#[cfg(not(windows))]
+fn skips() -> Vec<(&'static str, &'static str)> {
+    [conformance::NOT_BUILT_YET, conformance::MACHINE_DEPENDENT].concat()
+}
+
+#[cfg(windows)]
+fn skips() -> Vec<(&'static str, &'static str)> {
+    [
+        conformance::NOT_BUILT_YET,
+        conformance::MACHINE_DEPENDENT,
+        conformance::UNIX_ONLY_CHECKS,
+        conformance::WINE,
+        &[(
+            "test_sendfile::test_sock_sendfile_zero_copy",
+            "select has no zero-copy sendfile on Windows (TransmitFile is iocp's)",
+        )],
+    ]
+    .concat()
+}
+
+conformance::suite!(
+    backend_select::loop_factory,
+    conformance::Capabilities {
+        #[cfg(windows)]
+        no_signals: Some("Windows has no POSIX signals"),
+        #[cfg(windows)]
+        no_unix_sockets: Some(
+            "AF_UNIX: Wine 8 cannot create AF_UNIX sockets (WSAEAFNOSUPPORT), so the \
+             Unix-socket methods, which loop-api builds on Unix only, are untested and \
+             not offered on Windows"
+        ),
+        skips: skips(),
+        ..Default::default()
+    }
+);

@@ -6,8 +6,7 @@
 //! so both ways of handing buffers back are driven hard.
 #![cfg(target_os = "linux")]
 
-const NO_READER_WATCH: &str = "io_uring's sock_recv waits with its own poll request, not with \
-                               add_reader: there is no reader watch to find";
+mod expected;
 
 fn config(incremental: bool) -> backend_uring::UringConfig {
     backend_uring::UringConfig {
@@ -27,13 +26,7 @@ mod incremental {
         super::small_ring(true)
     }
 
-    conformance::suite!(
-        factory,
-        conformance::Capabilities {
-            no_readiness_sock_ops: Some(super::NO_READER_WATCH),
-            ..Default::default()
-        }
-    );
+    conformance::suite!(factory, crate::expected::capabilities());
 }
 
 mod whole {
@@ -41,13 +34,7 @@ mod whole {
         super::small_ring(false)
     }
 
-    conformance::suite!(
-        factory,
-        conformance::Capabilities {
-            no_readiness_sock_ops: Some(super::NO_READER_WATCH),
-            ..Default::default()
-        }
-    );
+    conformance::suite!(factory, crate::expected::capabilities());
 }
 
 /// The kernel here fills buffers incrementally when asked, and not when

@@ -6,6 +6,8 @@
 //! accept paths that older kernels get.
 #![cfg(target_os = "linux")]
 
+mod expected;
+
 fn tiny_ring() -> loop_api::Result<loop_api::Loop> {
     let config = backend_uring::UringConfig {
         entries: 4,
@@ -16,13 +18,4 @@ fn tiny_ring() -> loop_api::Result<loop_api::Loop> {
     Ok(backend_uring::new_event_loop_with(&config)?)
 }
 
-conformance::suite!(
-    tiny_ring,
-    conformance::Capabilities {
-        no_readiness_sock_ops: Some(
-            "io_uring's sock_recv waits with its own poll request, not with \
-             add_reader: there is no reader watch to find"
-        ),
-        ..Default::default()
-    }
-);
+conformance::suite!(tiny_ring, expected::capabilities());

@@ -1,6 +1,17 @@
-//! Running one case: the loop factory, capability flags, visible skips,
-//! and a watchdog so a hung case fails instead of hanging CI.
+//! Running one case: the loop factory, what the backend declares it will
+//! skip, and a watchdog so a hung case fails instead of hanging CI.
+//!
+//! # Skips are declared
+//! A case skips by returning [`Error::NotSupported`] or
+//! [`Error::NotImplemented`]. That counts as a skip only when the suite
+//! invocation expected it: the case needed a feature the backend declared
+//! missing ([`Ctx::require`] on a [`Capabilities`] field), or the case is
+//! listed in [`Capabilities::skips`]. Any other skip fails the case, so a
+//! method that regressed to `NotImplemented` cannot pass as "skipped". A
+//! listed case that passes is reported on stderr (`conformance: DECLARED
+//! SKIP PASSED`), so the lists stay true.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -8,9 +19,9 @@ use std::time::Duration;
 
 use loop_api::{Error, Loop, Result};
 
-/// Features a backend may lack. A case that needs one calls
-/// [`Ctx::require`], which skips the case (visibly, with the reason) when
-/// the backend declared it missing.
+/// What a backend's suite invocation declares it will skip: features it
+/// lacks (a case that needs one calls [`Ctx::require`], which skips it,
+/// visibly, with the reason), and single cases, each with the reason.
 #[derive(Clone, Debug, Default)]
 pub struct Capabilities {
     /// `Some(reason)` if `add_signal_handler` cannot work on this backend.
@@ -31,6 +42,12 @@ pub struct Capabilities {
     /// completed request, so cases that cancel or break a transfer midway
     /// and check the file's position to the byte cannot.
     pub no_readiness_sendfile: Option<&'static str>,
+    /// Single cases expected to skip, each `("module::case", reason)`;
+    /// build it from the shared lists ([`crate::NOT_BUILT_YET`],
+    /// [`crate::MACHINE_DEPENDENT`], [`crate::UNIX_ONLY_CHECKS`],
+    /// [`crate::WINE`]) and your own, e.g. `[A, B].concat()`. A name that
+    /// is no case fails the suite's `declared_skips_name_cases` test.
+    pub skips: Vec<(&'static str, &'static str)>,
 }
 
 /// A feature named in [`Capabilities`].
@@ -55,6 +72,8 @@ pub struct Ctx {
     factory: fn() -> Result<Loop>,
     caps: Capabilities,
     name: &'static str,
+    /// Set when `require` turned the case into a declared skip.
+    required_missing: Cell<bool>,
 }
 
 impl Ctx {
@@ -79,10 +98,13 @@ impl Ctx {
             Feature::ReadinessSendfile => self.caps.no_readiness_sendfile,
         };
         match missing {
-            Some(reason) => Err(Error::NotSupported {
-                feature: feature_name(feature),
-                reason: reason.to_string(),
-            }),
+            Some(reason) => {
+                self.required_missing.set(true);
+                Err(Error::NotSupported {
+                    feature: feature_name(feature),
+                    reason: reason.to_string(),
+                })
+            }
             None => Ok(()),
         }
     }
@@ -107,20 +129,27 @@ fn feature_name(f: Feature) -> &'static str {
 /// How long a case may run before the watchdog fails the whole run.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs one case. A case passes by returning `Ok`, skips by returning
-/// [`Error::NotSupported`] or [`Error::NotImplemented`] (reported on the
-/// real stderr, past the test harness's capture, so it shows in every run),
-/// and fails by returning any other error or panicking.
+/// Runs one case. It passes by returning `Ok`, and fails by returning an
+/// error or panicking; a skip (an `Err` of [`Error::NotSupported`] or
+/// [`Error::NotImplemented`]) is accepted only when declared (see the
+/// module docs). Skips are reported on the real stderr, past the test
+/// harness's capture, so they show in every run.
 pub fn run_case(
     name: &'static str,
     factory: fn() -> Result<Loop>,
     caps: Capabilities,
     case: fn(&Ctx) -> Result<()>,
 ) {
+    let declared = caps
+        .skips
+        .iter()
+        .find(|(c, _)| *c == name)
+        .map(|(_, reason)| *reason);
     let ctx = Ctx {
         factory,
         caps,
         name,
+        required_missing: Cell::new(false),
     };
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -135,11 +164,47 @@ pub fn run_case(
     let outcome = catch_unwind(AssertUnwindSafe(|| case(&ctx)));
     let _ = done_tx.send(());
     match outcome {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            if let Some(reason) = declared {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "conformance: DECLARED SKIP PASSED {name} (declared: {reason}); \
+                     take it off the list if it passes here for good"
+                );
+            }
+        }
         Ok(Err(e)) if e.is_unsupported() => {
-            let _ = writeln!(std::io::stderr(), "conformance: SKIPPED {name}: {e}");
+            if ctx.required_missing.get() {
+                let _ = writeln!(std::io::stderr(), "conformance: SKIPPED {name}: {e}");
+            } else if let Some(reason) = declared {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "conformance: SKIPPED {name}: {e} (declared: {reason})"
+                );
+            } else {
+                panic!(
+                    "{name} skipped without being declared: {e}\n\
+                     (if this backend cannot do it, declare it in the suite invocation: \
+                     a missing feature in conformance::Capabilities, or the case in its `skips`)"
+                );
+            }
         }
         Ok(Err(e)) => panic!("{name} failed: {e}"),
         Err(p) => resume_unwind(p),
     }
+}
+
+/// Fails if `caps` declares a skip for a case that does not exist (a typo
+/// would otherwise leave the real case undeclared, and the list untrue).
+pub fn check_declared(caps: &Capabilities) {
+    let unknown: Vec<&str> = caps
+        .skips
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !crate::ALL_CASES.contains(c))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "declared skips name no case: {unknown:?}"
+    );
 }

@@ -56,17 +56,18 @@ struct Backend {
 const REGISTRY: &[Backend] = &[
     // The completion backend (issue 4). Where io_uring is unavailable its
     // factory answers NotSupported and "auto" falls back to select.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "uring"))]
     Backend {
         name: "uring",
         factory: backend_uring::loop_factory,
     },
+    #[cfg(feature = "select")]
     Backend {
         name: "select",
         factory: backend_select::loop_factory,
     },
     // After select until it has overlapped networking (issue 5).
-    #[cfg(windows)]
+    #[cfg(all(windows, feature = "iocp"))]
     Backend {
         name: "iocp",
         factory: backend_iocp::loop_factory,
@@ -226,21 +227,31 @@ pub fn auto_loop_factory() -> Result<Loop> {
     (auto_choice()?.factory)()
 }
 
-/// The platform's default backend (`"select"` on Unix; `"iocp"` on Windows
-/// once that backend is registered, `"select"` until then).
+/// The platform's default backend (`"select"` on Unix, `"iocp"` on
+/// Windows); in a build without backends, `"none"`.
 pub fn default_backend() -> &'static str {
     DEFAULT_PREFERENCE
         .iter()
         .find_map(|n| registered(n))
-        .or_else(|| registered("select"))
-        .expect("select is always registered")
-        .name
+        .or_else(|| REGISTRY.first())
+        .map_or("none", |b| b.name)
 }
 
 /// The platform's default loop factory, ignoring [`BACKEND_ENV`] and the
-/// policy (asyncio's `asyncio.EventLoop`).
+/// policy (asyncio's `asyncio.EventLoop`). In a build without backends, a
+/// factory that answers [`Error::NotSupported`].
 pub fn default_loop_factory() -> LoopFactory {
-    registered(default_backend()).expect("registered").factory
+    registered(default_backend()).map_or(no_backend, |b| b.factory)
+}
+
+/// The factory of a build without backends.
+fn no_backend() -> Result<Loop> {
+    Err(Error::NotSupported {
+        feature: "event loop backend",
+        reason: "this build of the policy crate has no backend (its features select, uring \
+                 and iocp are off): pass a loop_factory"
+            .into(),
+    })
 }
 
 /// "select, uring (auto = uring)": what the error messages list, in

@@ -473,6 +473,43 @@ pub fn test_time_and_call_at(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
+/// A timer never runs before its deadline, even while the loop is busy:
+/// with a callback that schedules itself again, the loop iterates without
+/// sleeping, and each iteration must still leave a timer that is not due
+/// yet in the heap (asyncio's `_run_once`: due means `when < time() +
+/// clock_resolution`).
+pub fn test_timer_not_early_while_busy(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let fired: Log<(f64, f64)> = Log::new();
+    let t0 = lp.time();
+    for i in 1..=20 {
+        let when = t0 + 0.002 * f64::from(i);
+        let (f, lp2) = (fired.clone(), lp.clone());
+        lp.call_at(when, Box::new(move || f.push((when, lp2.time()))), None)?;
+    }
+    // Busy: a callback that reschedules itself until the last timer ran.
+    fn spin(lp: Loop, fired: Log<(f64, f64)>) {
+        if fired.get().len() < 20 {
+            let l = lp.clone();
+            let _ = lp.call_soon(Box::new(move || spin(l, fired)), None);
+        } else {
+            lp.stop();
+        }
+    }
+    spin(lp.clone(), fired.clone());
+    stop_after(&lp, 10.0);
+    lp.run_forever()?;
+    let fired = fired.get();
+    assert_eq!(fired.len(), 20);
+    for (when, at) in fired {
+        assert!(
+            at >= when - CLOCK_RES,
+            "timer due at {when} ran at {at}, early"
+        );
+    }
+    lp.close()
+}
+
 /// A cancelled timer never runs, and its callback is dropped.
 pub fn test_call_later_cancelled(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use loop_api::events::AbstractEventLoopPolicy;
-use loop_api::{get_running_loop, Error, Loop, Result};
+use loop_api::{get_running_loop, Loop, Result};
 use policy::{DefaultEventLoopPolicy, LoopFactory, Runner};
 
 use crate::util::expect_runtime;
@@ -23,7 +23,7 @@ pub(crate) fn policy_read() -> RwLockReadGuard<'static, ()> {
 }
 
 /// Held by cases that replace the process's policy.
-fn policy_write() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn policy_write() -> RwLockWriteGuard<'static, ()> {
     POLICY_LOCK.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -37,7 +37,7 @@ impl Drop for ClearCurrent {
 }
 
 /// Puts the default policy back on the way out, even on failure.
-struct RestoreDefaultPolicy;
+pub(crate) struct RestoreDefaultPolicy;
 
 impl Drop for RestoreDefaultPolicy {
     fn drop(&mut self) {
@@ -137,25 +137,6 @@ pub fn test_current_loop_is_per_thread(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-/// `new_event_loop()`: a new, open, idle loop each call, of the policy's
-/// backend, not made current.
-pub fn test_new_event_loop(_ctx: &Ctx) -> Result<()> {
-    let _policy = policy_read();
-    let _clear = ClearCurrent;
-    let a = policy::new_event_loop()?;
-    let b = policy::new_event_loop()?;
-    assert_ne!(a.loop_id(), b.loop_id());
-    for lp in [&a, &b] {
-        assert!(!lp.is_closed() && !lp.is_running());
-    }
-    let expected = policy::backend_from_env()?()?;
-    assert_eq!(a.backend_name(), expected.backend_name());
-    expected.close()?;
-    assert!(policy::get_event_loop().is_err(), "not made current");
-    a.close()?;
-    b.close()
-}
-
 /// `get_event_loop_policy()` is one object for the whole process.
 pub fn test_get_event_loop_policy_is_process_wide(_ctx: &Ctx) -> Result<()> {
     let _policy = policy_read();
@@ -234,9 +215,16 @@ pub fn test_set_event_loop_policy(ctx: &Ctx) -> Result<()> {
     );
 
     policy::set_event_loop_policy(None);
-    let lp = policy::new_event_loop()?;
-    assert_eq!(custom.made.load(Ordering::SeqCst), 2, "back to the default");
-    lp.close()
+    let fresh = policy::get_event_loop_policy();
+    assert!(
+        !std::ptr::addr_eq(Arc::as_ptr(&fresh), Arc::as_ptr(&custom)),
+        "back to a default policy"
+    );
+    // Made through the new policy, not the custom one.
+    let lp = fresh.get_event_loop();
+    assert!(lp.is_err(), "the fresh policy has no current loop");
+    assert_eq!(custom.made.load(Ordering::SeqCst), 2);
+    Ok(())
 }
 
 /// `set_event_loop_policy(None)` installs a fresh default policy, which
@@ -274,53 +262,4 @@ pub fn test_default_policy_with_factory(ctx: &Ctx) -> Result<()> {
     p.set_event_loop(None);
     assert!(p.get_event_loop().is_err());
     lp.close()
-}
-
-/// Backends by name: the backend under test is available under its name;
-/// `"auto"` works; an unknown name is a `ValueError` and a known one this
-/// build lacks is `NotSupported`, both listing what the machine has.
-pub fn test_backend_by_name(ctx: &Ctx) -> Result<()> {
-    let under_test = {
-        let lp = ctx.new_loop();
-        let name = lp.backend_name();
-        lp.close()?;
-        name
-    };
-    let available = policy::available_backends();
-    assert!(
-        available.contains(&under_test),
-        "{under_test} is not registered in the policy crate: {available:?}"
-    );
-    for name in available.iter().copied().chain([under_test, "auto"]) {
-        let lp = policy::backend(name)?()?;
-        let expected = if name == "auto" {
-            policy::auto_backend()
-        } else {
-            name
-        };
-        assert_eq!(lp.backend_name(), expected);
-        lp.close()?;
-    }
-    match policy::backend("no-such-backend") {
-        Err(Error::Value(m)) => {
-            for name in &available {
-                assert!(m.contains(name), "{m}");
-            }
-        }
-        Err(e) => panic!("expected ValueError, got {e}"),
-        Ok(_) => panic!("expected ValueError, got a factory"),
-    }
-    for name in policy::KNOWN_BACKENDS {
-        if available.contains(name) {
-            continue;
-        }
-        match policy::backend(name) {
-            Err(Error::NotSupported { reason, .. }) => {
-                assert!(reason.contains("this machine has"), "{reason}")
-            }
-            Err(e) => panic!("{name}: expected NotSupported, got {e}"),
-            Ok(_) => panic!("{name} is not in available_backends() yet has a factory"),
-        }
-    }
-    Ok(())
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use loop_api::contextvars::{copy_context, Context, ContextVar};
 use loop_api::{get_running_loop, sleep, Error, EventLoopExt, Loop, Result};
-use policy::{LoopFactory, Runner};
+use policy::{DefaultEventLoopPolicy, LoopFactory, Runner};
 
-use crate::cases::test_policy::policy_read;
+use crate::cases::test_policy::{policy_write, RestoreDefaultPolicy};
 use crate::util::{capture_exceptions, expect_runtime, Log};
 use crate::Ctx;
 
@@ -228,8 +228,12 @@ pub fn test_asyncio_run_reports_hanging_tasks_errors(ctx: &Ctx) -> Result<()> {
 /// `test_asyncio_run_set_event_loop`: without a loop_factory, `run` makes
 /// its loop through the policy and sets it as the thread's current loop
 /// while it runs; afterwards there is none.
-pub fn test_asyncio_run_set_event_loop(_ctx: &Ctx) -> Result<()> {
-    let _policy = policy_read();
+pub fn test_asyncio_run_set_event_loop(ctx: &Ctx) -> Result<()> {
+    let _policy = policy_write();
+    let _restore = RestoreDefaultPolicy;
+    policy::set_event_loop_policy(Some(Arc::new(DefaultEventLoopPolicy::with_factory(
+        ctx.factory(),
+    ))));
     let same = policy::run(
         async {
             let running = get_running_loop()?;
@@ -393,7 +397,13 @@ pub fn test_runner_recursive_run(ctx: &Ctx) -> Result<()> {
 /// it closes; with one (`test_loop_factory`), it does not (asyncio: that is
 /// the factory's business).
 pub fn test_runner_sets_event_loop_only_without_factory(ctx: &Ctx) -> Result<()> {
-    let _policy = policy_read();
+    let _policy = policy_write();
+    let _restore = RestoreDefaultPolicy;
+    // Without a factory the runner asks the policy: one that makes loops
+    // of the backend under test.
+    policy::set_event_loop_policy(Some(Arc::new(DefaultEventLoopPolicy::with_factory(
+        ctx.factory(),
+    ))));
     let mut with_factory = Runner::new(None, Some(ctx.factory()));
     with_factory.get_loop()?;
     let current = policy::get_event_loop();
