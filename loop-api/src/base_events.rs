@@ -402,14 +402,19 @@ impl<D: Driver> BaseEventLoop<D> {
     fn run_once(&self) -> Result<()> {
         self.purge_cancelled_timers();
 
+        let mut deadline = None;
         let timeout = if !self.ready.borrow().is_empty() || self.stopping.get() {
             Some(Duration::ZERO)
         } else if let Some(top) = self.scheduled.borrow().peek() {
+            deadline = Some(top.when);
             let secs = (top.when - self.time()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
             Some(Duration::from_secs_f64(secs))
         } else {
             None
         };
+        if let Some(clock) = &self.clock {
+            clock.set_deadline(deadline);
+        }
 
         {
             // Only this function touches `events`, and it never runs nested

@@ -73,32 +73,52 @@ pub trait Notify: Send + Sync {
 }
 
 /// A loop clock that moves only when its driver moves it, in seconds.
+///
+/// Before each `poll` the loop leaves the deadline it waits for here
+/// ([`VirtualClock::deadline`]): the earliest timer's, or none when it
+/// waits for nothing but I/O or does not wait at all.
 #[derive(Debug, Default)]
-pub struct VirtualClock(Cell<f64>);
+pub struct VirtualClock {
+    now: Cell<f64>,
+    deadline: Cell<Option<f64>>,
+}
 
 impl VirtualClock {
     /// A clock at `start` seconds.
     pub fn new(start: f64) -> Rc<Self> {
-        Rc::new(VirtualClock(Cell::new(start)))
+        Rc::new(VirtualClock {
+            now: Cell::new(start),
+            deadline: Cell::new(None),
+        })
     }
 
     /// The time now.
     pub fn now(&self) -> f64 {
-        self.0.get()
+        self.now.get()
     }
 
     /// Moves the clock forward by `seconds` (never back).
     pub fn advance(&self, seconds: f64) {
         if seconds > 0.0 {
-            self.0.set(self.0.get() + seconds);
+            self.now.set(self.now.get() + seconds);
         }
     }
 
     /// Moves the clock to `when`, if that is later than now.
     pub fn advance_to(&self, when: f64) {
-        if when > self.0.get() {
-            self.0.set(when);
+        if when > self.now.get() {
+            self.now.set(when);
         }
+    }
+
+    /// The deadline of the timer the loop's current `poll` waits for.
+    pub fn deadline(&self) -> Option<f64> {
+        self.deadline.get()
+    }
+
+    /// Set by the loop before each `poll`.
+    pub(crate) fn set_deadline(&self, when: Option<f64>) {
+        self.deadline.set(when);
     }
 }
 

@@ -33,6 +33,7 @@ pub mod protocols;
 pub mod selector_events;
 pub mod staggered;
 pub mod tasks;
+pub mod test_utils;
 pub mod transports;
 #[cfg(unix)]
 mod unix_signals;
