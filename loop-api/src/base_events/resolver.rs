@@ -2,7 +2,7 @@
 //! methods): the system resolver, on the loop's default executor.
 //!
 //! Resolver errors (asyncio's `socket.gaierror`) are
-//! [`Error::Io`](crate::Error::Io) with the resolver's message.
+//! [`Error::Io`] with the resolver's message.
 
 use std::io;
 use std::net::SocketAddr;

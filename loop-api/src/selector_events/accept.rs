@@ -3,7 +3,7 @@
 //!
 //! Each readiness event accepts up to `backlog` connections and wraps each
 //! in a socket transport attached to the server
-//! ([`accept_one`](crate::base_events::serving::accept_one)). Out of
+//! ([`accept_one`]). Out of
 //! descriptors, it stops watching the listener and resumes after the
 //! shared back-off ([`crate::base_events::serving`]).
 
