@@ -14,10 +14,16 @@ fn skips() -> Vec<(&'static str, &'static str)> {
         conformance::MACHINE_DEPENDENT,
         conformance::UNIX_ONLY_CHECKS,
         conformance::WINE,
-        &[(
-            "test_sendfile::test_sock_sendfile_zero_copy",
-            "select has no zero-copy sendfile on Windows (TransmitFile is iocp's)",
-        )],
+        &[
+            (
+                "test_sendfile::test_sock_sendfile_cancel",
+                "select has no zero-copy sendfile on Windows (TransmitFile is iocp's)",
+            ),
+            (
+                "test_sendfile::test_sock_sendfile_peer_closed_in_the_middle",
+                "select has no zero-copy sendfile on Windows (TransmitFile is iocp's)",
+            ),
+        ],
     ]
     .concat()
 }
