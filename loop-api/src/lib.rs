@@ -41,6 +41,9 @@ mod unix_signals;
 #[cfg(unix)]
 pub use unix_signals::NSIG;
 
+#[doc(hidden)]
+pub use socket2 as __socket2;
+
 pub use events::{
     get_running_loop, AbstractEventLoop, EventLoopExt, Handle, Loop, RemoteLoop, TimerHandle,
 };

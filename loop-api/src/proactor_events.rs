@@ -45,6 +45,61 @@ pub mod socket_transport;
 
 pub use socket_transport::ProactorSocketTransport;
 
+/// Inside a completion driver's `impl IoModel<D> for ...`: datagram
+/// transports and `sock_recvfrom`/`sock_recvfrom_into`/`sock_sendto` on
+/// readiness ([`SelectorIo`](crate::selector_events::SelectorIo)), as both
+/// completion backends keep them: a receive request on a datagram socket
+/// would take (and truncate) a datagram that a cancelled `sock_recvfrom`
+/// must leave in place.
+#[macro_export]
+macro_rules! datagrams_on_readiness {
+    () => {
+        fn make_datagram_transport(
+            lp: &::std::rc::Rc<$crate::base_events::BaseEventLoop<Self>>,
+            sock: ::std::rc::Rc<$crate::__socket2::Socket>,
+            protocol: ::std::rc::Rc<dyn $crate::protocols::DatagramProtocol>,
+            address: ::std::option::Option<$crate::__socket2::SockAddr>,
+            waiter: ::std::option::Option<$crate::futures::Future<()>>,
+        ) -> $crate::Result<::std::rc::Rc<dyn $crate::transports::DatagramTransport>> {
+            <$crate::selector_events::SelectorIo as $crate::driver::IoModel<Self>>::make_datagram_transport(
+                lp, sock, protocol, address, waiter,
+            )
+        }
+
+        fn sock_recvfrom(
+            lp: &::std::rc::Rc<$crate::base_events::BaseEventLoop<Self>>,
+            sock: ::std::rc::Rc<$crate::__socket2::Socket>,
+            bufsize: usize,
+        ) -> $crate::events::LocalBoxFuture<'static, $crate::Result<(Vec<u8>, $crate::__socket2::SockAddr)>> {
+            <$crate::selector_events::SelectorIo as $crate::driver::IoModel<Self>>::sock_recvfrom(
+                lp, sock, bufsize,
+            )
+        }
+
+        fn sock_recvfrom_into(
+            lp: &::std::rc::Rc<$crate::base_events::BaseEventLoop<Self>>,
+            sock: ::std::rc::Rc<$crate::__socket2::Socket>,
+            buf: Vec<u8>,
+            nbytes: usize,
+        ) -> $crate::events::LocalBoxFuture<'static, $crate::Result<(Vec<u8>, usize, $crate::__socket2::SockAddr)>> {
+            <$crate::selector_events::SelectorIo as $crate::driver::IoModel<Self>>::sock_recvfrom_into(
+                lp, sock, buf, nbytes,
+            )
+        }
+
+        fn sock_sendto(
+            lp: &::std::rc::Rc<$crate::base_events::BaseEventLoop<Self>>,
+            sock: ::std::rc::Rc<$crate::__socket2::Socket>,
+            data: Vec<u8>,
+            address: $crate::__socket2::SockAddr,
+        ) -> $crate::events::LocalBoxFuture<'static, $crate::Result<usize>> {
+            <$crate::selector_events::SelectorIo as $crate::driver::IoModel<Self>>::sock_sendto(
+                lp, sock, data, address,
+            )
+        }
+    };
+}
+
 /// What a completion-based owner (a transport, an accept loop) keeps
 /// between the driver's `poll`, which records completions, and its step on
 /// the ready queue, which handles them in the order they arrived.

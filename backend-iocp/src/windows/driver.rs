@@ -30,9 +30,8 @@ use loop_api::events::{LocalBoxFuture, RawFd};
 use loop_api::futures::Future;
 use loop_api::proactor_events::accept::{self, Acceptors};
 use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
-use loop_api::protocols::{DatagramProtocol, Protocol, ProtocolFactory};
-use loop_api::selector_events::SelectorIo;
-use loop_api::transports::{DatagramTransport, Transport};
+use loop_api::protocols::{Protocol, ProtocolFactory};
+use loop_api::transports::Transport;
 use loop_api::Error;
 use socket2::{SockAddr, Socket};
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, HANDLE};
@@ -464,41 +463,7 @@ impl IoModel<IocpDriver> for IocpDriver {
         Box::pin(super::sock_ops::sock_accept(lp.clone(), sock))
     }
 
-    fn make_datagram_transport(
-        lp: &Rc<BaseEventLoop<Self>>,
-        sock: Rc<Socket>,
-        protocol: Rc<dyn DatagramProtocol>,
-        address: Option<SockAddr>,
-        waiter: Option<Future<()>>,
-    ) -> loop_api::Result<Rc<dyn DatagramTransport>> {
-        SelectorIo::make_datagram_transport(lp, sock, protocol, address, waiter)
-    }
-
-    fn sock_recvfrom(
-        lp: &Rc<BaseEventLoop<Self>>,
-        sock: Rc<Socket>,
-        bufsize: usize,
-    ) -> LocalBoxFuture<'static, loop_api::Result<(Vec<u8>, SockAddr)>> {
-        SelectorIo::sock_recvfrom(lp, sock, bufsize)
-    }
-
-    fn sock_recvfrom_into(
-        lp: &Rc<BaseEventLoop<Self>>,
-        sock: Rc<Socket>,
-        buf: Vec<u8>,
-        nbytes: usize,
-    ) -> LocalBoxFuture<'static, loop_api::Result<(Vec<u8>, usize, SockAddr)>> {
-        SelectorIo::sock_recvfrom_into(lp, sock, buf, nbytes)
-    }
-
-    fn sock_sendto(
-        lp: &Rc<BaseEventLoop<Self>>,
-        sock: Rc<Socket>,
-        data: Vec<u8>,
-        address: SockAddr,
-    ) -> LocalBoxFuture<'static, loop_api::Result<usize>> {
-        SelectorIo::sock_sendto(lp, sock, data, address)
-    }
+    loop_api::datagrams_on_readiness!();
 }
 
 impl Proactor for IocpDriver {
