@@ -623,6 +623,8 @@ macro_rules! __cases {
                 test_connect_accepted_socket_ssl_timeout_for_plain_socket,
                 test_connect_accepted_socket_fd_is_the_transports,
                 test_accept_emfile,
+                test_ip_literal_does_not_wait_for_the_executor,
+                test_ip_literal_after_executor_shutdown,
             }
             test_datagram {
                 test_create_datagram_endpoint,

@@ -2926,3 +2926,123 @@ mod emfile {
         lp.close()
     }
 }
+
+// ----- IP literals never go through the resolver ------------------------------------
+
+/// A default executor of one worker, kept busy until the returned sender
+/// is dropped or sent to; and the job's future.
+fn busy_executor(lp: &Loop) -> Result<(std::sync::mpsc::Sender<()>, loop_api::Future<()>)> {
+    let pool = std::sync::Arc::new(loop_api::executor::ThreadPoolExecutor::with_max_workers(1));
+    lp.set_default_executor(pool)?;
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let busy = lp.run_in_executor(None, move || {
+        let _ = wait.recv();
+    })?;
+    Ok((release, busy))
+}
+
+/// asyncio's `_ensure_resolved`: `create_server`, `create_connection` and
+/// `create_datagram_endpoint` turn an IP literal into its address on the
+/// spot. With the default executor's one worker busy, they still complete
+/// (a `getaddrinfo` would wait for the worker), and the worker is still
+/// busy afterwards: nothing went through it.
+pub fn test_ip_literal_does_not_wait_for_the_executor(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let (release, busy) = busy_executor(&lp)?;
+    let (factory, recs) = recorder(true);
+    let (server, addr) = serve_local(&lp, factory.clone())?;
+    let (t, _p) = run(
+        &lp,
+        lp.create_connection(
+            factory,
+            Some("127.0.0.1".into()),
+            Some(addr.port()),
+            Default::default(),
+        ),
+    )?;
+    run_until(&lp, "the server's connection", || served(&recs) == 2)?;
+    let dgram = run(
+        &lp,
+        lp.create_datagram_endpoint(
+            Rc::new(|| Rc::new(NoDatagrams) as Rc<dyn loop_api::protocols::DatagramProtocol>),
+            loop_api::events::options::CreateDatagramEndpointOptions {
+                local_addr: Some(loop_api::events::options::DatagramAddr::Inet(
+                    "127.0.0.1".into(),
+                    0,
+                )),
+                ..Default::default()
+            },
+        ),
+    )?;
+    assert!(
+        !busy.done(),
+        "the executor's only worker was free all along?"
+    );
+    release.send(()).expect("the busy job is waiting");
+    run(&lp, async move { busy.await })?;
+    t.close();
+    dgram.0.close();
+    server.close();
+    run(&lp, server.wait_closed())?;
+    lp.close()
+}
+
+/// The same after `shutdown_default_executor()`: numeric hosts still work,
+/// where a name now fails with "Executor shutdown has been called".
+pub fn test_ip_literal_after_executor_shutdown(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    run(&lp, lp.shutdown_default_executor(None))?;
+    let by_name = run(
+        &lp,
+        lp.getaddrinfo(
+            Some("localhost".into()),
+            Some("80".into()),
+            Family::Unspec,
+            1,
+            0,
+            0,
+        ),
+    );
+    match by_name {
+        Err(Error::Runtime(m)) => assert_eq!(m, "Executor shutdown has been called"),
+        other => panic!("a name after shutdown: {:?}", other.map(|v| v.len())),
+    }
+    let (factory, recs) = recorder(false);
+    let (server, addr) = serve_local(&lp, factory.clone())?;
+    let (t, _p) = run(
+        &lp,
+        lp.create_connection(
+            factory,
+            Some("127.0.0.1".into()),
+            Some(addr.port()),
+            CreateConnectionOptions {
+                local_addr: Some(v4(0)),
+                ..Default::default()
+            },
+        ),
+    )?;
+    run_until(&lp, "the server's connection", || served(&recs) == 2)?;
+    let dgram = run(
+        &lp,
+        lp.create_datagram_endpoint(
+            Rc::new(|| Rc::new(NoDatagrams) as Rc<dyn loop_api::protocols::DatagramProtocol>),
+            loop_api::events::options::CreateDatagramEndpointOptions {
+                remote_addr: Some(loop_api::events::options::DatagramAddr::Inet(
+                    "127.0.0.1".into(),
+                    addr.port(),
+                )),
+                ..Default::default()
+            },
+        ),
+    )?;
+    t.close();
+    dgram.0.close();
+    server.close();
+    run(&lp, server.wait_closed())?;
+    lp.close()
+}
+
+/// A datagram protocol that ignores everything.
+struct NoDatagrams;
+impl BaseProtocol for NoDatagrams {}
+impl loop_api::protocols::DatagramProtocol for NoDatagrams {}

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use socket2::{Socket, Type};
 
+use super::resolver::ensure_resolved;
 use super::sockets::{bind_error, domain_of, sock_stream};
 use super::tls_options::check_no_ssl;
 use super::BaseLoop;
@@ -119,31 +120,31 @@ async fn connect_host(
     port: Option<u16>,
     options: &CreateConnectionOptions,
 ) -> Result<Rc<Socket>> {
-    let infos = lp
-        .getaddrinfo(
-            host,
-            port.map(|p| p.to_string()),
-            options.family,
-            sock_stream(),
-            options.proto,
-            options.flags,
-        )
-        .await?;
+    let infos = ensure_resolved(
+        lp,
+        host,
+        port.unwrap_or(0),
+        options.family,
+        sock_stream(),
+        options.proto,
+        options.flags,
+    )
+    .await?;
     if infos.is_empty() {
         return Err(std::io::Error::other("getaddrinfo() returned empty list").into());
     }
     let local = match options.local_addr {
         Some(addr) => {
-            let l = lp
-                .getaddrinfo(
-                    Some(addr.ip().to_string()),
-                    Some(addr.port().to_string()),
-                    options.family,
-                    sock_stream(),
-                    options.proto,
-                    options.flags,
-                )
-                .await?;
+            let l = ensure_resolved(
+                lp,
+                Some(addr.ip().to_string()),
+                addr.port(),
+                options.family,
+                sock_stream(),
+                options.proto,
+                options.flags,
+            )
+            .await?;
             if l.is_empty() {
                 return Err(std::io::Error::other("getaddrinfo() returned empty list").into());
             }

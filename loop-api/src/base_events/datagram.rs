@@ -16,6 +16,7 @@ use std::rc::Rc;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::resolver::ensure_resolved;
 use super::sockets::set_reuse_port;
 use super::BaseLoop;
 use crate::events::options::{CreateDatagramEndpointOptions, DatagramAddr, Family};
@@ -173,16 +174,16 @@ async fn candidates(lp: &Loop, o: &CreateDatagramEndpointOptions) -> Result<Vec<
                 "an (host, port) address is expected unless family is Unix".into(),
             ));
         };
-        let infos = lp
-            .getaddrinfo(
-                Some(host.clone()),
-                Some(port.to_string()),
-                o.family,
-                i32::from(Type::DGRAM),
-                o.proto,
-                o.flags,
-            )
-            .await?;
+        let infos = ensure_resolved(
+            lp,
+            Some(host.clone()),
+            *port,
+            o.family,
+            i32::from(Type::DGRAM),
+            o.proto,
+            o.flags,
+        )
+        .await?;
         if infos.is_empty() {
             return Err(std::io::Error::other("getaddrinfo() returned empty list").into());
         }

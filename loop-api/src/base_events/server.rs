@@ -30,6 +30,7 @@ use std::rc::{Rc, Weak};
 
 use socket2::{Domain, Socket, Type};
 
+use super::resolver::ensure_resolved;
 use super::sockets::{bind_error, domain_of, set_reuse_port, sock_stream};
 use super::tls_options::check_no_ssl;
 use super::BaseLoop;
@@ -418,16 +419,16 @@ async fn bind_all(
     let reuse_address = options.reuse_address.unwrap_or(cfg!(unix));
     let mut infos = Vec::new();
     for h in hosts {
-        let got = lp
-            .getaddrinfo(
-                h,
-                Some(port.to_string()),
-                options.family,
-                sock_stream(),
-                0,
-                options.flags | passive_flag(),
-            )
-            .await?;
+        let got = ensure_resolved(
+            lp,
+            h,
+            port,
+            options.family,
+            sock_stream(),
+            0,
+            options.flags | passive_flag(),
+        )
+        .await?;
         for info in got {
             if !infos
                 .iter()
