@@ -83,10 +83,10 @@ fn serial() -> MutexGuard<'static, ()> {
 /// routine's wakeup).
 fn run_briefly(lp: &Loop) {
     let l = lp.clone();
-    lp.call_soon(
+    lp.call_soon_dyn(
         Box::new(move || {
             let l2 = l.clone();
-            l.call_soon(Box::new(move || l2.stop()), None).unwrap();
+            l.call_soon_dyn(Box::new(move || l2.stop()), None).unwrap();
         }),
         None,
     )
@@ -283,7 +283,7 @@ mod child {
             say("caught by the next handler");
             let lp = loop_api::get_running_loop().expect("on the loop");
             let l = lp.clone();
-            lp.call_soon(Box::new(move || l.stop()), None).unwrap();
+            lp.call_soon_dyn(Box::new(move || l.stop()), None).unwrap();
         });
         i32::from(woke.is_ok())
     }
@@ -295,7 +295,7 @@ mod child {
         let lp = new_loop();
         let ran_on = Rc::new(Cell::new(None));
         let (r, l) = (ran_on.clone(), lp.clone());
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 let (r2, l2) = (r.clone(), l.clone());
                 let installed = l
@@ -346,7 +346,7 @@ mod child {
             .unwrap_or_else(PoisonError::into_inner) = Some(lp.remote());
         let fired = Rc::new(Cell::new(false));
         let (f, l) = (fired.clone(), lp.clone());
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 let installed = l
                     .add_interrupt_handler(Box::new(move || f.set(true)))

@@ -45,7 +45,7 @@ fn reader_sees_data_then_eof_and_removes_itself() {
     let got = Rc::new(RefCell::new(Vec::new()));
     let c = Rc::new(RefCell::new(Some(c)));
     let (g, l, c2) = (got.clone(), lp.clone(), c.clone());
-    lp.add_reader(
+    lp.add_reader_dyn(
         fd,
         Box::new(move || {
             let mut buf = [0u8; 64];
@@ -69,7 +69,7 @@ fn reader_sees_data_then_eof_and_removes_itself() {
     )
     .unwrap();
     let c3 = c.clone();
-    lp.call_soon(
+    lp.call_soon_dyn(
         Box::new(move || c3.borrow_mut().as_mut().unwrap().write_all(b"abc").unwrap()),
         None,
     )
@@ -92,7 +92,7 @@ fn reader_is_level_triggered() {
     let (r, l) = (runs.clone(), lp.clone());
     // Never reads: the socket stays readable, so the reader runs on every
     // iteration until it has run three times.
-    lp.add_reader(
+    lp.add_reader_dyn(
         fd,
         Box::new(move || {
             r.set(r.get() + 1);
@@ -118,7 +118,7 @@ fn writer_runs_when_writable() {
     let fd = c.as_raw_socket();
     let ran = Rc::new(Cell::new(false));
     let (r, l) = (ran.clone(), lp.clone());
-    lp.add_writer(
+    lp.add_writer_dyn(
         fd,
         Box::new(move || {
             r.set(true);
@@ -138,11 +138,13 @@ fn writer_runs_when_writable() {
 fn closing_the_loop_with_readers_registered() {
     let lp = new_loop();
     let (c, s) = pair();
-    lp.add_reader(s.as_raw_socket(), Box::new(|| {})).unwrap();
-    lp.add_writer(c.as_raw_socket(), Box::new(|| {})).unwrap();
+    lp.add_reader_dyn(s.as_raw_socket(), Box::new(|| {}))
+        .unwrap();
+    lp.add_writer_dyn(c.as_raw_socket(), Box::new(|| {}))
+        .unwrap();
     // One iteration, so that AFD polls are in flight when the loop closes.
     let l = lp.clone();
-    lp.call_soon(Box::new(move || l.stop()), None).unwrap();
+    lp.call_soon_dyn(Box::new(move || l.stop()), None).unwrap();
     lp.run_forever().unwrap();
     lp.close().unwrap();
     drop(lp);
@@ -159,7 +161,7 @@ fn call_soon_threadsafe_wakes_an_idle_loop() {
         rx.recv().unwrap();
         remote.stop().unwrap();
     });
-    lp.call_soon(Box::new(move || tx.send(()).unwrap()), None)
+    lp.call_soon_dyn(Box::new(move || tx.send(()).unwrap()), None)
         .unwrap();
     // Nothing else is scheduled: without the wakeup the loop would block
     // for ever (the safety net aside).
@@ -177,7 +179,7 @@ fn timers_never_run_early() {
     let at = Rc::new(Cell::new(0.0));
     for delay in [0.001, 0.0155, 0.05] {
         let (a, l) = (at.clone(), lp.clone());
-        lp.call_later(
+        lp.call_later_dyn(
             delay,
             Box::new(move || {
                 a.set(l.time());

@@ -165,7 +165,7 @@ fn an_accept_cancelled_late_loses_no_connection() -> Result<()> {
 fn serving_with_acceptex_and_stopping() -> Result<()> {
     let lp = new_event_loop()?;
     let transports: Transports = Rc::default();
-    let server = lp.run_until_complete(lp.create_server(
+    let server = lp.run_until_complete(lp.create_server_dyn(
         echo_factory(&transports),
         Hosts::One("127.0.0.1".into()),
         Some(0),
@@ -217,7 +217,7 @@ fn serving_with_acceptex_and_stopping() -> Result<()> {
 fn closing_with_operations_in_flight() -> Result<()> {
     let lp = new_event_loop()?;
     let transports: Transports = Rc::default();
-    let server = lp.run_until_complete(lp.create_server(
+    let server = lp.run_until_complete(lp.create_server_dyn(
         echo_factory(&transports),
         Hosts::One("127.0.0.1".into()),
         Some(0),

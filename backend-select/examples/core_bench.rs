@@ -198,7 +198,7 @@ fn ours_batch(n: usize, batch: usize) -> Sample {
     while i < n {
         let end = (i + batch).min(n);
         for i in i..end {
-            let h = lp.call_soon(
+            let h = lp.call_soon_dyn(
                 Box::new(move || {
                     bump(i);
                 }),
@@ -266,7 +266,8 @@ fn chain_cb(left: usize) -> Box<dyn FnOnce()> {
             if left == 0 {
                 lp.stop();
             } else {
-                lp.call_soon(chain_cb(left - 1), None).expect("call_soon");
+                lp.call_soon_dyn(chain_cb(left - 1), None)
+                    .expect("call_soon");
             }
         });
     })
@@ -276,7 +277,7 @@ fn ours_chain(n: usize) -> Sample {
     let lp = lp();
     reset_count();
     let t0 = thread_cpu();
-    lp.call_soon(chain_cb(n - 1), None).expect("call_soon");
+    lp.call_soon_dyn(chain_cb(n - 1), None).expect("call_soon");
     lp.run_forever().expect("run");
     let dt = thread_cpu() - t0;
     assert_eq!(count(), n);
@@ -379,7 +380,9 @@ fn ours_timers(n: usize, order: &[usize], cancel: bool, late: &AtomicBool) -> Sa
     let mut handles = Vec::with_capacity(if cancel { n } else { 0 });
     for &k in order {
         let when = base + TIMER_WINDOW * k as f64 / n as f64;
-        let h = lp.call_at(when, timer_cb(expected), None).expect("call_at");
+        let h = lp
+            .call_at_dyn(when, timer_cb(expected), None)
+            .expect("call_at");
         if cancel {
             handles.push(h);
         }
@@ -517,7 +520,7 @@ fn ours_threadsafe(n: usize) -> Sample {
                 .expect("call_soon_threadsafe");
         }
     });
-    lp.call_soon(
+    lp.call_soon_dyn(
         Box::new(move || {
             go.wait();
             START.with(|s| s.set(Some(Instant::now())));

@@ -39,7 +39,7 @@ fn pause_resume_storm() {
     let all: Transports = Rc::default();
     let factory = echo_factory(&all);
     let server = lp
-        .run_until_complete(lp.create_server(
+        .run_until_complete(lp.create_server_dyn(
             factory,
             Hosts::One("127.0.0.1".into()),
             Some(0),
@@ -152,7 +152,7 @@ fn close_with_operations_in_flight() -> Result<()> {
     let lp = new_event_loop()?;
     let all: Transports = Rc::default();
     let factory = echo_factory(&all);
-    let server = lp.run_until_complete(lp.create_server(
+    let server = lp.run_until_complete(lp.create_server_dyn(
         factory,
         Hosts::One("127.0.0.1".into()),
         Some(0),

@@ -43,16 +43,16 @@ pub fn capture_exceptions(lp: &Loop) -> Log<ExceptionContext> {
     log
 }
 
-/// `lp.call_soon(f)` with the closure boxed.
+/// `lp.call_soon_dyn(f)` with the closure boxed.
 pub fn soon(lp: &Loop, f: impl FnOnce() + 'static) -> loop_api::Result<loop_api::Handle> {
-    lp.call_soon(Box::new(f), None)
+    lp.call_soon_dyn(Box::new(f), None)
 }
 
 /// Stops `lp` after `secs` of loop time: a safety net for cases that run
 /// the loop forever, never the way a case synchronises.
 pub fn stop_after(lp: &Loop, secs: f64) {
     let l = lp.clone();
-    lp.call_later(secs, Box::new(move || l.stop()), None)
+    lp.call_later_dyn(secs, Box::new(move || l.stop()), None)
         .expect("loop open");
 }
 
@@ -67,7 +67,7 @@ pub fn run_until_done(
     let l = lp.clone();
     let id = fut.add_done_callback_erased(Box::new(move || l.stop()));
     let l = lp.clone();
-    let net = lp.call_later(secs, Box::new(move || l.stop()), None)?;
+    let net = lp.call_later_dyn(secs, Box::new(move || l.stop()), None)?;
     let ran = lp.run_forever();
     net.cancel();
     fut.remove_done_callback(id);
@@ -426,7 +426,7 @@ pub fn poll_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) {
 /// arrive. Never what a test's outcome depends on.
 pub fn turn(lp: &Loop) {
     let l = lp.clone();
-    lp.call_later(0.01, Box::new(move || l.stop()), None)
+    lp.call_later_dyn(0.01, Box::new(move || l.stop()), None)
         .expect("loop open");
     lp.run_forever().expect("run");
 }
@@ -475,7 +475,7 @@ pub fn echo_factory(all: &Transports) -> loop_api::protocols::ProtocolFactory {
 pub fn safety_net(lp: &Loop, secs: f64) -> loop_api::Result<Rc<std::cell::Cell<bool>>> {
     let fired = Rc::new(std::cell::Cell::new(false));
     let (f, l) = (fired.clone(), lp.clone());
-    lp.call_later(
+    lp.call_later_dyn(
         secs,
         Box::new(move || {
             f.set(true);

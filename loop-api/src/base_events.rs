@@ -847,7 +847,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
                 },
                 None,
             );
-            let timer = lp.call_later(
+            let timer = lp.call_later_dyn(
                 timeout.as_secs_f64(),
                 Box::new(move || {
                     let _ = r2.set_result(false);
@@ -870,14 +870,14 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         })
     }
 
-    fn call_soon(&self, callback: Callback, context: Option<Context>) -> Result<Handle> {
+    fn call_soon_dyn(&self, callback: Callback, context: Option<Context>) -> Result<Handle> {
         self.check_closed()?;
         let (k, h) = self.soon.push_with_handle(callback, context);
         self.push_ready_after_remote(Ready::Soon(k));
         Ok(h)
     }
 
-    fn call_later(
+    fn call_later_dyn(
         &self,
         delay: f64,
         callback: Callback,
@@ -886,10 +886,10 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         if delay.is_nan() {
             return Err(Error::value("delay must not be NaN"));
         }
-        self.call_at(self.time() + delay, callback, context)
+        self.call_at_dyn(self.time() + delay, callback, context)
     }
 
-    fn call_at(
+    fn call_at_dyn(
         &self,
         when: f64,
         callback: Callback,
@@ -911,10 +911,10 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         Ok(h)
     }
 
-    fn call_soon_threadsafe(&self, callback: SendCallback) -> Result<Handle> {
+    fn call_soon_threadsafe_dyn(&self, callback: SendCallback) -> Result<Handle> {
         // `&self` proves we are on the loop's own thread (the loop is not
         // `Send`): no wakeup is needed, the queue is ours.
-        self.call_soon(callback, None)
+        self.call_soon_dyn(callback, None)
     }
 
     fn remote(&self) -> RemoteLoop {
@@ -1007,7 +1007,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         self.slow_callback_duration.set(seconds);
     }
 
-    fn add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+    fn add_reader_dyn(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
         self._ensure_fd_no_transport(fd)?;
         self._add_reader(fd, callback)
     }
@@ -1017,7 +1017,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         self._remove_reader(fd)
     }
 
-    fn add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
+    fn add_writer_dyn(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {
         self._ensure_fd_no_transport(fd)?;
         self._add_writer(fd, callback)
     }
@@ -1029,7 +1029,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     // ----- DNS: the system resolver on the default executor ---------------------
 
-    fn getaddrinfo(
+    fn getaddrinfo_dyn(
         &self,
         host: Option<String>,
         port: Option<String>,
@@ -1051,7 +1051,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     // ----- networking, written once in the submodules ---------------------------
 
-    fn create_connection(
+    fn create_connection_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         host: Option<String>,
@@ -1061,7 +1061,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         connect::create_connection(self.me(), protocol_factory, host, port, options)
     }
 
-    fn create_server(
+    fn create_server_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         host: Hosts,
@@ -1071,7 +1071,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         server::create_server(self.me(), protocol_factory, host, port, options)
     }
 
-    fn connect_accepted_socket(
+    fn connect_accepted_socket_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         sock: Rc<Socket>,
@@ -1110,7 +1110,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         not_implemented("start_tls")
     }
 
-    fn create_unix_connection(
+    fn create_unix_connection_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         path: Option<PathBuf>,
@@ -1119,7 +1119,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         unix::create_unix_connection(self.me(), protocol_factory, path, options)
     }
 
-    fn create_unix_server(
+    fn create_unix_server_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         path: Option<PathBuf>,
@@ -1128,7 +1128,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         unix::create_unix_server(self.me(), protocol_factory, path, options)
     }
 
-    fn create_datagram_endpoint(
+    fn create_datagram_endpoint_dyn(
         &self,
         protocol_factory: DatagramProtocolFactory,
         options: CreateDatagramEndpointOptions,
@@ -1136,7 +1136,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         datagram::create_datagram_endpoint(self.me(), protocol_factory, options)
     }
 
-    fn connect_read_pipe(
+    fn connect_read_pipe_dyn(
         &self,
         _protocol_factory: ProtocolFactory,
         _pipe: File,
@@ -1144,7 +1144,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         not_implemented("connect_read_pipe")
     }
 
-    fn connect_write_pipe(
+    fn connect_write_pipe_dyn(
         &self,
         _protocol_factory: ProtocolFactory,
         _pipe: File,
@@ -1152,7 +1152,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         not_implemented("connect_write_pipe")
     }
 
-    fn subprocess_exec(
+    fn subprocess_exec_dyn(
         &self,
         _protocol_factory: SubprocessProtocolFactory,
         _program: OsString,
@@ -1162,7 +1162,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         not_implemented("subprocess_exec")
     }
 
-    fn subprocess_shell(
+    fn subprocess_shell_dyn(
         &self,
         _protocol_factory: SubprocessProtocolFactory,
         _cmd: OsString,
@@ -1243,7 +1243,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 
     #[cfg(unix)]
-    fn add_signal_handler(&self, sig: i32, callback: RepeatCallback) -> Result<()> {
+    fn add_signal_handler_dyn(&self, sig: i32, callback: RepeatCallback) -> Result<()> {
         self.check_closed()?;
         crate::unix_signals::check_signal(sig)?;
         self.ensure_signals()?;
@@ -1309,7 +1309,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     }
 
     #[cfg(not(unix))]
-    fn add_signal_handler(&self, _sig: i32, _callback: RepeatCallback) -> Result<()> {
+    fn add_signal_handler_dyn(&self, _sig: i32, _callback: RepeatCallback) -> Result<()> {
         Err(Error::NotSupported {
             feature: "add_signal_handler",
             reason: "Windows has no POSIX signals".into(),

@@ -202,7 +202,9 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
             let _ = match w {
                 Waiter::Callback(_, cb, ctx) => {
                     let h = handle.clone();
-                    self.lp.call_soon(Box::new(move || cb(&h)), ctx).map(drop)
+                    self.lp
+                        .call_soon_dyn(Box::new(move || cb(&h)), ctx)
+                        .map(drop)
                 }
                 Waiter::Task(task) => task.wake_step(),
                 Waiter::Waker(w) => {
@@ -226,7 +228,7 @@ impl<T, H: Clone + 'static> FutureState<T, H> {
         let context = context.or_else(|| Some(crate::contextvars::copy_context()));
         if self.done() {
             let h = handle.clone();
-            let _ = self.lp.call_soon(Box::new(move || cb(&h)), context);
+            let _ = self.lp.call_soon_dyn(Box::new(move || cb(&h)), context);
         } else {
             self.waiters
                 .borrow_mut()

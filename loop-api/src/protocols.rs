@@ -87,3 +87,43 @@ pub type ProtocolFactory = Rc<dyn Fn() -> Rc<dyn Protocol>>;
 pub type DatagramProtocolFactory = Rc<dyn Fn() -> Rc<dyn DatagramProtocol>>;
 /// Builds the protocol of a subprocess.
 pub type SubprocessProtocolFactory = Rc<dyn Fn() -> Rc<dyn SubprocessProtocol>>;
+
+/// A protocol type a typed factory may return: any [`Protocol`], or `dyn
+/// Protocol` itself. What lets [`EventLoopExt::create_connection`] hand back
+/// the caller's own type.
+///
+/// [`EventLoopExt::create_connection`]: crate::events::EventLoopExt::create_connection
+pub trait IntoDynProtocol: 'static {
+    /// The protocol as the transport holds it.
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn Protocol>;
+}
+
+impl<P: Protocol + 'static> IntoDynProtocol for P {
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn Protocol> {
+        self
+    }
+}
+
+impl IntoDynProtocol for dyn Protocol {
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn Protocol> {
+        self
+    }
+}
+
+/// As [`IntoDynProtocol`], for datagram protocols.
+pub trait IntoDynDatagramProtocol: 'static {
+    /// The protocol as the transport holds it.
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn DatagramProtocol>;
+}
+
+impl<P: DatagramProtocol + 'static> IntoDynDatagramProtocol for P {
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn DatagramProtocol> {
+        self
+    }
+}
+
+impl IntoDynDatagramProtocol for dyn DatagramProtocol {
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn DatagramProtocol> {
+        self
+    }
+}

@@ -112,7 +112,7 @@ impl<T: 'static> Race<T> {
         if let (Some(delay), true) = (self.delay, self.not_started.len() > 0) {
             let fired = Future::<()>::new(self.lp.clone());
             let setter = fired.clone();
-            let timer = self.lp.call_later(
+            let timer = self.lp.call_later_dyn(
                 delay,
                 Box::new(move || {
                     let _ = setter.set_result(());

@@ -878,7 +878,7 @@ pub async fn sleep_on(lp: &Loop, delay: f64) -> Result<()> {
     }
     let fut = crate::futures::Future::<()>::new(lp.clone());
     let setter = fut.clone();
-    let timer = lp.call_later(
+    let timer = lp.call_later_dyn(
         delay,
         Box::new(move || {
             if !setter.done() {

@@ -51,10 +51,10 @@ fn the_clock_starts_at_zero_and_moves_only_when_the_loop_would_block() {
         let times = Log::default();
         for _ in 0..3 {
             let (t, l) = (times.clone(), lp.clone());
-            lp.call_soon(Box::new(move || t.push(l.time())), None)
+            lp.call_soon_dyn(Box::new(move || t.push(l.time())), None)
                 .unwrap();
         }
-        lp.call_soon(stopper(&lp), None).unwrap();
+        lp.call_soon_dyn(stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(times.get(), [0.0, 0.0, 0.0]);
         assert_eq!(lp.time(), 0.0);
@@ -67,10 +67,10 @@ fn timers_fire_in_deadline_order_exactly_at_their_deadlines() {
         let fired = Log::default();
         for delay in [3600.0, 0.25, 86_400.0 * 3.0, 1.5, 0.1] {
             let (f, l) = (fired.clone(), lp.clone());
-            lp.call_later(delay, Box::new(move || f.push((delay, l.time()))), None)
+            lp.call_later_dyn(delay, Box::new(move || f.push((delay, l.time()))), None)
                 .unwrap();
         }
-        lp.call_later(86_400.0 * 3.0 + 1.0, stopper(&lp), None)
+        lp.call_later_dyn(86_400.0 * 3.0 + 1.0, stopper(&lp), None)
             .unwrap();
         lp.run_forever().unwrap();
         let fired = fired.get();
@@ -89,13 +89,13 @@ fn same_deadline_runs_in_scheduling_order_after_ready_callbacks() {
         let log = Log::default();
         for i in 0..5 {
             let l = log.clone();
-            lp.call_at(10.0, Box::new(move || l.push(format!("at{i}"))), None)
+            lp.call_at_dyn(10.0, Box::new(move || l.push(format!("at{i}"))), None)
                 .unwrap();
         }
         let l = log.clone();
-        lp.call_soon(Box::new(move || l.push("soon".to_string())), None)
+        lp.call_soon_dyn(Box::new(move || l.push("soon".to_string())), None)
             .unwrap();
-        lp.call_at(10.0, stopper(&lp), None).unwrap();
+        lp.call_at_dyn(10.0, stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(log.get(), ["soon", "at0", "at1", "at2", "at3", "at4"]);
     });
@@ -107,24 +107,24 @@ fn a_cancelled_timer_never_runs_and_does_not_move_the_clock_to_it() {
         let log = Log::default();
         let l = log.clone();
         let h = lp
-            .call_later(5.0, Box::new(move || l.push("cancelled")), None)
+            .call_later_dyn(5.0, Box::new(move || l.push("cancelled")), None)
             .unwrap();
         h.cancel();
-        lp.call_later(1.0, stopper(&lp), None).unwrap();
+        lp.call_later_dyn(1.0, stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert!(log.get().is_empty());
         assert_eq!(lp.time(), 1.0);
         // Many cancelled timers are purged, not waited for.
         let handles: Vec<_> = (0..500)
             .map(|i| {
-                lp.call_later(100.0 + f64::from(i), Box::new(|| {}), None)
+                lp.call_later_dyn(100.0 + f64::from(i), Box::new(|| {}), None)
                     .unwrap()
             })
             .collect();
         for h in &handles {
             h.cancel();
         }
-        lp.call_later(2.0, stopper(&lp), None).unwrap();
+        lp.call_later_dyn(2.0, stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(lp.time(), 3.0);
     });
@@ -136,21 +136,23 @@ fn stop_finishes_the_current_iteration() {
         let log = Log::default();
         let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
         let lp2 = lp.clone();
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 l1.push(1);
                 lp2.stop();
                 // Scheduled now: runs in the next iteration, after the stop.
                 let l = l3.clone();
-                lp2.call_soon(Box::new(move || l.push(3)), None).unwrap();
+                lp2.call_soon_dyn(Box::new(move || l.push(3)), None)
+                    .unwrap();
             }),
             None,
         )
         .unwrap();
-        lp.call_soon(Box::new(move || l2.push(2)), None).unwrap();
+        lp.call_soon_dyn(Box::new(move || l2.push(2)), None)
+            .unwrap();
         lp.run_forever().unwrap();
         assert_eq!(log.get(), [1, 2]);
-        lp.call_soon(stopper(&lp), None).unwrap();
+        lp.call_soon_dyn(stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(log.get(), [1, 2, 3]);
     });
@@ -186,12 +188,12 @@ fn advance_moves_time_by_hand() {
     quick(|lp| {
         let fired = Log::default();
         let f = fired.clone();
-        lp.call_later(10.0, Box::new(move || f.push(())), None)
+        lp.call_later_dyn(10.0, Box::new(move || f.push(())), None)
             .unwrap();
         lp.with_driver(|d| d.advance(10.0));
         assert_eq!(lp.time(), 10.0);
         // Due already: it runs in the next iteration without moving time.
-        lp.call_soon(stopper(&lp), None).unwrap();
+        lp.call_soon_dyn(stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(fired.get().len(), 1);
         assert_eq!(lp.time(), 10.0);
@@ -206,13 +208,13 @@ fn a_panicking_callback_goes_to_the_exception_handler_and_the_loop_goes_on() {
         let handler: ExceptionHandler =
             Rc::new(move |_lp, ctx: &ExceptionContext| s.push(ctx.message.clone()));
         lp.set_exception_handler(Some(handler));
-        lp.call_later(1.0, Box::new(|| panic!("boom")), None)
+        lp.call_later_dyn(1.0, Box::new(|| panic!("boom")), None)
             .unwrap();
         let after = Log::default();
         let a = after.clone();
-        lp.call_later(2.0, Box::new(move || a.push(())), None)
+        lp.call_later_dyn(2.0, Box::new(move || a.push(())), None)
             .unwrap();
-        lp.call_later(3.0, stopper(&lp), None).unwrap();
+        lp.call_later_dyn(3.0, stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(seen.get().len(), 1);
         assert!(
@@ -233,7 +235,7 @@ fn with_nothing_scheduled_the_loop_waits_for_other_threads() {
         let l = lp.clone();
         // Nothing scheduled: the loop blocks (for real) until the thread
         // calls in, and the clock does not move meanwhile.
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(20));
@@ -264,10 +266,10 @@ fn the_executor_result_arrives_through_the_wakeup() {
 #[test]
 fn readiness_is_not_supported() {
     quick(|lp| {
-        let err = lp.add_reader(0, Box::new(|| {})).unwrap_err();
+        let err = lp.add_reader_dyn(0, Box::new(|| {})).unwrap_err();
         assert!(matches!(err, Error::NotSupported { .. }), "{err}");
         // The loop is still usable.
-        lp.call_later(1.0, stopper(&lp), None).unwrap();
+        lp.call_later_dyn(1.0, stopper(&lp), None).unwrap();
         lp.run_forever().unwrap();
         let as_dyn: Loop = lp.clone();
         assert_eq!(as_dyn.backend_name(), "test");

@@ -321,7 +321,7 @@ mod bench {
             ..Default::default()
         };
         let server = lp
-            .create_server(factory, Hosts::One("127.0.0.1".into()), Some(0), options)
+            .create_server_dyn(factory, Hosts::One("127.0.0.1".into()), Some(0), options)
             .await?;
         let sock = server
             .sockets()

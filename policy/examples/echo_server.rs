@@ -47,7 +47,7 @@ async fn serve(port: u16) -> Result<()> {
     // One fresh protocol per accepted connection.
     let factory: ProtocolFactory = Rc::new(|| Rc::new(EchoProtocol::default()) as Rc<dyn Protocol>);
     let server = lp
-        .create_server(
+        .create_server_dyn(
             factory,
             Hosts::One("127.0.0.1".into()),
             Some(port),

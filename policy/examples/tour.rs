@@ -55,7 +55,7 @@ mod tour {
         println!("\n1. call_soon");
         let done = lp.create_future::<()>();
         let d = done.clone();
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 println!("   Hello World (a callback run by the loop)");
                 finished(&d);
@@ -81,7 +81,7 @@ mod tour {
         if now + 0.2 < end {
             let again = lp.clone();
             let scheduled =
-                lp.call_later(0.2, Box::new(move || tick(again, start, end, done)), None);
+                lp.call_later_dyn(0.2, Box::new(move || tick(again, start, end, done)), None);
             if let Err(e) = scheduled {
                 eprintln!("   call_later failed: {e}");
             }
@@ -100,7 +100,7 @@ mod tour {
         let fd = rsock.as_raw_fd();
         let done = lp.create_future::<()>();
         let (d, reader_loop) = (done.clone(), lp.clone());
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 let mut buf = [0u8; 100];
@@ -118,8 +118,8 @@ mod tour {
             }),
         )?;
         // Simulate the reception of data from the network, as the docs do
-        // with loop.call_soon(wsock.send, 'abc'.encode()).
-        lp.call_soon(
+        // with loop.call_soon_dyn(wsock.send, 'abc'.encode()).
+        lp.call_soon_dyn(
             Box::new(move || {
                 println!("   writing b\"abc\" to the other end");
                 let _ = (&wsock).write_all(b"abc");
@@ -138,7 +138,7 @@ mod tour {
         let remaining = Rc::new(Cell::new(2));
         for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
             let (d, left) = (done.clone(), remaining.clone());
-            lp.add_signal_handler(
+            lp.add_signal_handler_dyn(
                 sig,
                 Box::new(move || {
                     println!("   got signal {name}: its handler ran on the loop");

@@ -21,7 +21,7 @@ use crate::Ctx;
 const CLOCK_RES: f64 = 1e-6;
 
 fn later(lp: &Loop, delay: f64, f: impl FnOnce() + 'static) -> Result<TimerHandle> {
-    lp.call_later(delay, Box::new(f), None)
+    lp.call_later_dyn(delay, Box::new(f), None)
 }
 
 fn stopper(lp: &Loop) -> impl FnOnce() + 'static {
@@ -35,10 +35,10 @@ pub fn test_call_soon_fifo(ctx: &Ctx) -> Result<()> {
     let log = Log::new();
     for i in 0..5 {
         let l = log.clone();
-        lp.call_soon(Box::new(move || l.push(i)), None)?;
+        lp.call_soon_dyn(Box::new(move || l.push(i)), None)?;
     }
     let l = lp.clone();
-    lp.call_soon(Box::new(move || l.stop()), None)?;
+    lp.call_soon_dyn(Box::new(move || l.stop()), None)?;
     lp.run_forever()?;
     assert_eq!(log.get(), vec![0, 1, 2, 3, 4]);
     lp.close()
@@ -395,9 +395,9 @@ pub fn test_call_at_same_deadline_fifo(ctx: &Ctx) -> Result<()> {
     let when = lp.time() + 0.02;
     for i in 0..20 {
         let l = log.clone();
-        lp.call_at(when, Box::new(move || l.push(i)), None)?;
+        lp.call_at_dyn(when, Box::new(move || l.push(i)), None)?;
     }
-    lp.call_at(when, Box::new(stopper(&lp)), None)?;
+    lp.call_at_dyn(when, Box::new(stopper(&lp)), None)?;
     stop_after(&lp, 10.0);
     lp.run_forever()?;
     assert_eq!(log.get(), (0..20).collect::<Vec<_>>());
@@ -459,7 +459,7 @@ pub fn test_time_and_call_at(ctx: &Ctx) -> Result<()> {
     for delay in [0.001, 0.005, 0.02, 0.05, 0.1] {
         let when = t0 + delay;
         let (f, lp2) = (fired.clone(), lp.clone());
-        lp.call_at(when, Box::new(move || f.push((when, lp2.time()))), None)?;
+        lp.call_at_dyn(when, Box::new(move || f.push((when, lp2.time()))), None)?;
     }
     later(&lp, 0.11, stopper(&lp))?;
     stop_after(&lp, 10.0);
@@ -485,13 +485,13 @@ pub fn test_timer_not_early_while_busy(ctx: &Ctx) -> Result<()> {
     for i in 1..=20 {
         let when = t0 + 0.002 * f64::from(i);
         let (f, lp2) = (fired.clone(), lp.clone());
-        lp.call_at(when, Box::new(move || f.push((when, lp2.time()))), None)?;
+        lp.call_at_dyn(when, Box::new(move || f.push((when, lp2.time()))), None)?;
     }
     // Busy: a callback that reschedules itself until the last timer ran.
     fn spin(lp: Loop, fired: Log<(f64, f64)>) {
         if fired.get().len() < 20 {
             let l = lp.clone();
-            let _ = lp.call_soon(Box::new(move || spin(l, fired)), None);
+            let _ = lp.call_soon_dyn(Box::new(move || spin(l, fired)), None);
         } else {
             lp.stop();
         }
@@ -537,7 +537,7 @@ pub fn test_cancelled_timer_in_same_batch(ctx: &Ctx) -> Result<()> {
     let when = lp.time() + 0.01;
     let victim: Rc<std::cell::RefCell<Option<TimerHandle>>> = Rc::default();
     let (l, v) = (log.clone(), victim.clone());
-    lp.call_at(
+    lp.call_at_dyn(
         when,
         Box::new(move || {
             l.push("killer");
@@ -546,9 +546,9 @@ pub fn test_cancelled_timer_in_same_batch(ctx: &Ctx) -> Result<()> {
         None,
     )?;
     let l = log.clone();
-    *victim.borrow_mut() = Some(lp.call_at(when, Box::new(move || l.push("victim")), None)?);
+    *victim.borrow_mut() = Some(lp.call_at_dyn(when, Box::new(move || l.push("victim")), None)?);
     let l = log.clone();
-    lp.call_at(when, Box::new(move || l.push("after")), None)?;
+    lp.call_at_dyn(when, Box::new(move || l.push("after")), None)?;
     later(&lp, 0.03, stopper(&lp))?;
     stop_after(&lp, 10.0);
     lp.run_forever()?;

@@ -212,7 +212,7 @@ pub fn test_call_soon_with_context(ctx: &Ctx) -> Result<()> {
     let seen = Log::new();
     for _ in 0..2 {
         let (v, s) = (var.clone(), seen.clone());
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 s.push(v.get());
                 v.set(v.get().unwrap_or(0) + 10);
@@ -243,7 +243,7 @@ pub fn test_call_soon_default_context_is_a_copy(ctx: &Ctx) -> Result<()> {
         var.set("at scheduling".into());
         for who in ["first", "second"] {
             let (v, s) = (var.clone(), seen.clone());
-            lp.call_soon(
+            lp.call_soon_dyn(
                 Box::new(move || {
                     s.push(v.get());
                     v.set(who.into());
@@ -268,14 +268,14 @@ pub fn test_handle_get_context(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let var = Rc::new(ContextVar::<u32>::new("var"));
     let given = Context::new();
-    let h = lp.call_soon(Box::new(|| ()), Some(given.clone()))?;
+    let h = lp.call_soon_dyn(Box::new(|| ()), Some(given.clone()))?;
     assert!(h.get_context().ptr_eq(&given));
-    let th = lp.call_later(0.0, Box::new(|| ()), Some(given.clone()))?;
+    let th = lp.call_later_dyn(0.0, Box::new(|| ()), Some(given.clone()))?;
     assert!(th.get_context().ptr_eq(&given));
 
     let tok = var.set(5);
     let v = var.clone();
-    let h = lp.call_soon(
+    let h = lp.call_soon_dyn(
         Box::new(move || drop(v.set(v.get().unwrap_or(0) + 1))),
         None,
     )?;
@@ -340,7 +340,7 @@ pub fn test_context_2(ctx: &Ctx) -> Result<()> {
             cv.set(format!("yes{j}"));
             let f2 = fut.clone();
             // Completed from a plain callback, in another context.
-            l.call_soon(
+            l.call_soon_dyn(
                 Box::new(move || drop(f2.set_result(()))),
                 Some(Context::new()),
             )?;

@@ -184,7 +184,7 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// `create_datagram_endpoint`, run to completion.
 fn try_endpoint(lp: &Loop, factory: DatagramProtocolFactory, opts: Opts) -> Result<DatagramPair> {
-    let fut = lp.create_datagram_endpoint(factory, opts);
+    let fut = lp.create_datagram_endpoint_dyn(factory, opts);
     lp.run_until_complete(fut)
 }
 
@@ -483,7 +483,7 @@ pub fn test_datagram_connection_made_before_result(ctx: &Ctx) -> Result<()> {
     let (l, pp) = (lp.clone(), p.clone());
     let t = lp.run_until_complete(async move {
         let (t, _) = l
-            .create_datagram_endpoint(
+            .create_datagram_endpoint_dyn(
                 factory,
                 Opts {
                     local_addr: Some(inet(0)),

@@ -120,10 +120,10 @@ pub fn test_close(ctx: &Ctx) -> Result<()> {
     expect_closed(lp.run_forever());
     let fut = lp.create_future::<()>();
     expect_closed(lp.run_until_complete(fut));
-    expect_closed(lp.call_soon(Box::new(|| {}), None));
+    expect_closed(lp.call_soon_dyn(Box::new(|| {}), None));
     expect_closed(lp.call_soon_threadsafe(Box::new(|| {})));
-    expect_closed(lp.call_later(1.0, Box::new(|| {}), None));
-    expect_closed(lp.call_at(lp.time(), Box::new(|| {}), None));
+    expect_closed(lp.call_later_dyn(1.0, Box::new(|| {}), None));
+    expect_closed(lp.call_at_dyn(lp.time(), Box::new(|| {}), None));
     expect_closed(lp.create_task(async { Ok(()) }));
     expect_closed(lp.run_in_executor(None, || ()));
     expect_closed(lp.remote().call_soon_threadsafe(|| {}));
@@ -158,7 +158,7 @@ pub fn test_call_later(ctx: &Ctx) -> Result<()> {
     let results: Log<(&str, f64)> = Log::new();
     let t0 = lp.time();
     let (r, lp2) = (results.clone(), lp.clone());
-    lp.call_later(
+    lp.call_later_dyn(
         0.1,
         Box::new(move || {
             r.push(("hello world", lp2.time()));
@@ -300,10 +300,10 @@ pub fn test_handle_cancel_drops_callback(ctx: &Ctx) -> Result<()> {
 pub fn test_when(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let when = lp.time() + 123.5;
-    let h = lp.call_at(when, Box::new(|| {}), None)?;
+    let h = lp.call_at_dyn(when, Box::new(|| {}), None)?;
     assert_eq!(h.when(), when);
     let before = lp.time();
-    let h2 = lp.call_later(10.0, Box::new(|| {}), None)?;
+    let h2 = lp.call_later_dyn(10.0, Box::new(|| {}), None)?;
     let after = lp.time();
     assert!(h2.when() >= before + 10.0 && h2.when() <= after + 10.0);
     lp.close()
@@ -313,7 +313,7 @@ pub fn test_when(ctx: &Ctx) -> Result<()> {
 /// its deadline.
 pub fn test_timer(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
-    let h: TimerHandle = lp.call_later(60.0, Box::new(|| {}), None)?;
+    let h: TimerHandle = lp.call_later_dyn(60.0, Box::new(|| {}), None)?;
     assert!(!h.cancelled());
     let repr = format!("{h:?}");
     assert!(
@@ -330,9 +330,9 @@ pub fn test_timer(ctx: &Ctx) -> Result<()> {
 pub fn test_timer_comparison(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let t = lp.time() + 100.0;
-    let h1 = lp.call_at(t, Box::new(|| {}), None)?;
-    let h2 = lp.call_at(t, Box::new(|| {}), None)?;
-    let h3 = lp.call_at(t + 10.0, Box::new(|| {}), None)?;
+    let h1 = lp.call_at_dyn(t, Box::new(|| {}), None)?;
+    let h2 = lp.call_at_dyn(t, Box::new(|| {}), None)?;
+    let h3 = lp.call_at_dyn(t + 10.0, Box::new(|| {}), None)?;
     assert!(h1 == h2 && h1 <= h2 && h1 >= h2);
     assert!(h1 < h3 && h1 != h3);
     assert_eq!(h3.partial_cmp(&h1), Some(std::cmp::Ordering::Greater));
@@ -358,7 +358,7 @@ pub fn test_reader_callback(ctx: &Ctx) -> Result<()> {
         let removed = Rc::new(Cell::new(None));
         let (b, lp2, w2, rm) = (bytes.clone(), lp.clone(), w.clone(), removed.clone());
         let mut r = r;
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 let mut buf = [0u8; 1024];
@@ -413,7 +413,7 @@ pub fn test_reader_callback_level_triggered(ctx: &Ctx) -> Result<()> {
         soon(&lp, move || tick(lp2, n))?;
         let seen = Log::new();
         let (s, lp2, n) = (seen.clone(), lp.clone(), iteration.clone());
-        lp.add_reader(
+        lp.add_reader_dyn(
             r.raw(),
             Box::new(move || {
                 s.push(n.get());
@@ -458,7 +458,7 @@ pub fn test_reader_ready_between_iterations(ctx: &Ctx) -> Result<()> {
             soon(&lp, move || spin(lp2, log, w, n + 1)).unwrap();
         }
         let l = log.clone();
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 let mut buf = [0u8; 8];
@@ -498,7 +498,7 @@ pub fn test_reader_callback_cancel(ctx: &Ctx) -> Result<()> {
         let calls = Rc::new(Cell::new(0));
         let removed = Log::new();
         let (c, rm, lp2) = (calls.clone(), removed.clone(), lp.clone());
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 c.set(c.get() + 1);
@@ -509,7 +509,7 @@ pub fn test_reader_callback_cancel(ctx: &Ctx) -> Result<()> {
         w.write_all(b"unread")?;
         // Several iterations with the data still there.
         let lp2 = lp.clone();
-        lp.call_later(0.05, Box::new(move || lp2.stop()), None)?;
+        lp.call_later_dyn(0.05, Box::new(move || lp2.stop()), None)?;
         stop_after(&lp, 10.0);
         lp.run_forever()?;
         assert_eq!(calls.get(), 1);
@@ -533,7 +533,7 @@ pub fn test_writer_callback(ctx: &Ctx) -> Result<()> {
         let w = Rc::new(w);
         let (w2, written) = (w.clone(), Rc::new(Cell::new(0)));
         let wr = written.clone();
-        lp.add_writer(
+        lp.add_writer_dyn(
             fd,
             Box::new(move || {
                 if wr.get() == 0 {
@@ -566,7 +566,7 @@ pub fn test_writer_callback_cancel(ctx: &Ctx) -> Result<()> {
         let fd = w.raw();
         let calls = Rc::new(Cell::new(0));
         let (c, lp2) = (calls.clone(), lp.clone());
-        lp.add_writer(
+        lp.add_writer_dyn(
             fd,
             Box::new(move || {
                 c.set(c.get() + 1);
@@ -576,7 +576,7 @@ pub fn test_writer_callback_cancel(ctx: &Ctx) -> Result<()> {
             }),
         )?;
         let lp2 = lp.clone();
-        lp.call_later(0.05, Box::new(move || lp2.stop()), None)?;
+        lp.call_later_dyn(0.05, Box::new(move || lp2.stop()), None)?;
         stop_after(&lp, 10.0);
         lp.run_forever()?;
         assert_eq!(calls.get(), 3);
@@ -598,7 +598,7 @@ pub fn test_reader_replaced(ctx: &Ctx) -> Result<()> {
         let old_captured = Rc::new(());
         let log = Log::new();
         let (l, c) = (log.clone(), old_captured.clone());
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 let _keep = &c;
@@ -607,7 +607,7 @@ pub fn test_reader_replaced(ctx: &Ctx) -> Result<()> {
         )?;
         let (l, lp2) = (log.clone(), lp.clone());
         let mut r = r;
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 let mut buf = [0u8; 16];
@@ -641,7 +641,7 @@ pub fn test_reader_and_writer_same_fd(ctx: &Ctx) -> Result<()> {
         let reads = Rc::new(Cell::new(0));
         let writes = Rc::new(Cell::new(0));
         let (wr, lp2) = (writes.clone(), lp.clone());
-        lp.add_writer(
+        lp.add_writer_dyn(
             fd,
             Box::new(move || {
                 wr.set(wr.get() + 1);
@@ -650,7 +650,7 @@ pub fn test_reader_and_writer_same_fd(ctx: &Ctx) -> Result<()> {
         )?;
         let (rd, lp2, b2) = (reads.clone(), lp.clone(), b.clone());
         let mut a = a;
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 let mut buf = [0u8; 16];
@@ -689,7 +689,7 @@ pub fn test_reader_callback_panic(ctx: &Ctx) -> Result<()> {
         let calls = Rc::new(Cell::new(0));
         let (c, lp2) = (calls.clone(), lp.clone());
         let mut r = r;
-        lp.add_reader(
+        lp.add_reader_dyn(
             fd,
             Box::new(move || {
                 c.set(c.get() + 1);
@@ -724,9 +724,9 @@ pub fn test_remove_fds_after_closing(ctx: &Ctx) -> Result<()> {
         let (r, w) = crate::util::socketpair();
         let captured = Rc::new(());
         let c = captured.clone();
-        lp.add_reader(r.raw(), Box::new(move || drop(c.clone())))?;
+        lp.add_reader_dyn(r.raw(), Box::new(move || drop(c.clone())))?;
         let c = captured.clone();
-        lp.add_writer(w.raw(), Box::new(move || drop(c.clone())))?;
+        lp.add_writer_dyn(w.raw(), Box::new(move || drop(c.clone())))?;
         assert_eq!(Rc::strong_count(&captured), 3);
         lp.close()?;
         assert_eq!(Rc::strong_count(&captured), 1, "close() kept fd callbacks");
@@ -745,8 +745,8 @@ pub fn test_add_fds_after_closing(ctx: &Ctx) -> Result<()> {
         let lp = ctx.new_loop();
         let (r, w) = crate::util::socketpair();
         lp.close()?;
-        expect_closed(lp.add_reader(r.raw(), Box::new(|| {})));
-        expect_closed(lp.add_writer(w.raw(), Box::new(|| {})));
+        expect_closed(lp.add_reader_dyn(r.raw(), Box::new(|| {})));
+        expect_closed(lp.add_writer_dyn(w.raw(), Box::new(|| {})));
         Ok(())
     }
 }

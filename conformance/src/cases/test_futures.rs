@@ -240,7 +240,7 @@ pub fn test_callback_added_after_done_is_scheduled(ctx: &Ctx) -> Result<()> {
     f.set_result(5)?;
     let log = Log::new();
     let l = log.clone();
-    lp.call_soon(Box::new(move || l.push("call_soon".to_string())), None)?;
+    lp.call_soon_dyn(Box::new(move || l.push("call_soon".to_string())), None)?;
     let l = log.clone();
     f.add_done_callback(
         move |fut| l.push(format!("done {:?}", fut.result().ok())),

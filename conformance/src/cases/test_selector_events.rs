@@ -354,7 +354,7 @@ fn open_with(
     let a = Rc::new(Socket::from(a));
     prep(&a, &b);
     let (t, _p) =
-        lp.run_until_complete(lp.connect_accepted_socket(factory(proto), a, None, None, None))?;
+        lp.run_until_complete(lp.connect_accepted_socket_dyn(factory(proto), a, None, None, None))?;
     Ok((t, b))
 }
 
@@ -416,7 +416,7 @@ fn with_peer<R: Send + 'static>(
     });
     let l = lp.clone();
     let net = lp
-        .call_later(NET, Box::new(move || l.stop()), None)
+        .call_later_dyn(NET, Box::new(move || l.stop()), None)
         .expect("loop open");
     let ran = lp.run_forever();
     net.cancel();
@@ -469,7 +469,7 @@ fn read_to_eof(peer: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 /// does *not* happen.
 fn run_for(lp: &Loop, secs: f64) -> Result<()> {
     let l = lp.clone();
-    let h = lp.call_later(secs, Box::new(move || l.stop()), None)?;
+    let h = lp.call_later_dyn(secs, Box::new(move || l.stop()), None)?;
     let ran = lp.run_forever();
     h.cancel();
     ran
@@ -560,7 +560,7 @@ pub fn test_connection_made_before_waiter(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let rec = Rec::new();
     let (a, _b) = socketpair();
-    let f = lp.connect_accepted_socket(
+    let f = lp.connect_accepted_socket_dyn(
         factory(rec.clone()),
         Rc::new(Socket::from(a)),
         None,
@@ -1104,7 +1104,7 @@ fn write_chain(lp: Loop, t: Rc<dyn Transport>, chunks: Rc<Vec<Vec<u8>>>, i: usiz
         t.write(c).expect("write");
     }
     let l = lp.clone();
-    lp.call_soon(Box::new(move || write_chain(l, t, chunks, i + 1)), None)
+    lp.call_soon_dyn(Box::new(move || write_chain(l, t, chunks, i + 1)), None)
         .expect("loop open");
 }
 
@@ -1181,7 +1181,7 @@ pub fn test_huge_full_duplex(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let (r1, r2) = (Rec::new(), Rec::new());
     let (a, b) = socketpair();
-    let c1 = lp.connect_accepted_socket(
+    let c1 = lp.connect_accepted_socket_dyn(
         factory(r1.clone()),
         Rc::new(Socket::from(a)),
         None,
@@ -1189,7 +1189,7 @@ pub fn test_huge_full_duplex(ctx: &Ctx) -> Result<()> {
         None,
     );
     let (t1, _) = lp.run_until_complete(c1)?;
-    let c2 = lp.connect_accepted_socket(
+    let c2 = lp.connect_accepted_socket_dyn(
         factory(r2.clone()),
         Rc::new(Socket::from(b)),
         None,
@@ -2122,8 +2122,8 @@ pub fn test_add_reader_on_transport_fd(ctx: &Ctx) -> Result<()> {
         Err(Error::Runtime(m)) if m.starts_with(&prefix) => {}
         other => panic!("{what}: expected RuntimeError({prefix:?}...), got {other:?}"),
     };
-    refused(lp.add_reader(fd, Box::new(|| {})), "add_reader");
-    refused(lp.add_writer(fd, Box::new(|| {})), "add_writer");
+    refused(lp.add_reader_dyn(fd, Box::new(|| {})), "add_reader");
+    refused(lp.add_writer_dyn(fd, Box::new(|| {})), "add_writer");
     refused(lp.remove_reader(fd).map(drop), "remove_reader");
     refused(lp.remove_writer(fd).map(drop), "remove_writer");
     peer.write_all(b"still mine").expect("write");
@@ -2181,9 +2181,9 @@ pub fn test_add_reader_after_transport_closing(ctx: &Ctx) -> Result<()> {
     let (t, _peer) = open(&lp, rec.clone())?;
     let fd = fd_of(&t);
     t.close();
-    lp.add_reader(fd, Box::new(|| {}))?;
+    lp.add_reader_dyn(fd, Box::new(|| {}))?;
     assert!(lp.remove_reader(fd)?, "the reader was registered");
-    lp.add_writer(fd, Box::new(|| {}))?;
+    lp.add_writer_dyn(fd, Box::new(|| {}))?;
     assert!(lp.remove_writer(fd)?);
     rec.wait_lost(&lp);
     lp.close()
@@ -2305,7 +2305,7 @@ pub fn test_close_in_connection_made(ctx: &Ctx) -> Result<()> {
     rec.on_made(|_, t, _| t.close());
     let (a, mut peer) = socketpair();
     peer.write_all(b"unheard").expect("write");
-    let f = lp.connect_accepted_socket(
+    let f = lp.connect_accepted_socket_dyn(
         factory(rec.clone()),
         Rc::new(Socket::from(a)),
         None,
@@ -2519,7 +2519,7 @@ pub fn test_create_connection_echo(ctx: &Ctx) -> Result<()> {
         s.push(r.clone());
         r
     });
-    let server = lp.run_until_complete(lp.create_server(
+    let server = lp.run_until_complete(lp.create_server_dyn(
         server_factory,
         Hosts::One("127.0.0.1".into()),
         Some(0),
@@ -2531,7 +2531,7 @@ pub fn test_create_connection_echo(ctx: &Ctx) -> Result<()> {
         .as_socket()
         .expect("inet");
     let client = Rec::new();
-    let (t, p) = lp.run_until_complete(lp.create_connection(
+    let (t, p) = lp.run_until_complete(lp.create_connection_dyn(
         factory(client.clone()),
         Some("127.0.0.1".into()),
         Some(addr.port()),

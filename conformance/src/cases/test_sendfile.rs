@@ -560,7 +560,7 @@ impl MemTransport {
         }
         let me = self.me.upgrade().expect("alive");
         self.lp
-            .call_soon(Box::new(move || me.drain_step()), None)
+            .call_soon_dyn(Box::new(move || me.drain_step()), None)
             .expect("loop open");
     }
 
@@ -934,7 +934,7 @@ fn transport_pair(lp: &Loop) -> Result<(Rc<dyn Transport>, Rc<Socket>)> {
     let (a, b) = sock_pair();
     let factory: ProtocolFactory = Rc::new(quiet);
     let (tr, _proto) =
-        lp.run_until_complete(lp.connect_accepted_socket(factory, a, None, None, None))?;
+        lp.run_until_complete(lp.connect_accepted_socket_dyn(factory, a, None, None, None))?;
     tr.set_write_buffer_limits(Some(BUF_SIZE), None)?;
     Ok((tr, b))
 }
@@ -1048,8 +1048,13 @@ pub fn test_sock_sendfile_fd_used_by_transport(ctx: &Ctx) -> Result<()> {
     let f = TempFile::new(ctx, b"data");
     let (a, _b) = sock_pair();
     let factory: ProtocolFactory = Rc::new(quiet);
-    let (tr, _proto) =
-        lp.run_until_complete(lp.connect_accepted_socket(factory, a.clone(), None, None, None))?;
+    let (tr, _proto) = lp.run_until_complete(lp.connect_accepted_socket_dyn(
+        factory,
+        a.clone(),
+        None,
+        None,
+        None,
+    ))?;
     let r = lp.run_until_complete(lp.sock_sendfile(a.clone(), f.file.clone(), 0, None, true));
     match r {
         Err(Error::Runtime(m)) => assert!(

@@ -142,7 +142,7 @@ fn run<T: 'static>(
 /// a timer; a timer at the safety net makes sure the last one ends.
 fn run_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = lp.time() + NET;
-    let net = lp.call_later(NET, Box::new(|| {}), None)?;
+    let net = lp.call_later_dyn(NET, Box::new(|| {}), None)?;
     while !cond() {
         if lp.time() >= deadline {
             net.cancel();
@@ -203,7 +203,7 @@ fn serve(
     port: Option<u16>,
     options: CreateServerOptions,
 ) -> Result<Rc<dyn AbstractServer>> {
-    run(lp, lp.create_server(factory, host, port, options))
+    run(lp, lp.create_server_dyn(factory, host, port, options))
 }
 
 /// A server on 127.0.0.1 and a port the OS picks, and its address.
@@ -392,7 +392,7 @@ fn connect(
 ) -> Result<(Rc<dyn Transport>, Rc<dyn Protocol>)> {
     run(
         lp,
-        lp.create_connection(factory, Some(host.to_string()), Some(port), options),
+        lp.create_connection_dyn(factory, Some(host.to_string()), Some(port), options),
     )
 }
 
@@ -411,7 +411,7 @@ fn resolve(lp: &Loop, host: &str, family: Family, flags: i32) -> Result<Vec<Sock
     let host = host.to_string();
     let stream: i32 = Type::STREAM.into();
     let infos = run(lp, async move {
-        l.getaddrinfo(Some(host), Some("0".into()), family, stream, 0, flags)
+        l.getaddrinfo_dyn(Some(host), Some("0".into()), family, stream, 0, flags)
             .await
     })?;
     let mut out: Vec<SocketAddr> = Vec::new();
@@ -744,7 +744,10 @@ pub fn test_create_server_host_port_sock(ctx: &Ctx) -> Result<()> {
             sock: Some(sock.clone()),
             ..Default::default()
         };
-        let r = run(&lp, lp.create_server(factory.clone(), host, port, options));
+        let r = run(
+            &lp,
+            lp.create_server_dyn(factory.clone(), host, port, options),
+        );
         crate::util::expect_value_error(
             r,
             "host/port and sock can not be specified at the same time",
@@ -760,7 +763,7 @@ pub fn test_create_server_no_host_port_sock(ctx: &Ctx) -> Result<()> {
     let (factory, _) = recorder(false);
     let r = run(
         &lp,
-        lp.create_server(factory, Hosts::All, None, Default::default()),
+        lp.create_server_dyn(factory, Hosts::All, None, Default::default()),
     );
     crate::util::expect_value_error(r, "Neither host/port nor sock were specified");
     lp.close()
@@ -774,7 +777,10 @@ pub fn test_create_server_wrong_sock(ctx: &Ctx) -> Result<()> {
         sock: Some(udp_socket()),
         ..Default::default()
     };
-    let r = run(&lp, lp.create_server(factory, Hosts::All, None, options));
+    let r = run(
+        &lp,
+        lp.create_server_dyn(factory, Hosts::All, None, options),
+    );
     expect_value_prefix(r, "A Stream Socket was expected, got ");
     lp.close()
 }
@@ -789,7 +795,7 @@ pub fn test_create_server_ssl_timeout_for_plain_socket(ctx: &Ctx) -> Result<()> 
     };
     let r = run(
         &lp,
-        lp.create_server(factory.clone(), one("127.0.0.1"), Some(0), options),
+        lp.create_server_dyn(factory.clone(), one("127.0.0.1"), Some(0), options),
     );
     crate::util::expect_value_error(r, "ssl_handshake_timeout is only meaningful with ssl");
     let options = CreateServerOptions {
@@ -798,7 +804,7 @@ pub fn test_create_server_ssl_timeout_for_plain_socket(ctx: &Ctx) -> Result<()> 
     };
     let r = run(
         &lp,
-        lp.create_server(factory, one("127.0.0.1"), Some(0), options),
+        lp.create_server_dyn(factory, one("127.0.0.1"), Some(0), options),
     );
     crate::util::expect_value_error(r, "ssl_shutdown_timeout is only meaningful with ssl");
     lp.close()
@@ -814,7 +820,7 @@ pub fn test_create_server_ssl(ctx: &Ctx) -> Result<()> {
     };
     let r = run(
         &lp,
-        lp.create_server(factory, one("127.0.0.1"), Some(0), options),
+        lp.create_server_dyn(factory, one("127.0.0.1"), Some(0), options),
     );
     let out = expect_unsupported(r, "create_server(ssl=...)");
     lp.close()?;
@@ -829,7 +835,7 @@ pub fn test_create_server_addr_in_use(ctx: &Ctx) -> Result<()> {
     let (server, addr) = serve_local(&lp, factory.clone())?;
     let r = run(
         &lp,
-        lp.create_server(
+        lp.create_server_dyn(
             factory,
             one("127.0.0.1"),
             Some(addr.port()),
@@ -1785,7 +1791,7 @@ pub fn test_create_connection_sock(ctx: &Ctx) -> Result<()> {
         sock: Some(sock),
         ..Default::default()
     };
-    let (t, _) = run(&lp, lp.create_connection(factory, None, None, options))?;
+    let (t, _) = run(&lp, lp.create_connection_dyn(factory, None, None, options))?;
     assert_eq!(transport_fd(&*t), fd);
     let rec = rec_of(&recs, &t);
     peer.write_all(b"via sock")?;
@@ -1805,7 +1811,7 @@ pub fn test_create_connection_host_port_sock(ctx: &Ctx) -> Result<()> {
     };
     let r = run(
         &lp,
-        lp.create_connection(factory, Some("127.0.0.1".into()), Some(1), options),
+        lp.create_connection_dyn(factory, Some("127.0.0.1".into()), Some(1), options),
     );
     crate::util::expect_value_error(
         r,
@@ -1818,7 +1824,10 @@ pub fn test_create_connection_host_port_sock(ctx: &Ctx) -> Result<()> {
 pub fn test_create_connection_no_host_port_sock(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let (factory, _) = recorder(false);
-    let r = run(&lp, lp.create_connection(factory, None, None, cc_options()));
+    let r = run(
+        &lp,
+        lp.create_connection_dyn(factory, None, None, cc_options()),
+    );
     crate::util::expect_value_error(r, "host and port was not specified and no sock specified");
     lp.close()
 }
@@ -1831,7 +1840,7 @@ pub fn test_create_connection_wrong_sock(ctx: &Ctx) -> Result<()> {
         sock: Some(udp_socket()),
         ..Default::default()
     };
-    let r = run(&lp, lp.create_connection(factory, None, None, options));
+    let r = run(&lp, lp.create_connection_dyn(factory, None, None, options));
     expect_value_prefix(r, "A Stream Socket was expected, got ");
     lp.close()
 }
@@ -1881,7 +1890,7 @@ pub fn test_create_connection_local_addr_skip_different_family(ctx: &Ctx) -> Res
     };
     let (t, _) = run(
         &lp,
-        lp.create_connection(factory, None, Some(port), options),
+        lp.create_connection_dyn(factory, None, Some(port), options),
     )?;
     assert_eq!(extra_addr(&*t, "peername"), v4(port));
     assert_eq!(extra_addr(&*t, "sockname").ip(), v4ip);
@@ -1909,7 +1918,7 @@ pub fn test_create_connection_local_addr_nomatch_family(ctx: &Ctx) -> Result<()>
     let e = expect_io(
         run(
             &lp,
-            lp.create_connection(factory, None, Some(port), options),
+            lp.create_connection_dyn(factory, None, Some(port), options),
         ),
         "no local address for IPv6, IPv4 refused",
     );
@@ -2009,7 +2018,7 @@ fn default_host_addrs(lp: &Loop) -> Result<Vec<IpAddr>> {
     let l = lp.clone();
     let stream: i32 = Type::STREAM.into();
     let infos = run(lp, async move {
-        l.getaddrinfo(None, Some("0".into()), Family::Unspec, stream, 0, 0)
+        l.getaddrinfo_dyn(None, Some("0".into()), Family::Unspec, stream, 0, 0)
             .await
     })?;
     let mut ips: Vec<IpAddr> = Vec::new();
@@ -2091,7 +2100,7 @@ pub fn test_create_connection_multiple_errors(ctx: &Ctx) -> Result<()> {
     let (factory, recs) = recorder(false);
     let r = run(
         &lp,
-        lp.create_connection(factory, None, Some(port), cc_options()),
+        lp.create_connection_dyn(factory, None, Some(port), cc_options()),
     );
     let e = expect_io(r, "every address refuses");
     let msg = match &e {
@@ -2125,7 +2134,7 @@ pub fn test_create_connection_all_errors_multiple(ctx: &Ctx) -> Result<()> {
     };
     match run(
         &lp,
-        lp.create_connection(factory, None, Some(port), options),
+        lp.create_connection_dyn(factory, None, Some(port), options),
     ) {
         Err(Error::ExceptionGroup {
             message,
@@ -2150,7 +2159,10 @@ fn connect_to_last(lp: &Loop, options: CreateConnectionOptions) -> Result<()> {
     let last = *ips.last().expect("two addresses");
     let (listener, _held, port) = listen_on_only(&ips, last)?;
     let (factory, recs) = recorder(false);
-    let (t, _) = run(lp, lp.create_connection(factory, None, Some(port), options))?;
+    let (t, _) = run(
+        lp,
+        lp.create_connection_dyn(factory, None, Some(port), options),
+    )?;
     assert_eq!(extra_addr(&*t, "peername"), SocketAddr::new(last, port));
     assert_eq!(recs.len(), 1, "one protocol, for the connection made");
     let (_peer, from) = listener.accept()?;
@@ -2208,7 +2220,7 @@ pub fn test_create_connection_happy_eyeballs_slow_first(ctx: &Ctx) -> Result<()>
     let t0 = lp.time();
     let (t, _) = run(
         &lp,
-        lp.create_connection(factory, None, Some(port), options),
+        lp.create_connection_dyn(factory, None, Some(port), options),
     )?;
     let took = lp.time() - t0;
     assert_eq!(extra_addr(&*t, "peername"), SocketAddr::new(second, port));
@@ -2253,7 +2265,7 @@ pub fn test_create_connection_family_filters(ctx: &Ctx) -> Result<()> {
     };
     let (t, _) = run(
         &lp,
-        lp.create_connection(factory.clone(), None, Some(port), options),
+        lp.create_connection_dyn(factory.clone(), None, Some(port), options),
     )?;
     assert_eq!(extra_addr(&*t, "peername"), SocketAddr::new(v6, port));
     t.close();
@@ -2264,7 +2276,7 @@ pub fn test_create_connection_family_filters(ctx: &Ctx) -> Result<()> {
     let e = expect_io(
         run(
             &lp,
-            lp.create_connection(factory, None, Some(port), options),
+            lp.create_connection_dyn(factory, None, Some(port), options),
         ),
         "IPv4 only, where only IPv6 listens",
     );
@@ -2535,7 +2547,7 @@ pub fn test_create_connection_cancel(ctx: &Ctx) -> Result<()> {
     let (_listener, port, _fillers) = full_backlog_listener()?;
     let before = tcp_inodes_on_port(port);
     let (factory, recs) = recorder(false);
-    let task = lp.create_task(lp.create_connection(
+    let task = lp.create_task(lp.create_connection_dyn(
         factory,
         Some("127.0.0.1".into()),
         Some(port),
@@ -2574,7 +2586,7 @@ pub fn test_create_connection_dropped(ctx: &Ctx) -> Result<()> {
     let before = tcp_inodes_on_port(port);
     let (factory, recs) = recorder(false);
     // Never polled.
-    drop(lp.create_connection(
+    drop(lp.create_connection_dyn(
         factory.clone(),
         Some("127.0.0.1".into()),
         Some(port),
@@ -2583,7 +2595,8 @@ pub fn test_create_connection_dropped(ctx: &Ctx) -> Result<()> {
     let stop = lp.create_future::<()>();
     let (l, st) = (lp.clone(), stop.clone());
     let task = lp.create_task(async move {
-        let cc = l.create_connection(factory, Some("127.0.0.1".into()), Some(port), cc_options());
+        let cc =
+            l.create_connection_dyn(factory, Some("127.0.0.1".into()), Some(port), cc_options());
         match first_of(cc, Box::pin(st.into_future())).await {
             First::Left(r) => r.map(|_| "connected"),
             First::Right(_) => Ok("dropped"),
@@ -2624,7 +2637,7 @@ pub fn test_concurrent_clients(ctx: &Ctx) -> Result<()> {
     let transports = run(&lp, async move {
         let mut tasks = Vec::new();
         for _ in 0..N {
-            tasks.push(l.create_task(l.create_connection(
+            tasks.push(l.create_task(l.create_connection_dyn(
                 cfactory.clone(),
                 Some("127.0.0.1".into()),
                 Some(addr.port()),
@@ -2670,7 +2683,7 @@ pub fn test_connect_accepted_socket(ctx: &Ctx) -> Result<()> {
     let (factory, recs) = recorder(false);
     let (t, _) = run(
         &lp,
-        lp.connect_accepted_socket(factory, Rc::new(Socket::from(conn)), None, None, None),
+        lp.connect_accepted_socket_dyn(factory, Rc::new(Socket::from(conn)), None, None, None),
     )?;
     let rec = rec_of(&recs, &t);
     assert_eq!(extra_addr(&*t, "peername"), peer);
@@ -2691,7 +2704,7 @@ pub fn test_connect_accepted_socket_wrong_sock(ctx: &Ctx) -> Result<()> {
     let (factory, _) = recorder(false);
     let r = run(
         &lp,
-        lp.connect_accepted_socket(factory, udp_socket(), None, None, None),
+        lp.connect_accepted_socket_dyn(factory, udp_socket(), None, None, None),
     );
     expect_value_prefix(r, "A Stream Socket was expected, got ");
     lp.close()
@@ -2704,7 +2717,7 @@ pub fn test_connect_accepted_socket_ssl_timeout_for_plain_socket(ctx: &Ctx) -> R
     let sock = Rc::new(Socket::new(Domain::IPV4, Type::STREAM, None)?);
     let r = run(
         &lp,
-        lp.connect_accepted_socket(
+        lp.connect_accepted_socket_dyn(
             factory.clone(),
             sock.clone(),
             None,
@@ -2715,7 +2728,7 @@ pub fn test_connect_accepted_socket_ssl_timeout_for_plain_socket(ctx: &Ctx) -> R
     crate::util::expect_value_error(r, "ssl_handshake_timeout is only meaningful with ssl");
     let r = run(
         &lp,
-        lp.connect_accepted_socket(factory, sock, None, None, Some(Duration::from_secs(1))),
+        lp.connect_accepted_socket_dyn(factory, sock, None, None, Some(Duration::from_secs(1))),
     );
     crate::util::expect_value_error(r, "ssl_shutdown_timeout is only meaningful with ssl");
     lp.close()
@@ -2733,7 +2746,7 @@ pub fn test_connect_accepted_socket_fd_is_the_transports(ctx: &Ctx) -> Result<()
     let (factory, recs) = recorder(false);
     let (t, _) = run(
         &lp,
-        lp.connect_accepted_socket(factory, Rc::new(Socket::from(conn)), None, None, None),
+        lp.connect_accepted_socket_dyn(factory, Rc::new(Socket::from(conn)), None, None, None),
     )?;
     let fd = transport_fd(&*t);
     let used = |r: Result<()>, what: &str| match r {
@@ -2742,8 +2755,8 @@ pub fn test_connect_accepted_socket_fd_is_the_transports(ctx: &Ctx) -> Result<()
         Err(e) => panic!("{what} on a transport's descriptor: expected RuntimeError, got {e}"),
         Ok(()) => panic!("{what} on a transport's descriptor succeeded"),
     };
-    used(lp.add_reader(fd, Box::new(|| {})), "add_reader");
-    used(lp.add_writer(fd, Box::new(|| {})), "add_writer");
+    used(lp.add_reader_dyn(fd, Box::new(|| {})), "add_reader");
+    used(lp.add_writer_dyn(fd, Box::new(|| {})), "add_writer");
     used(lp.remove_reader(fd).map(drop), "remove_reader");
     used(lp.remove_writer(fd).map(drop), "remove_writer");
     let rec = rec_of(&recs, &t);
@@ -2893,7 +2906,7 @@ mod emfile {
                 // a listener still watched would show as more reports or
                 // an early accept): the retry a second later succeeds.
                 let h = h.clone();
-                l.call_later(0.25, Box::new(move || h.borrow_mut().clear()), None)
+                l.call_later_dyn(0.25, Box::new(move || h.borrow_mut().clear()), None)
                     .expect("loop open");
             },
         )));
@@ -2953,7 +2966,7 @@ pub fn test_ip_literal_does_not_wait_for_the_executor(ctx: &Ctx) -> Result<()> {
     let (server, addr) = serve_local(&lp, factory.clone())?;
     let (t, _p) = run(
         &lp,
-        lp.create_connection(
+        lp.create_connection_dyn(
             factory,
             Some("127.0.0.1".into()),
             Some(addr.port()),
@@ -2963,7 +2976,7 @@ pub fn test_ip_literal_does_not_wait_for_the_executor(ctx: &Ctx) -> Result<()> {
     run_until(&lp, "the server's connection", || served(&recs) == 2)?;
     let dgram = run(
         &lp,
-        lp.create_datagram_endpoint(
+        lp.create_datagram_endpoint_dyn(
             Rc::new(|| Rc::new(NoDatagrams) as Rc<dyn loop_api::protocols::DatagramProtocol>),
             loop_api::events::options::CreateDatagramEndpointOptions {
                 local_addr: Some(loop_api::events::options::DatagramAddr::Inet(
@@ -2994,7 +3007,7 @@ pub fn test_ip_literal_after_executor_shutdown(ctx: &Ctx) -> Result<()> {
     run(&lp, lp.shutdown_default_executor(None))?;
     let by_name = run(
         &lp,
-        lp.getaddrinfo(
+        lp.getaddrinfo_dyn(
             Some("localhost".into()),
             Some("80".into()),
             Family::Unspec,
@@ -3011,7 +3024,7 @@ pub fn test_ip_literal_after_executor_shutdown(ctx: &Ctx) -> Result<()> {
     let (server, addr) = serve_local(&lp, factory.clone())?;
     let (t, _p) = run(
         &lp,
-        lp.create_connection(
+        lp.create_connection_dyn(
             factory,
             Some("127.0.0.1".into()),
             Some(addr.port()),
@@ -3024,7 +3037,7 @@ pub fn test_ip_literal_after_executor_shutdown(ctx: &Ctx) -> Result<()> {
     run_until(&lp, "the server's connection", || served(&recs) == 2)?;
     let dgram = run(
         &lp,
-        lp.create_datagram_endpoint(
+        lp.create_datagram_endpoint_dyn(
             Rc::new(|| Rc::new(NoDatagrams) as Rc<dyn loop_api::protocols::DatagramProtocol>),
             loop_api::events::options::CreateDatagramEndpointOptions {
                 remote_addr: Some(loop_api::events::options::DatagramAddr::Inet(

@@ -90,7 +90,7 @@ pub fn test_sock_recv_waits_for_data(ctx: &Ctx) -> Result<()> {
     run_once(&lp)?;
     assert!(!task.done(), "sock_recv returned with nothing to read");
     let mut b = b;
-    lp.call_soon(Box::new(move || b.write_all(b"late").unwrap()), None)?;
+    lp.call_soon_dyn(Box::new(move || b.write_all(b"late").unwrap()), None)?;
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert_eq!(task.result()?, b"late");
     assert!(!lp.remove_reader(a.raw())?, "the reader was left behind");
@@ -124,7 +124,7 @@ pub fn test_sock_recv_into_waits_for_data(ctx: &Ctx) -> Result<()> {
     let task = lp.create_task(lp.sock_recv_into(a, vec![0; 8]))?;
     run_once(&lp)?;
     assert!(!task.done());
-    lp.call_soon(Box::new(move || b.write_all(b"xyz").unwrap()), None)?;
+    lp.call_soon_dyn(Box::new(move || b.write_all(b"xyz").unwrap()), None)?;
     run_until_done(&lp, &*task.as_obj(), NET)?;
     let (buf, n) = task.take_result()?;
     assert_eq!((&buf[..n], buf.len()), (&b"xyz"[..], 8));
@@ -140,7 +140,7 @@ pub fn test_sock_recv_eof(ctx: &Ctx) -> Result<()> {
     let task = lp.create_task(lp.sock_recv(a, 100))?;
     run_once(&lp)?;
     assert!(!task.done());
-    lp.call_soon(Box::new(move || drop(b)), None)?;
+    lp.call_soon_dyn(Box::new(move || drop(b)), None)?;
     run_until_done(&lp, &*task.as_obj(), NET)?;
     assert_eq!(task.result()?, Vec::<u8>::new());
     lp.close()
@@ -299,7 +299,7 @@ pub fn test_sock_accept(ctx: &Ctx) -> Result<()> {
     assert!(!task.done(), "accepted with nobody connecting");
     let client = Rc::new(std::cell::RefCell::new(None));
     let c = client.clone();
-    lp.call_soon(
+    lp.call_soon_dyn(
         Box::new(move || *c.borrow_mut() = Some(TcpStream::connect(addr).expect("connect"))),
         None,
     )?;
@@ -525,7 +525,7 @@ pub fn test_sock_recvfrom_waits(ctx: &Ctx) -> Result<()> {
     let task = lp.create_task(lp.sock_recvfrom(server.clone(), 100))?;
     run_once(&lp)?;
     assert!(!task.done());
-    lp.call_soon(
+    lp.call_soon_dyn(
         Box::new(move || {
             client.send_to(b"ping", &to).expect("send");
         }),
@@ -618,7 +618,7 @@ pub fn test_getaddrinfo_localhost(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let l = lp.clone();
     let infos = lp.run_until_complete(async move {
-        l.getaddrinfo(
+        l.getaddrinfo_dyn(
             Some("localhost".into()),
             Some("8123".into()),
             Family::Unspec,
@@ -649,7 +649,7 @@ pub fn test_getaddrinfo_family(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let l = lp.clone();
     let infos = lp.run_until_complete(async move {
-        l.getaddrinfo(
+        l.getaddrinfo_dyn(
             Some("127.0.0.1".into()),
             Some("80".into()),
             Family::Inet,
@@ -670,7 +670,7 @@ pub fn test_getaddrinfo_family(ctx: &Ctx) -> Result<()> {
     // Asking for IPv6 only of an IPv4 literal finds nothing: a resolver error.
     let l = lp.clone();
     let r = lp.run_until_complete(async move {
-        Ok(l.getaddrinfo(
+        Ok(l.getaddrinfo_dyn(
             Some("127.0.0.1".into()),
             None,
             Family::Inet6,
@@ -702,7 +702,7 @@ pub fn test_getaddrinfo_error(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
     let l = lp.clone();
     let r = lp.run_until_complete(async move {
-        Ok(l.getaddrinfo(
+        Ok(l.getaddrinfo_dyn(
             Some("no-such-host.invalid".into()),
             Some("80".into()),
             Family::Unspec,
@@ -721,7 +721,7 @@ pub fn test_getaddrinfo_error(ctx: &Ctx) -> Result<()> {
 pub fn test_getaddrinfo_closed_loop(ctx: &Ctx) -> Result<()> {
     let lp: Loop = ctx.new_loop();
     let lp2: Loop = ctx.new_loop();
-    let pending = lp.getaddrinfo(Some("localhost".into()), None, Family::Unspec, 0, 0, 0);
+    let pending = lp.getaddrinfo_dyn(Some("localhost".into()), None, Family::Unspec, 0, 0, 0);
     lp.close()?;
     let r = lp2.run_until_complete(async move { Ok(pending.await) })?;
     crate::util::expect_closed(r);

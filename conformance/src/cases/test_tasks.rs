@@ -72,7 +72,7 @@ pub fn test_task_panic_becomes_exception(ctx: &Ctx) -> Result<()> {
     })?;
     let after = Log::new();
     let a = after.clone();
-    lp.call_soon(Box::new(move || a.push(1)), None)?;
+    lp.call_soon_dyn(Box::new(move || a.push(1)), None)?;
     run_until_done(&lp, &*t.as_obj(), 5.0)?;
     run_once(&lp)?;
     assert!(matches!(t.exception()?, Some(Error::Panic(ref m)) if m.contains("kaboom")));
@@ -217,7 +217,7 @@ pub fn test_cancel_task_ignoring(ctx: &Ctx) -> Result<()> {
         assert!(caught.is_err());
         let second = l.create_future::<i32>();
         let s = second.clone();
-        l.call_soon(Box::new(move || drop(s.set_result(7))), None)?;
+        l.call_soon_dyn(Box::new(move || drop(s.set_result(7))), None)?;
         let v = second.await?;
         sleep_on(&l, 0.001).await?;
         Ok::<_, Error>(v + 1)
@@ -723,7 +723,7 @@ pub fn test_current_task_with_interleaving_tasks(ctx: &Ctx) -> Result<()> {
     }
     let in_callback: Log<bool> = Log::new();
     let c = in_callback.clone();
-    lp.call_soon(Box::new(move || c.push(current_task().is_none())), None)?;
+    lp.call_soon_dyn(Box::new(move || c.push(current_task().is_none())), None)?;
     for t in &tasks {
         run_until_done(&lp, &*t.as_obj(), 5.0)?;
     }
@@ -793,7 +793,7 @@ pub fn test_sleep_zero(ctx: &Ctx) -> Result<()> {
     let t = lp.create_task(async move {
         lg.push("task start");
         let lg2 = lg.clone();
-        l.call_soon(Box::new(move || lg2.push("callback")), None)?;
+        l.call_soon_dyn(Box::new(move || lg2.push("callback")), None)?;
         sleep(0.0).await?;
         lg.push("task resumed");
         Ok::<_, Error>(())

@@ -103,7 +103,7 @@ pub fn test_check_signal(ctx: &Ctx) -> Result<()> {
         let nsig = loop_api::NSIG;
         for sig in [0, -1, nsig, nsig + 1] {
             let msg = format!("sig {sig} out of range(1, {nsig})");
-            expect_value_error(lp.add_signal_handler(sig, Box::new(|| {})), &msg);
+            expect_value_error(lp.add_signal_handler_dyn(sig, Box::new(|| {})), &msg);
             expect_value_error(lp.remove_signal_handler(sig), &msg);
         }
         lp.close()
@@ -128,7 +128,7 @@ pub fn test_add_signal_handler(ctx: &Ctx) -> Result<()> {
         let calls = Rc::new(Cell::new(0u32));
         let in_loop = Log::new();
         let (c, lp2, l) = (calls.clone(), lp.clone(), in_loop.clone());
-        lp.add_signal_handler(
+        lp.add_signal_handler_dyn(
             libc::SIGUSR1,
             Box::new(move || {
                 c.set(c.get() + 1);
@@ -166,17 +166,17 @@ pub fn test_add_signal_handler_uncatchable(ctx: &Ctx) -> Result<()> {
         let lp = ctx.new_loop();
         for s in [libc::SIGKILL, libc::SIGSTOP] {
             expect_runtime(
-                lp.add_signal_handler(s, Box::new(|| {})),
+                lp.add_signal_handler_dyn(s, Box::new(|| {})),
                 &format!("sig {s} cannot be caught"),
             );
             assert!(!lp.remove_signal_handler(s)?);
         }
         expect_runtime(
-            lp.add_signal_handler(9, Box::new(|| {})),
+            lp.add_signal_handler_dyn(9, Box::new(|| {})),
             "sig 9 cannot be caught",
         );
         let (calls, cb) = sig::counter(&lp, 1);
-        lp.add_signal_handler(libc::SIGUSR2, cb)?;
+        lp.add_signal_handler_dyn(libc::SIGUSR2, cb)?;
         sig::raise(libc::SIGUSR2);
         sig::run(&lp)?;
         assert_eq!(calls.get(), 1);
@@ -202,7 +202,7 @@ pub fn test_remove_signal_handler(ctx: &Ctx) -> Result<()> {
         assert!(!lp.remove_signal_handler(libc::SIGHUP)?);
         let captured = std::rc::Rc::new(());
         let c = captured.clone();
-        lp.add_signal_handler(libc::SIGHUP, Box::new(move || drop(c.clone())))?;
+        lp.add_signal_handler_dyn(libc::SIGHUP, Box::new(move || drop(c.clone())))?;
         assert_ne!(sig::disposition(libc::SIGHUP), before);
         assert!(lp.remove_signal_handler(libc::SIGHUP)?);
         assert_eq!(sig::disposition(libc::SIGHUP), before);
@@ -227,7 +227,7 @@ pub fn test_remove_signal_handler_restores_ignored(ctx: &Ctx) -> Result<()> {
         let _restore = sig::Restore(libc::SIGUSR2, sig::disposition(libc::SIGUSR2));
         sig::set_disposition(libc::SIGUSR2, libc::SIG_IGN);
         let (calls, cb) = sig::counter(&lp, 1);
-        lp.add_signal_handler(libc::SIGUSR2, cb)?;
+        lp.add_signal_handler_dyn(libc::SIGUSR2, cb)?;
         sig::raise(libc::SIGUSR2);
         sig::run(&lp)?;
         assert_eq!(calls.get(), 1);
@@ -255,9 +255,9 @@ pub fn test_close(ctx: &Ctx) -> Result<()> {
         let _r2 = sig::Restore(libc::SIGHUP, before2);
         let captured = std::rc::Rc::new(());
         let c = captured.clone();
-        lp.add_signal_handler(libc::SIGUSR1, Box::new(move || drop(c.clone())))?;
+        lp.add_signal_handler_dyn(libc::SIGUSR1, Box::new(move || drop(c.clone())))?;
         let c = captured.clone();
-        lp.add_signal_handler(libc::SIGHUP, Box::new(move || drop(c.clone())))?;
+        lp.add_signal_handler_dyn(libc::SIGHUP, Box::new(move || drop(c.clone())))?;
         assert_ne!(sig::disposition(libc::SIGUSR1), before1);
         lp.close()?;
         assert_eq!(sig::disposition(libc::SIGUSR1), before1);
@@ -285,7 +285,7 @@ pub fn test_add_signal_handler_closed_loop(ctx: &Ctx) -> Result<()> {
         let lp = ctx.new_loop();
         let before = sig::disposition(libc::SIGUSR1);
         lp.close()?;
-        expect_closed(lp.add_signal_handler(libc::SIGUSR1, Box::new(|| {})));
+        expect_closed(lp.add_signal_handler_dyn(libc::SIGUSR1, Box::new(|| {})));
         assert_eq!(sig::disposition(libc::SIGUSR1), before);
         Ok(())
     }
@@ -305,7 +305,7 @@ pub fn test_handle_signal_cancelled_handler(ctx: &Ctx) -> Result<()> {
         let _lock = crate::util::signal_lock();
         let lp = ctx.new_loop();
         let (calls, cb) = sig::counter(&lp, 1);
-        lp.add_signal_handler(libc::SIGUSR1, cb)?;
+        lp.add_signal_handler_dyn(libc::SIGUSR1, cb)?;
         sig::raise(libc::SIGUSR1);
         assert!(lp.remove_signal_handler(libc::SIGUSR1)?);
         for _ in 0..3 {
@@ -332,7 +332,7 @@ pub fn test_add_signal_handler_replaces(ctx: &Ctx) -> Result<()> {
         let old_captured = std::rc::Rc::new(());
         let (c, log) = (old_captured.clone(), Log::new());
         let l = log.clone();
-        lp.add_signal_handler(
+        lp.add_signal_handler_dyn(
             libc::SIGUSR2,
             Box::new(move || {
                 let _keep = &c;
@@ -340,7 +340,7 @@ pub fn test_add_signal_handler_replaces(ctx: &Ctx) -> Result<()> {
             }),
         )?;
         let (l, lp2) = (log.clone(), lp.clone());
-        lp.add_signal_handler(
+        lp.add_signal_handler_dyn(
             libc::SIGUSR2,
             Box::new(move || {
                 l.push("new");
@@ -371,10 +371,10 @@ pub fn test_signal_handling_while_selecting(ctx: &Ctx) -> Result<()> {
         let _lock = crate::util::signal_lock();
         let lp = ctx.new_loop();
         let (calls, cb) = sig::counter(&lp, 1);
-        lp.add_signal_handler(libc::SIGHUP, cb)?;
+        lp.add_signal_handler_dyn(libc::SIGHUP, cb)?;
         let sender = std::rc::Rc::new(std::cell::RefCell::new(None));
         let s = sender.clone();
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 *s.borrow_mut() = Some(std::thread::spawn(|| sig::raise(libc::SIGHUP)));
             }),
@@ -410,7 +410,7 @@ pub fn test_signal_callback_panic(ctx: &Ctx) -> Result<()> {
         let errors = capture_exceptions(&lp);
         let calls = Rc::new(Cell::new(0));
         let (c, lp2) = (calls.clone(), lp.clone());
-        lp.add_signal_handler(
+        lp.add_signal_handler_dyn(
             libc::SIGUSR1,
             Box::new(move || {
                 c.set(c.get() + 1);
@@ -875,7 +875,7 @@ mod unix_stream {
         path: Option<PathBuf>,
         opts: CreateUnixServerOptions,
     ) -> Result<Rc<dyn AbstractServer>> {
-        let fut = lp.create_unix_server(factory, path, opts);
+        let fut = lp.create_unix_server_dyn(factory, path, opts);
         lp.run_until_complete(fut)
     }
 
@@ -889,7 +889,7 @@ mod unix_stream {
         path: Option<PathBuf>,
         opts: CreateUnixConnectionOptions,
     ) -> Result<(Rc<dyn Transport>, Rc<dyn Protocol>)> {
-        let fut = lp.create_unix_connection(factory, path, opts);
+        let fut = lp.create_unix_connection_dyn(factory, path, opts);
         lp.run_until_complete(fut)
     }
 

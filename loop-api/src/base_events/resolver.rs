@@ -58,7 +58,7 @@ fn resolve(
     Ok(out)
 }
 
-/// `loop.getaddrinfo(host, port, family=, type=, proto=, flags=)`.
+/// `loop.getaddrinfo_dyn(host, port, family=, type=, proto=, flags=)`.
 pub fn getaddrinfo(
     lp: Loop,
     host: Option<String>,
@@ -164,7 +164,7 @@ pub async fn ensure_resolved(
             return Ok(vec![info]);
         }
     }
-    lp.getaddrinfo(host, Some(port.to_string()), family, socktype, proto, flags)
+    lp.getaddrinfo_dyn(host, Some(port.to_string()), family, socktype, proto, flags)
         .await
 }
 

@@ -68,7 +68,7 @@ pub fn back_off(
             .with_socket(super::sockets::raw_fd(sock)),
     );
     let (server, sock) = (server.clone(), sock.clone());
-    let _ = lp.call_later(
+    let _ = lp.call_later_dyn(
         ACCEPT_RETRY_DELAY,
         Box::new(move || {
             if server._is_listening_on(&sock) {

@@ -154,24 +154,24 @@ pub trait AbstractEventLoop {
 
     /// Schedules `callback` for the next iteration, FIFO; in `context`, or a
     /// copy of the current context.
-    fn call_soon(&self, callback: Callback, context: Option<Context>) -> Result<Handle>;
+    fn call_soon_dyn(&self, callback: Callback, context: Option<Context>) -> Result<Handle>;
     /// Schedules `callback` after `delay` seconds (zero or negative: due at once,
     /// still a [`TimerHandle`]).
-    fn call_later(
+    fn call_later_dyn(
         &self,
         delay: f64,
         callback: Callback,
         context: Option<Context>,
     ) -> Result<TimerHandle>;
     /// Schedules `callback` at loop time `when`.
-    fn call_at(
+    fn call_at_dyn(
         &self,
         when: f64,
         callback: Callback,
         context: Option<Context>,
     ) -> Result<TimerHandle>;
     /// Schedules `callback` from any thread; the loop wakes up.
-    fn call_soon_threadsafe(&self, callback: SendCallback) -> Result<Handle>;
+    fn call_soon_threadsafe_dyn(&self, callback: SendCallback) -> Result<Handle>;
     /// A `Send` handle for other threads to call `call_soon_threadsafe` on.
     fn remote(&self) -> RemoteLoop;
     /// The loop's monotonic clock, in seconds.
@@ -222,11 +222,11 @@ pub trait AbstractEventLoop {
     // ----- readiness ------------------------------------------------------------
 
     /// Calls `callback` each time `fd` is readable.
-    fn add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
+    fn add_reader_dyn(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
     /// Stops watching `fd` for reading; true if it was watched.
     fn remove_reader(&self, fd: RawFd) -> Result<bool>;
     /// Calls `callback` each time `fd` is writable.
-    fn add_writer(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
+    fn add_writer_dyn(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
     /// Stops watching `fd` for writing; true if it was watched.
     fn remove_writer(&self, fd: RawFd) -> Result<bool>;
 
@@ -234,7 +234,7 @@ pub trait AbstractEventLoop {
 
     /// Calls `callback` on the loop when signal `sig` arrives. Main thread only;
     /// `ValueError` for an invalid signal, `RuntimeError` for an uncatchable one.
-    fn add_signal_handler(&self, sig: i32, callback: RepeatCallback) -> Result<()>;
+    fn add_signal_handler_dyn(&self, sig: i32, callback: RepeatCallback) -> Result<()>;
     /// Removes the handler, restoring the signal's previous disposition;
     /// true if one was set.
     fn remove_signal_handler(&self, sig: i32) -> Result<bool>;
@@ -249,7 +249,7 @@ pub trait AbstractEventLoop {
     // ----- DNS ------------------------------------------------------------------
 
     /// `getaddrinfo`, off the loop thread.
-    fn getaddrinfo(
+    fn getaddrinfo_dyn(
         &self,
         host: Option<String>,
         port: Option<String>,
@@ -268,7 +268,7 @@ pub trait AbstractEventLoop {
     // ----- TCP, TLS, sendfile ---------------------------------------------------
 
     /// Opens a streaming connection to `host:port`.
-    fn create_connection(
+    fn create_connection_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         host: Option<String>,
@@ -276,7 +276,7 @@ pub trait AbstractEventLoop {
         options: CreateConnectionOptions,
     ) -> LocalBoxFuture<'static, Result<StreamPair>>;
     /// Listens on `host:port`.
-    fn create_server(
+    fn create_server_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         host: Hosts,
@@ -284,7 +284,7 @@ pub trait AbstractEventLoop {
         options: CreateServerOptions,
     ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>>;
     /// Wraps a socket accepted elsewhere in a transport.
-    fn connect_accepted_socket(
+    fn connect_accepted_socket_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         sock: Rc<Socket>,
@@ -317,14 +317,14 @@ pub trait AbstractEventLoop {
     // ----- Unix sockets ---------------------------------------------------------
 
     /// Opens a Unix stream connection to `path`.
-    fn create_unix_connection(
+    fn create_unix_connection_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         path: Option<PathBuf>,
         options: CreateUnixConnectionOptions,
     ) -> LocalBoxFuture<'static, Result<StreamPair>>;
     /// Listens on a Unix socket.
-    fn create_unix_server(
+    fn create_unix_server_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         path: Option<PathBuf>,
@@ -334,7 +334,7 @@ pub trait AbstractEventLoop {
     // ----- UDP ------------------------------------------------------------------
 
     /// Creates a datagram endpoint.
-    fn create_datagram_endpoint(
+    fn create_datagram_endpoint_dyn(
         &self,
         protocol_factory: DatagramProtocolFactory,
         options: CreateDatagramEndpointOptions,
@@ -343,19 +343,19 @@ pub trait AbstractEventLoop {
     // ----- pipes and processes ----------------------------------------------------
 
     /// Wraps the read end of a pipe.
-    fn connect_read_pipe(
+    fn connect_read_pipe_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         pipe: File,
     ) -> LocalBoxFuture<'static, Result<StreamPair>>;
     /// Wraps the write end of a pipe.
-    fn connect_write_pipe(
+    fn connect_write_pipe_dyn(
         &self,
         protocol_factory: ProtocolFactory,
         pipe: File,
     ) -> LocalBoxFuture<'static, Result<StreamPair>>;
     /// Starts `program` with `args`.
-    fn subprocess_exec(
+    fn subprocess_exec_dyn(
         &self,
         protocol_factory: SubprocessProtocolFactory,
         program: OsString,
@@ -363,7 +363,7 @@ pub trait AbstractEventLoop {
         options: SubprocessOptions,
     ) -> LocalBoxFuture<'static, Result<SubprocessPair>>;
     /// Runs `cmd` through the shell.
-    fn subprocess_shell(
+    fn subprocess_shell_dyn(
         &self,
         protocol_factory: SubprocessProtocolFactory,
         cmd: OsString,

@@ -1,21 +1,280 @@
-//! [`EventLoopExt`]: the loop methods that are generic over a result
-//! type (`create_future`, `create_task`, `run_until_complete`,
-//! `run_in_executor`), for every loop, `dyn AbstractEventLoop` included,
-//! written on top of the object-safe [`AbstractEventLoop`].
+//! [`EventLoopExt`]: the loop methods as a Rust user calls them, for every
+//! loop, `dyn AbstractEventLoop` included, written on top of the
+//! object-safe [`AbstractEventLoop`].
+//!
+//! asyncio's names are here: `call_soon(|| ...)` takes a closure,
+//! `call_later` a number of seconds or a `Duration`, `create_connection` a
+//! factory of the caller's own protocol type and hands that type back.
+//! The object-safe primitives they are built on carry a `_dyn` suffix
+//! (`call_soon_dyn`, `create_connection_dyn`, ...): what a loop implements,
+//! and what code that holds boxed callbacks or type-erased factories calls.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::future::IntoFuture;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{AbstractEventLoop, Loop};
+use socket2::Socket;
+
+use super::options::{
+    AddrInfo, ConnectAcceptedSocketOptions, CreateConnectionOptions, CreateDatagramEndpointOptions,
+    CreateServerOptions, CreateUnixConnectionOptions, CreateUnixServerOptions, Delay,
+    GetAddrInfoOptions, IntoHost, IntoHosts, IntoService, IntoUnixPath,
+};
+use super::{AbstractEventLoop, AbstractServer, Handle, LocalBoxFuture, Loop, RawFd, TimerHandle};
+use crate::contextvars::Context;
 use crate::exceptions::{Error, Result};
 use crate::executor::{self, Executor};
 use crate::futures::Future;
+use crate::protocols::{
+    DatagramProtocolFactory, IntoDynDatagramProtocol, IntoDynProtocol, ProtocolFactory,
+};
 use crate::tasks::{Task, TaskOptions};
+use crate::transports::{DatagramTransport, Transport};
 
-/// The generic half of the loop API, for every loop (`dyn` included).
+/// What the typed `create_connection` and friends resolve to: the
+/// transport, and the caller's own protocol.
+pub type Connected<P> = (Rc<dyn Transport>, Rc<P>);
+/// What the typed `create_datagram_endpoint` resolves to.
+pub type Endpoint<P> = (Rc<dyn DatagramTransport>, Rc<P>);
+
+/// The last protocol a typed factory made, kept for the caller.
+type Made<P> = Rc<RefCell<Option<Rc<P>>>>;
+
+/// A type-erased factory that remembers what it made.
+fn recording<P: ?Sized + IntoDynProtocol>(
+    factory: impl Fn() -> Rc<P> + 'static,
+) -> (ProtocolFactory, Made<P>) {
+    let made: Made<P> = Rc::new(RefCell::new(None));
+    let m = made.clone();
+    let erased: ProtocolFactory = Rc::new(move || {
+        let p = factory();
+        *m.borrow_mut() = Some(p.clone());
+        p.into_dyn()
+    });
+    (erased, made)
+}
+
+fn taken<P: ?Sized>(made: &Made<P>) -> Rc<P> {
+    made.borrow_mut()
+        .take()
+        .expect("the protocol factory ran before the transport was made")
+}
+
+/// The loop API as a Rust user calls it, for every loop (`dyn` included).
+/// See the module docs.
 pub trait EventLoopExt: AbstractEventLoop {
+    // ----- scheduling ---------------------------------------------------------
+
+    /// `loop.call_soon(callback)`: runs `callback` in the next iteration,
+    /// FIFO, in a copy of the current context.
+    fn call_soon(&self, callback: impl FnOnce() + 'static) -> Result<Handle> {
+        self.call_soon_dyn(Box::new(callback), None)
+    }
+
+    /// `loop.call_soon(callback, context=context)`.
+    fn call_soon_in(&self, context: Context, callback: impl FnOnce() + 'static) -> Result<Handle> {
+        self.call_soon_dyn(Box::new(callback), Some(context))
+    }
+
+    /// `loop.call_later(delay, callback)`: `delay` in seconds (`f64`,
+    /// an integer) or a `Duration`.
+    fn call_later(
+        &self,
+        delay: impl Delay,
+        callback: impl FnOnce() + 'static,
+    ) -> Result<TimerHandle> {
+        self.call_later_dyn(delay.seconds(), Box::new(callback), None)
+    }
+
+    /// `loop.call_later(delay, callback, context=context)`.
+    fn call_later_in(
+        &self,
+        context: Context,
+        delay: impl Delay,
+        callback: impl FnOnce() + 'static,
+    ) -> Result<TimerHandle> {
+        self.call_later_dyn(delay.seconds(), Box::new(callback), Some(context))
+    }
+
+    /// `loop.call_at(when, callback)`, `when` in loop time ([`time`](AbstractEventLoop::time)).
+    fn call_at(&self, when: f64, callback: impl FnOnce() + 'static) -> Result<TimerHandle> {
+        self.call_at_dyn(when, Box::new(callback), None)
+    }
+
+    /// `loop.call_at(when, callback, context=context)`.
+    fn call_at_in(
+        &self,
+        context: Context,
+        when: f64,
+        callback: impl FnOnce() + 'static,
+    ) -> Result<TimerHandle> {
+        self.call_at_dyn(when, Box::new(callback), Some(context))
+    }
+
+    /// `loop.call_soon_threadsafe(callback)`, from the loop's own thread
+    /// (other threads use [`remote`](AbstractEventLoop::remote)).
+    fn call_soon_threadsafe(&self, callback: impl FnOnce() + Send + 'static) -> Result<Handle> {
+        self.call_soon_threadsafe_dyn(Box::new(callback))
+    }
+
+    // ----- readiness and signals -------------------------------------------------
+
+    /// `loop.add_reader(fd, callback)`: calls `callback` each time `fd` is
+    /// readable.
+    fn add_reader(&self, fd: RawFd, callback: impl FnMut() + 'static) -> Result<()> {
+        self.add_reader_dyn(fd, Box::new(callback))
+    }
+
+    /// `loop.add_writer(fd, callback)`.
+    fn add_writer(&self, fd: RawFd, callback: impl FnMut() + 'static) -> Result<()> {
+        self.add_writer_dyn(fd, Box::new(callback))
+    }
+
+    /// `loop.add_signal_handler(sig, callback)`.
+    fn add_signal_handler(&self, sig: i32, callback: impl FnMut() + 'static) -> Result<()> {
+        self.add_signal_handler_dyn(sig, Box::new(callback))
+    }
+
+    // ----- DNS -------------------------------------------------------------------
+
+    /// `loop.getaddrinfo(host, port)`: `host` a name or address (or
+    /// `None`), `port` a number or service name (or `None`).
+    fn getaddrinfo(
+        &self,
+        host: impl IntoHost,
+        port: impl IntoService,
+    ) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
+        self.getaddrinfo_with(host, port, GetAddrInfoOptions::default())
+    }
+
+    /// `loop.getaddrinfo(host, port, family=, type=, proto=, flags=)`.
+    fn getaddrinfo_with(
+        &self,
+        host: impl IntoHost,
+        port: impl IntoService,
+        options: GetAddrInfoOptions,
+    ) -> LocalBoxFuture<'static, Result<Vec<AddrInfo>>> {
+        self.getaddrinfo_dyn(
+            host.into_host(),
+            port.into_service(),
+            options.family,
+            options.socktype,
+            options.proto,
+            options.flags,
+        )
+    }
+
+    // ----- connections and servers ------------------------------------------------
+
+    /// `loop.create_connection(protocol_factory, host, port, ...)`: the
+    /// transport, and the protocol as the factory made it (`Rc<P>`, the
+    /// caller's own type; a factory of `Rc<dyn Protocol>` works too).
+    fn create_connection<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        host: impl IntoHost,
+        port: impl Into<Option<u16>>,
+        options: CreateConnectionOptions,
+    ) -> LocalBoxFuture<'static, Result<Connected<P>>> {
+        let (factory, made) = recording(protocol_factory);
+        let fut = self.create_connection_dyn(factory, host.into_host(), port.into(), options);
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
+        })
+    }
+
+    /// `loop.create_server(protocol_factory, host, port, ...)`: `host` one
+    /// name or address, several, or every interface (`None`, `""`).
+    fn create_server<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        host: impl IntoHosts,
+        port: impl Into<Option<u16>>,
+        options: CreateServerOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
+        let factory: ProtocolFactory = Rc::new(move || protocol_factory().into_dyn());
+        self.create_server_dyn(factory, host.into_hosts(), port.into(), options)
+    }
+
+    /// `loop.connect_accepted_socket(protocol_factory, sock, ...)`: wraps a
+    /// socket accepted elsewhere.
+    fn connect_accepted_socket<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        sock: impl Into<Rc<Socket>>,
+        options: ConnectAcceptedSocketOptions,
+    ) -> LocalBoxFuture<'static, Result<Connected<P>>> {
+        let (factory, made) = recording(protocol_factory);
+        let fut = self.connect_accepted_socket_dyn(
+            factory,
+            sock.into(),
+            options.ssl,
+            options.ssl_handshake_timeout,
+            options.ssl_shutdown_timeout,
+        );
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
+        })
+    }
+
+    /// `loop.create_unix_connection(protocol_factory, path, ...)`.
+    fn create_unix_connection<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        path: impl IntoUnixPath,
+        options: CreateUnixConnectionOptions,
+    ) -> LocalBoxFuture<'static, Result<Connected<P>>> {
+        let (factory, made) = recording(protocol_factory);
+        let fut = self.create_unix_connection_dyn(factory, path.into_unix_path(), options);
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
+        })
+    }
+
+    /// `loop.create_unix_server(protocol_factory, path, ...)`.
+    fn create_unix_server<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        path: impl IntoUnixPath,
+        options: CreateUnixServerOptions,
+    ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
+        let factory: ProtocolFactory = Rc::new(move || protocol_factory().into_dyn());
+        self.create_unix_server_dyn(factory, path.into_unix_path(), options)
+    }
+
+    /// `loop.create_datagram_endpoint(protocol_factory, ...)`: the
+    /// transport, and the protocol as the factory made it.
+    fn create_datagram_endpoint<P: ?Sized + IntoDynDatagramProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        options: CreateDatagramEndpointOptions,
+    ) -> LocalBoxFuture<'static, Result<Endpoint<P>>> {
+        type MadeD<P> = Rc<RefCell<Option<Rc<P>>>>;
+        let made: MadeD<P> = Rc::new(RefCell::new(None));
+        let m = made.clone();
+        let factory: DatagramProtocolFactory = Rc::new(move || {
+            let p = protocol_factory();
+            *m.borrow_mut() = Some(p.clone());
+            p.into_dyn()
+        });
+        let fut = self.create_datagram_endpoint_dyn(factory, options);
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            let p = made
+                .borrow_mut()
+                .take()
+                .expect("the protocol factory ran before the transport was made");
+            Ok((t, p))
+        })
+    }
+
+    // ----- futures, tasks, executors -------------------------------------------------
+
     /// `loop.create_future()`.
     fn create_future<T: 'static>(&self) -> Future<T> {
         Future::new(self.as_loop())

@@ -278,3 +278,214 @@ pub struct AddrInfo {
     /// The address.
     pub addr: SocketAddr,
 }
+
+/// `getaddrinfo`'s keyword arguments (`family`, `type`, `proto`, `flags`);
+/// all 0 (`AF_UNSPEC`, any type, any protocol, no flags) by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetAddrInfoOptions {
+    /// Restricts the answers to one family.
+    pub family: Family,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, ... as the OS numbers them; 0 for any.
+    pub socktype: i32,
+    /// Protocol number; 0 for any.
+    pub proto: i32,
+    /// `AI_*` flags.
+    pub flags: i32,
+}
+
+/// `connect_accepted_socket`'s keyword arguments.
+#[derive(Clone, Default)]
+pub struct ConnectAcceptedSocketOptions {
+    /// TLS (server side); `None` for plain TCP.
+    pub ssl: Option<SslContext>,
+    /// TLS handshake timeout (only with `ssl`).
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// TLS shutdown timeout (only with `ssl`).
+    pub ssl_shutdown_timeout: Option<Duration>,
+}
+
+// ----- the conversions the generic loop methods take ---------------------------------
+
+/// A delay for `call_later`: seconds as a number, or a `Duration`.
+pub trait Delay {
+    /// The delay in seconds.
+    fn seconds(self) -> f64;
+}
+
+impl Delay for f64 {
+    fn seconds(self) -> f64 {
+        self
+    }
+}
+impl Delay for f32 {
+    fn seconds(self) -> f64 {
+        f64::from(self)
+    }
+}
+impl Delay for i32 {
+    fn seconds(self) -> f64 {
+        f64::from(self)
+    }
+}
+impl Delay for u32 {
+    fn seconds(self) -> f64 {
+        f64::from(self)
+    }
+}
+impl Delay for u64 {
+    fn seconds(self) -> f64 {
+        self as f64
+    }
+}
+impl Delay for Duration {
+    fn seconds(self) -> f64 {
+        self.as_secs_f64()
+    }
+}
+
+/// A `host` argument: a name or address (`&str`, `String`), or none.
+pub trait IntoHost {
+    /// The host, or `None`.
+    fn into_host(self) -> Option<String>;
+}
+
+impl IntoHost for &str {
+    fn into_host(self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+impl IntoHost for String {
+    fn into_host(self) -> Option<String> {
+        Some(self)
+    }
+}
+impl IntoHost for &String {
+    fn into_host(self) -> Option<String> {
+        Some(self.clone())
+    }
+}
+impl IntoHost for Option<&str> {
+    fn into_host(self) -> Option<String> {
+        self.map(str::to_string)
+    }
+}
+impl IntoHost for Option<String> {
+    fn into_host(self) -> Option<String> {
+        self
+    }
+}
+impl IntoHost for std::net::IpAddr {
+    fn into_host(self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+/// `create_server`'s `host`: one (`&str`, `String`), several (a `Vec` or
+/// slice), every interface (`None`, `""`), or a [`Hosts`].
+pub trait IntoHosts {
+    /// As a [`Hosts`].
+    fn into_hosts(self) -> Hosts;
+}
+
+impl IntoHosts for Hosts {
+    fn into_hosts(self) -> Hosts {
+        self
+    }
+}
+impl<H: IntoHost> IntoHosts for H {
+    fn into_hosts(self) -> Hosts {
+        match self.into_host() {
+            Some(h) if !h.is_empty() => Hosts::One(h),
+            _ => Hosts::All,
+        }
+    }
+}
+impl IntoHosts for Vec<String> {
+    fn into_hosts(self) -> Hosts {
+        Hosts::Many(self)
+    }
+}
+impl IntoHosts for &[&str] {
+    fn into_hosts(self) -> Hosts {
+        Hosts::Many(self.iter().map(|h| h.to_string()).collect())
+    }
+}
+
+/// A `port` or service argument of `getaddrinfo`: a number, a service name,
+/// or none.
+pub trait IntoService {
+    /// As `getaddrinfo` takes it.
+    fn into_service(self) -> Option<String>;
+}
+
+impl IntoService for u16 {
+    fn into_service(self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+impl IntoService for Option<u16> {
+    fn into_service(self) -> Option<String> {
+        self.map(|p| p.to_string())
+    }
+}
+impl IntoService for &str {
+    fn into_service(self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+impl IntoService for String {
+    fn into_service(self) -> Option<String> {
+        Some(self)
+    }
+}
+impl IntoService for Option<String> {
+    fn into_service(self) -> Option<String> {
+        self
+    }
+}
+
+/// A Unix socket `path` argument: a path (`&str`, `String`, `&Path`,
+/// `PathBuf`), or none (with `sock=`).
+pub trait IntoUnixPath {
+    /// The path, or `None`.
+    fn into_unix_path(self) -> Option<PathBuf>;
+}
+
+impl IntoUnixPath for &str {
+    fn into_unix_path(self) -> Option<PathBuf> {
+        Some(self.into())
+    }
+}
+impl IntoUnixPath for String {
+    fn into_unix_path(self) -> Option<PathBuf> {
+        Some(self.into())
+    }
+}
+impl IntoUnixPath for &std::path::Path {
+    fn into_unix_path(self) -> Option<PathBuf> {
+        Some(self.into())
+    }
+}
+impl IntoUnixPath for PathBuf {
+    fn into_unix_path(self) -> Option<PathBuf> {
+        Some(self)
+    }
+}
+impl IntoUnixPath for &PathBuf {
+    fn into_unix_path(self) -> Option<PathBuf> {
+        Some(self.clone())
+    }
+}
+impl IntoUnixPath for Option<PathBuf> {
+    fn into_unix_path(self) -> Option<PathBuf> {
+        self
+    }
+}
+
+/// A path in Linux's abstract socket namespace (a leading NUL byte: no file
+/// is made), for `create_unix_server` and `create_unix_connection`.
+pub fn abstract_unix_path(name: &str) -> PathBuf {
+    let mut s = OsString::from("\0");
+    s.push(name);
+    PathBuf::from(s)
+}

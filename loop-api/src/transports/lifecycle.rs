@@ -75,7 +75,7 @@ pub fn drop_lost_write(conn_lost: &Cell<u32>) -> bool {
 pub fn call_soon_or_now(lp: &dyn AbstractEventLoop, f: impl FnOnce() + 'static) {
     let cell = Rc::new(Cell::new(Some(f)));
     let c = cell.clone();
-    let queued = lp.call_soon(
+    let queued = lp.call_soon_dyn(
         Box::new(move || {
             if let Some(f) = c.take() {
                 f()
@@ -100,10 +100,10 @@ pub fn schedule_start(
     start: impl FnOnce() + 'static,
     waiter: Option<Future<()>>,
 ) -> Result<()> {
-    lp.call_soon(Box::new(made), None)?;
-    lp.call_soon(Box::new(start), None)?;
+    lp.call_soon_dyn(Box::new(made), None)?;
+    lp.call_soon_dyn(Box::new(start), None)?;
     if let Some(w) = waiter {
-        lp.call_soon(
+        lp.call_soon_dyn(
             Box::new(move || {
                 if !w.cancelled() {
                     let _ = w.set_result(());
