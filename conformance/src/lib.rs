@@ -273,6 +273,8 @@ macro_rules! __cases {
                 test_reader_callback_panic,
                 test_remove_fds_after_closing,
                 test_add_fds_after_closing,
+                test_future_completer_from_another_thread,
+                test_run_coroutine_threadsafe,
             }
             test_unix_events {
                 test_check_signal,
@@ -625,6 +627,8 @@ macro_rules! __cases {
                 test_accept_emfile,
                 test_ip_literal_does_not_wait_for_the_executor,
                 test_ip_literal_after_executor_shutdown,
+                test_create_connection_typed,
+                test_protocol_keeping_its_transport_leaks_nothing,
             }
             test_datagram {
                 test_create_datagram_endpoint,
@@ -667,6 +671,8 @@ macro_rules! __cases {
                 test_create_datagram_endpoint_unix_sender_address,
                 test_create_datagram_endpoint_unix_sock,
                 test_create_datagram_endpoint_unix_close_keeps_file,
+                test_create_datagram_endpoint_typed,
+                test_datagram_set_protocol,
             }
             test_sendfile {
                 test_sock_sendfile_success,

@@ -441,16 +441,17 @@ struct RecordingEcho {
 }
 
 impl loop_api::protocols::BaseProtocol for RecordingEcho {
-    fn connection_made(&self, t: Rc<dyn loop_api::transports::Transport>) {
-        self.all.borrow_mut().push(t.clone());
-        *self.transport.borrow_mut() = Some(t);
-    }
     fn connection_lost(&self, _exc: Option<loop_api::Error>) {
         self.transport.borrow_mut().take();
     }
 }
 
 impl loop_api::protocols::Protocol for RecordingEcho {
+    fn connection_made(&self, t: Rc<dyn loop_api::transports::Transport>) {
+        self.all.borrow_mut().push(t.clone());
+        *self.transport.borrow_mut() = Some(t);
+    }
+
     fn data_received(&self, data: &[u8]) {
         let t = self.transport.borrow().clone();
         if let Some(t) = t {

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod base_events;
+pub mod concurrent;
 pub mod contextvars;
 pub mod driver;
 pub mod events;

@@ -13,10 +13,17 @@ use socket2::SockAddr;
 use crate::exceptions::Error;
 use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
 
-/// `asyncio.BaseProtocol`.
+/// `asyncio.BaseProtocol`: what every kind of protocol hears.
+/// `connection_made` is on each kind ([`Protocol`], [`DatagramProtocol`],
+/// [`SubprocessProtocol`]), typed with that kind's transport.
+///
+/// # Keeping the transport
+/// A protocol may keep the transport `connection_made` gives it (an
+/// `Rc` in a `RefCell` field) and never let go: once `connection_lost` has
+/// run, the transport drops its own reference to the protocol, so the two
+/// do not keep each other alive. Nothing leaks if the protocol does nothing
+/// special.
 pub trait BaseProtocol {
-    /// Called once when the connection is made.
-    fn connection_made(&self, _transport: Rc<dyn Transport>) {}
     /// Called exactly once when the connection is lost or closed; `None`
     /// for a regular EOF or close.
     fn connection_lost(&self, _exc: Option<Error>) {}
@@ -28,6 +35,8 @@ pub trait BaseProtocol {
 
 /// `asyncio.Protocol`: a streaming protocol.
 pub trait Protocol: BaseProtocol {
+    /// Called once when the connection is made.
+    fn connection_made(&self, _transport: Rc<dyn Transport>) {}
     /// Some data arrived.
     fn data_received(&self, _data: &[u8]) {}
     /// The peer sent EOF. Return `true` to keep the write side open (a
@@ -43,7 +52,8 @@ pub trait Protocol: BaseProtocol {
 }
 
 /// `asyncio.BufferedProtocol`: the transport reads straight into a buffer
-/// the protocol hands out.
+/// the protocol hands out. A buffered protocol is also a [`Protocol`] (for
+/// `connection_made`), whose [`Protocol::as_buffered`] returns itself.
 pub trait BufferedProtocol: BaseProtocol {
     /// A buffer to read into, of at least `sizehint` bytes if it is positive.
     /// The transport writes into it and then calls [`buffer_updated`].
@@ -61,7 +71,7 @@ pub trait BufferedProtocol: BaseProtocol {
 /// `asyncio.DatagramProtocol`.
 pub trait DatagramProtocol: BaseProtocol {
     /// Called once the endpoint is set up.
-    fn datagram_connection_made(&self, _transport: Rc<dyn DatagramTransport>) {}
+    fn connection_made(&self, _transport: Rc<dyn DatagramTransport>) {}
     /// A datagram arrived from `addr` (an unnamed AF_UNIX sender has an
     /// empty address).
     fn datagram_received(&self, _data: &[u8], _addr: &SockAddr) {}
@@ -72,7 +82,7 @@ pub trait DatagramProtocol: BaseProtocol {
 /// `asyncio.SubprocessProtocol`.
 pub trait SubprocessProtocol: BaseProtocol {
     /// Called once the process is started.
-    fn subprocess_connection_made(&self, _transport: Rc<dyn SubprocessTransport>) {}
+    fn connection_made(&self, _transport: Rc<dyn SubprocessTransport>) {}
     /// The child wrote to its stdout (fd 1) or stderr (fd 2).
     fn pipe_data_received(&self, _fd: i32, _data: &[u8]) {}
     /// One of the child's pipes closed.

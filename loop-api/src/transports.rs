@@ -42,10 +42,6 @@ pub trait BaseTransport {
     /// Closes after flushing buffered data; the protocol's
     /// `connection_lost(None)` follows.
     fn close(&self);
-    /// Replaces the protocol.
-    fn set_protocol(&self, protocol: Rc<dyn Protocol>);
-    /// The current protocol.
-    fn get_protocol(&self) -> Rc<dyn Protocol>;
 }
 
 /// `peername`/`sockname` as `get_extra_info` returns them: an IP address,
@@ -149,7 +145,12 @@ pub trait WriteTransport: BaseTransport {
 }
 
 /// `asyncio.Transport`: a bidirectional stream.
-pub trait Transport: ReadTransport + WriteTransport {}
+pub trait Transport: ReadTransport + WriteTransport {
+    /// Replaces the protocol (asyncio's `BaseTransport.set_protocol`).
+    fn set_protocol(&self, protocol: Rc<dyn Protocol>);
+    /// The current protocol.
+    fn get_protocol(&self) -> Rc<dyn Protocol>;
+}
 
 /// `asyncio.DatagramTransport`.
 pub trait DatagramTransport: BaseTransport {
@@ -161,12 +162,12 @@ pub trait DatagramTransport: BaseTransport {
     fn abort(&self);
     /// Bytes buffered and not yet sent.
     fn get_write_buffer_size(&self) -> usize;
-    /// `set_protocol` for the datagram protocol. (`BaseTransport`'s
-    /// `set_protocol`/`get_protocol` speak of stream protocols; on a
-    /// datagram transport they do nothing and return a placeholder.)
-    fn set_datagram_protocol(&self, protocol: Rc<dyn DatagramProtocol>);
-    /// The current datagram protocol.
-    fn get_datagram_protocol(&self) -> Rc<dyn DatagramProtocol>;
+    /// Replaces the protocol (asyncio's `BaseTransport.set_protocol`):
+    /// datagrams from now on go to `protocol`, and so does
+    /// `connection_lost`.
+    fn set_protocol(&self, protocol: Rc<dyn DatagramProtocol>);
+    /// The current protocol.
+    fn get_protocol(&self) -> Rc<dyn DatagramProtocol>;
 }
 
 /// `asyncio.SubprocessTransport`.

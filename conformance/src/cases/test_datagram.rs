@@ -154,7 +154,7 @@ impl BaseProtocol for Dg {
 }
 
 impl DatagramProtocol for Dg {
-    fn datagram_connection_made(&self, transport: Rc<dyn DatagramTransport>) {
+    fn connection_made(&self, transport: Rc<dyn DatagramTransport>) {
         *self.transport.borrow_mut() = Some(transport);
         self.record(Ev::Made);
     }
@@ -467,7 +467,7 @@ pub fn test_create_datagram_endpoint_local_and_remote(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-/// asyncio's order: `datagram_connection_made(transport)` runs before the
+/// asyncio's order: `connection_made(transport)` runs before the
 /// awaited `create_datagram_endpoint` returns, with the returned transport;
 /// the factory is called once.
 pub fn test_datagram_connection_made_before_result(ctx: &Ctx) -> Result<()> {
@@ -1672,4 +1672,56 @@ pub fn test_create_datagram_endpoint_unix_sock(ctx: &Ctx) -> Result<()> {
 pub fn test_create_datagram_endpoint_unix_close_keeps_file(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::UnixSockets)?;
     on_unix!(unix_dgram::close_keeps_file(ctx))
+}
+
+/// The typed `create_datagram_endpoint` hands back the caller's own
+/// protocol type: the very protocol the transport calls.
+pub fn test_create_datagram_endpoint_typed(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let wake = Wakeup::new();
+    let mine = Dg::new(&wake);
+    let m = mine.clone();
+    let (t, p): (Rc<dyn DatagramTransport>, Rc<Dg>) =
+        lp.run_until_complete(lp.create_datagram_endpoint(
+            move || m.clone(),
+            Opts {
+                local_addr: Some(inet(0)),
+                ..Default::default()
+            },
+        ))?;
+    assert!(
+        Rc::ptr_eq(&p, &mine),
+        "the typed result is the factory's protocol"
+    );
+    assert_eq!(p.made(), 1);
+    assert!(same_obj(&t, &p.transport()));
+    t.close();
+    p.wait_lost(&lp)?;
+    lp.close()
+}
+
+/// `DatagramTransport::set_protocol`/`get_protocol` (asyncio's
+/// `BaseTransport` methods): after the switch, datagrams and
+/// `connection_lost` go to the new protocol, none to the old one.
+pub fn test_datagram_set_protocol(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let wake = Wakeup::new();
+    let first = Dg::new(&wake);
+    let (t, addr) = bound(&lp, &first)?;
+    assert!(same_obj(&t.get_protocol(), &first));
+    let second = Dg::new(&wake);
+    t.set_protocol(second.clone());
+    assert!(same_obj(&t.get_protocol(), &second));
+    let peer = UdpSocket::bind(loopback(0)).expect("bind peer");
+    peer.send_to(b"to the second", addr).expect("send");
+    wake.run_until(&lp, NET, "the datagram", || !second.data().is_empty())?;
+    assert_eq!(second.payloads(), [b"to the second".to_vec()]);
+    assert!(first.data().is_empty(), "the old protocol heard a datagram");
+    t.close();
+    second.wait_lost(&lp)?;
+    assert!(
+        first.lost().is_empty(),
+        "connection_lost went to the old protocol"
+    );
+    lp.close()
 }

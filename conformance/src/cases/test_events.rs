@@ -750,3 +750,85 @@ pub fn test_add_fds_after_closing(ctx: &Ctx) -> Result<()> {
         Ok(())
     }
 }
+
+// ----- completing from other threads --------------------------------------------------
+
+/// asyncio's `loop.call_soon_threadsafe(fut.set_result, x)`: a future's
+/// `Send` completer, moved to another thread, completes it on the loop;
+/// `set_exception` likewise; a completer dropped unused leaves its future
+/// pending; one that arrives after the future was cancelled is ignored.
+pub fn test_future_completer_from_another_thread(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let ok = lp.create_future::<u32>();
+    let failed = lp.create_future::<u32>();
+    let unused = lp.create_future::<u32>();
+    let cancelled = lp.create_future::<u32>();
+    let (c_ok, c_failed, c_unused, c_cancelled) = (
+        ok.completer(),
+        failed.completer(),
+        unused.completer(),
+        cancelled.completer(),
+    );
+    cancelled.cancel(None);
+    let t = std::thread::spawn(move || {
+        c_ok.set_result(42).expect("loop open");
+        c_failed
+            .set_exception(Error::value("from the thread"))
+            .expect("loop open");
+        drop(c_unused);
+        c_cancelled.set_result(7).expect("loop open");
+    });
+    t.join().expect("thread");
+    assert_eq!(lp.run_until_complete(ok)?, 42);
+    match lp.run_until_complete(failed) {
+        Err(Error::Value(m)) => assert_eq!(m, "from the thread"),
+        other => panic!("expected the thread's ValueError, got {other:?}"),
+    }
+    // Let whatever was queued run: the unused completer's release, the
+    // late result for the cancelled future.
+    lp.run_until_complete(loop_api::sleep(0.0))?;
+    assert!(!unused.done(), "a dropped completer completed its future");
+    assert!(cancelled.cancelled());
+    lp.close()
+}
+
+/// asyncio's `run_coroutine_threadsafe`: from another thread, a coroutine
+/// runs as a task on the loop, and the thread blocks on its result; a
+/// cancelled one ends with `CancelledError`.
+pub fn test_run_coroutine_threadsafe(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let remote = lp.remote();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let on_loop = remote
+            .run_coroutine_threadsafe(|| async {
+                loop_api::sleep(0.01).await?;
+                Ok(loop_api::get_running_loop()?.loop_id())
+            })
+            .expect("loop open");
+        let id = on_loop.result(Some(Duration::from_secs(10)));
+        let forever = remote
+            .run_coroutine_threadsafe(|| async {
+                let lp = loop_api::get_running_loop()?;
+                lp.create_future::<()>().await
+            })
+            .expect("loop open");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!forever.done());
+        assert!(forever.cancel());
+        let cancelled = forever.result(Some(Duration::from_secs(10)));
+        tx.send((id, cancelled.map_err(|e| e.to_string())))
+            .expect("send");
+        remote.stop().expect("loop open");
+    });
+    stop_after(&lp, 10.0);
+    lp.run_forever()?;
+    t.join().expect("thread");
+    let (id, cancelled) = rx.recv().expect("the thread's results");
+    assert_eq!(id?, lp.loop_id());
+    assert!(
+        matches!(&cancelled, Err(m) if m.starts_with("CancelledError")),
+        "{cancelled:?}"
+    );
+    lp.close()
+}

@@ -236,9 +236,6 @@ impl Rec {
 }
 
 impl BaseProtocol for Rec {
-    fn connection_made(&self, transport: Rc<dyn Transport>) {
-        self.made(transport)
-    }
     fn connection_lost(&self, exc: Option<Error>) {
         self.lost_with(exc)
     }
@@ -252,6 +249,10 @@ impl BaseProtocol for Rec {
 }
 
 impl Protocol for Rec {
+    fn connection_made(&self, transport: Rc<dyn Transport>) {
+        self.made(transport)
+    }
+
     fn data_received(&self, data: &[u8]) {
         self.got(data)
     }
@@ -290,15 +291,16 @@ impl Buf {
 }
 
 impl BaseProtocol for Buf {
-    fn connection_made(&self, transport: Rc<dyn Transport>) {
-        self.rec.made(transport)
-    }
     fn connection_lost(&self, exc: Option<Error>) {
         self.rec.lost_with(exc)
     }
 }
 
 impl Protocol for Buf {
+    fn connection_made(&self, transport: Rc<dyn Transport>) {
+        self.rec.made(transport)
+    }
+
     fn data_received(&self, _data: &[u8]) {
         self.rec.push(Ev::Wrong("Protocol::data_received"))
     }
@@ -843,14 +845,15 @@ pub fn test_data_received_panic(ctx: &Ctx) -> Result<()> {
 pub fn test_eof_received_panic(ctx: &Ctx) -> Result<()> {
     struct P(Rc<Rec>);
     impl BaseProtocol for P {
-        fn connection_made(&self, t: Rc<dyn Transport>) {
-            self.0.made(t)
-        }
         fn connection_lost(&self, e: Option<Error>) {
             self.0.lost_with(e)
         }
     }
     impl Protocol for P {
+        fn connection_made(&self, t: Rc<dyn Transport>) {
+            self.0.made(t)
+        }
+
         fn eof_received(&self) -> bool {
             panic!("protocol bug in eof_received")
         }
@@ -2419,15 +2422,16 @@ pub fn test_connection_made_panic(ctx: &Ctx) -> Result<()> {
 pub fn test_connection_lost_panic(ctx: &Ctx) -> Result<()> {
     struct P(Rc<Rec>);
     impl BaseProtocol for P {
-        fn connection_made(&self, t: Rc<dyn Transport>) {
-            self.0.made(t)
-        }
         fn connection_lost(&self, e: Option<Error>) {
             self.0.lost_with(e);
             panic!("protocol bug in connection_lost");
         }
     }
-    impl Protocol for P {}
+    impl Protocol for P {
+        fn connection_made(&self, t: Rc<dyn Transport>) {
+            self.0.made(t)
+        }
+    }
     let lp = ctx.new_loop();
     let exc = capture_exceptions(&lp);
     let rec = Rec::new();
@@ -2470,9 +2474,6 @@ pub fn test_connection_lost_panic(ctx: &Ctx) -> Result<()> {
 pub fn test_pause_writing_panic(ctx: &Ctx) -> Result<()> {
     struct P(Rc<Rec>);
     impl BaseProtocol for P {
-        fn connection_made(&self, t: Rc<dyn Transport>) {
-            self.0.made(t)
-        }
         fn connection_lost(&self, e: Option<Error>) {
             self.0.lost_with(e)
         }
@@ -2483,7 +2484,11 @@ pub fn test_pause_writing_panic(ctx: &Ctx) -> Result<()> {
             self.0.resume_writing()
         }
     }
-    impl Protocol for P {}
+    impl Protocol for P {
+        fn connection_made(&self, t: Rc<dyn Transport>) {
+            self.0.made(t)
+        }
+    }
     let lp = ctx.new_loop();
     let exc = capture_exceptions(&lp);
     let rec = Rec::new();

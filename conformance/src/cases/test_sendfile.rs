@@ -614,12 +614,6 @@ impl BaseTransport for MemTransport {
     fn close(&self) {
         self.closing.set(true);
     }
-    fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
-        *self.protocol.borrow_mut() = protocol;
-    }
-    fn get_protocol(&self) -> Rc<dyn Protocol> {
-        self.protocol.borrow().clone()
-    }
 }
 
 impl ReadTransport for MemTransport {
@@ -716,7 +710,14 @@ impl WriteTransport for MemTransport {
     }
 }
 
-impl Transport for MemTransport {}
+impl Transport for MemTransport {
+    fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
+        *self.protocol.borrow_mut() = protocol;
+    }
+    fn get_protocol(&self) -> Rc<dyn Protocol> {
+        self.protocol.borrow().clone()
+    }
+}
 
 /// `test_sendfile_force_fallback`: a transport without a zero-copy hook
 /// gets the file through `write`, with flow control: the transport's

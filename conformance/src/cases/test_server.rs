@@ -46,10 +46,6 @@ struct Rec {
 }
 
 impl BaseProtocol for Rec {
-    fn connection_made(&self, transport: Rc<dyn Transport>) {
-        self.made.set(self.made.get() + 1);
-        *self.transport.borrow_mut() = Some(transport);
-    }
     fn connection_lost(&self, exc: Option<Error>) {
         self.lost.borrow_mut().push(exc.map(|e| e.to_string()));
         // Break the transport <-> protocol cycle.
@@ -58,6 +54,11 @@ impl BaseProtocol for Rec {
 }
 
 impl Protocol for Rec {
+    fn connection_made(&self, transport: Rc<dyn Transport>) {
+        self.made.set(self.made.get() + 1);
+        *self.transport.borrow_mut() = Some(transport);
+    }
+
     fn data_received(&self, data: &[u8]) {
         self.data.borrow_mut().extend_from_slice(data);
         if self.echo {
@@ -3059,3 +3060,120 @@ pub fn test_ip_literal_after_executor_shutdown(ctx: &Ctx) -> Result<()> {
 struct NoDatagrams;
 impl BaseProtocol for NoDatagrams {}
 impl loop_api::protocols::DatagramProtocol for NoDatagrams {}
+
+// ----- typed protocols, and no cycle to break -----------------------------------------
+
+/// The typed `create_connection` and `connect_accepted_socket` take a
+/// factory of the caller's own protocol type and hand that type back: the
+/// very protocol the transport calls, with no `as Rc<dyn Protocol>` and no
+/// second reference kept by hand.
+pub fn test_create_connection_typed(ctx: &Ctx) -> Result<()> {
+    let lp = ctx.new_loop();
+    let (factory, recs) = recorder(true);
+    let (server, addr) = serve_local(&lp, factory)?;
+    let (t, p): (Rc<dyn Transport>, Rc<Rec>) = run(
+        &lp,
+        lp.create_connection(
+            Rec::default_rc,
+            "127.0.0.1",
+            addr.port(),
+            Default::default(),
+        ),
+    )?;
+    assert_eq!(p.made.get(), 1, "connection_made before the result");
+    assert!(same_obj(&p.transport(), &t));
+    t.write(b"typed")?;
+    run_until(&lp, "the echo", || p.data() == b"typed")?;
+
+    // connect_accepted_socket, on a socket accepted by hand.
+    let listener = TcpListener::bind(v4(0)).expect("bind");
+    let there = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    accepted.set_nonblocking(true).expect("non-blocking");
+    let (t2, p2): (Rc<dyn Transport>, Rc<Rec>) = run(
+        &lp,
+        lp.connect_accepted_socket(Rec::default_rc, Socket::from(accepted), Default::default()),
+    )?;
+    assert!(same_obj(&p2.transport(), &t2));
+    drop(there);
+    run_until(&lp, "the peer's EOF", || p2.eof.get())?;
+
+    t.close();
+    run_until(&lp, "both ends closed", || {
+        p.is_lost() && recs.get().iter().all(|r| r.is_lost())
+    })?;
+    server.close();
+    run(&lp, server.wait_closed())?;
+    lp.close()
+}
+
+/// A protocol that keeps its transport and never lets go (no
+/// `take()` in `connection_lost`): once the connection is lost and the
+/// caller drops its references, transport and protocol are both freed.
+pub fn test_protocol_keeping_its_transport_leaks_nothing(ctx: &Ctx) -> Result<()> {
+    #[derive(Default)]
+    struct Keeps {
+        transport: RefCell<Option<Rc<dyn Transport>>>,
+        lost: Rc<Cell<bool>>,
+    }
+    impl BaseProtocol for Keeps {
+        fn connection_lost(&self, _exc: Option<Error>) {
+            self.lost.set(true); // the transport stays in the field
+        }
+    }
+    impl Protocol for Keeps {
+        fn connection_made(&self, transport: Rc<dyn Transport>) {
+            *self.transport.borrow_mut() = Some(transport);
+        }
+    }
+    let lp = ctx.new_loop();
+    // What the server made: its protocol (weakly) and its lost flag.
+    let served: Log<(std::rc::Weak<Keeps>, Rc<Cell<bool>>)> = Log::new();
+    let s = served.clone();
+    let server = run(
+        &lp,
+        lp.create_server(
+            move || {
+                let p = Rc::new(Keeps::default());
+                s.push((Rc::downgrade(&p), p.lost.clone()));
+                p
+            },
+            "127.0.0.1",
+            0,
+            Default::default(),
+        ),
+    )?;
+    let addr = server_addr(&*server);
+    let (t, p) = run(
+        &lp,
+        lp.create_connection(
+            || Rc::new(Keeps::default()),
+            "127.0.0.1",
+            addr.port(),
+            Default::default(),
+        ),
+    )?;
+    run_until(&lp, "the server's protocol", || served.get().len() == 1)?;
+    let (weak_t, weak_p) = (Rc::downgrade(&t), Rc::downgrade(&p));
+    t.close();
+    run_until(&lp, "connection_lost on both ends", || {
+        p.lost.get() && served.get()[0].1.get()
+    })?;
+    drop((t, p));
+    run_until(&lp, "the client's pair freed", || {
+        weak_t.upgrade().is_none() && weak_p.upgrade().is_none()
+    })?;
+    run_until(&lp, "the server's pair freed", || {
+        served.get()[0].0.upgrade().is_none()
+    })?;
+    server.close();
+    run(&lp, server.wait_closed())?;
+    lp.close()
+}
+
+impl Rec {
+    /// A fresh recorder, as a typed factory makes it.
+    fn default_rc() -> Rc<Rec> {
+        Rc::new(Rec::default())
+    }
+}

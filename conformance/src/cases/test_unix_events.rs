@@ -787,10 +787,6 @@ mod unix_stream {
     }
 
     impl BaseProtocol for Sp {
-        fn connection_made(&self, transport: Rc<dyn Transport>) {
-            *self.transport.borrow_mut() = Some(transport);
-            self.record(Ev::Made);
-        }
         fn connection_lost(&self, exc: Option<Error>) {
             self.transport.borrow_mut().take();
             self.record(Ev::Lost(exc));
@@ -798,6 +794,11 @@ mod unix_stream {
     }
 
     impl Protocol for Sp {
+        fn connection_made(&self, transport: Rc<dyn Transport>) {
+            *self.transport.borrow_mut() = Some(transport);
+            self.record(Ev::Made);
+        }
+
         fn data_received(&self, data: &[u8]) {
             self.record(Ev::Data(data.to_vec()));
             let hook = self.on_data.borrow().clone();

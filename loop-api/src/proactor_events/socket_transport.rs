@@ -521,14 +521,6 @@ impl<I: StreamIo> BaseTransport for ProactorSocketTransport<I> {
                 .schedule_connection_lost(move || me.call_connection_lost(None));
         }
     }
-
-    fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
-        self.base.set_protocol(protocol);
-    }
-
-    fn get_protocol(&self) -> Rc<dyn Protocol> {
-        self.base.protocol()
-    }
 }
 
 impl<I: StreamIo> ReadTransport for ProactorSocketTransport<I> {
@@ -616,7 +608,15 @@ impl<I: StreamIo> WriteTransport for ProactorSocketTransport<I> {
     }
 }
 
-impl<I: StreamIo> Transport for ProactorSocketTransport<I> {}
+impl<I: StreamIo> Transport for ProactorSocketTransport<I> {
+    fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
+        self.base.set_protocol(protocol);
+    }
+
+    fn get_protocol(&self) -> Rc<dyn Protocol> {
+        self.base.protocol()
+    }
+}
 
 /// Drops the first `n` bytes of `parts`.
 fn skip_sent(parts: &mut Vec<&[u8]>, mut n: usize) {

@@ -29,19 +29,13 @@ use crate::base_events::BaseLoop;
 use crate::events::RawFd;
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
-use crate::protocols::{BaseProtocol, DatagramProtocol};
+use crate::protocols::DatagramProtocol;
 use crate::transports::flow_control::FlowControl;
 use crate::transports::lifecycle::{self, SocketInfo};
 use crate::transports::{BaseTransport, DatagramTransport, ExtraInfo};
 
 /// asyncio counts each queued datagram with this many bytes of header.
 const DATAGRAM_HEADER: usize = 8;
-
-/// The `Protocol` half of `set_protocol`'s signature has no use on a
-/// datagram transport; this adapter refuses it.
-struct NotAStreamProtocol;
-impl BaseProtocol for NotAStreamProtocol {}
-impl crate::protocols::Protocol for NotAStreamProtocol {}
 
 /// asyncio's `_SelectorDatagramTransport`.
 pub struct DatagramSocketTransport {
@@ -99,7 +93,7 @@ impl DatagramSocketTransport {
         let made = move || {
             let proto = me.protocol.borrow().clone();
             let tr: Rc<dyn DatagramTransport> = me.clone();
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.datagram_connection_made(tr))) {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| proto.connection_made(tr))) {
                 // As asyncio, where it runs as a plain callback: reported,
                 // and the transport goes on.
                 me.report(
@@ -296,14 +290,6 @@ impl BaseTransport for DatagramSocketTransport {
             lifecycle::call_soon_or_now(&*self.lp, move || me.call_connection_lost(None));
         }
     }
-
-    /// A datagram transport's protocol is a `DatagramProtocol`: use
-    /// [`DatagramTransport::set_datagram_protocol`]. This one does nothing.
-    fn set_protocol(&self, _protocol: Rc<dyn crate::protocols::Protocol>) {}
-
-    fn get_protocol(&self) -> Rc<dyn crate::protocols::Protocol> {
-        Rc::new(NotAStreamProtocol)
-    }
 }
 
 impl DatagramTransport for DatagramSocketTransport {
@@ -361,11 +347,11 @@ impl DatagramTransport for DatagramSocketTransport {
         self.queued_size.get()
     }
 
-    fn set_datagram_protocol(&self, protocol: Rc<dyn DatagramProtocol>) {
+    fn set_protocol(&self, protocol: Rc<dyn DatagramProtocol>) {
         *self.protocol.borrow_mut() = protocol;
     }
 
-    fn get_datagram_protocol(&self) -> Rc<dyn DatagramProtocol> {
+    fn get_protocol(&self) -> Rc<dyn DatagramProtocol> {
         self.protocol.borrow().clone()
     }
 }

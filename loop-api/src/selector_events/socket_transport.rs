@@ -414,14 +414,6 @@ impl BaseTransport for SocketTransport {
                 .schedule_connection_lost(move || me.call_connection_lost(None));
         }
     }
-
-    fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
-        self.base.set_protocol(protocol);
-    }
-
-    fn get_protocol(&self) -> Rc<dyn Protocol> {
-        self.base.protocol()
-    }
 }
 
 impl ReadTransport for SocketTransport {
@@ -531,4 +523,12 @@ impl WriteTransport for SocketTransport {
     }
 }
 
-impl Transport for SocketTransport {}
+impl Transport for SocketTransport {
+    fn set_protocol(&self, protocol: Rc<dyn Protocol>) {
+        self.base.set_protocol(protocol);
+    }
+
+    fn get_protocol(&self) -> Rc<dyn Protocol> {
+        self.base.protocol()
+    }
+}

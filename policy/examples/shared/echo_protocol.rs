@@ -27,10 +27,6 @@ impl EchoProtocol {
 }
 
 impl BaseProtocol for EchoProtocol {
-    fn connection_made(&self, transport: Rc<dyn Transport>) {
-        *self.transport.borrow_mut() = Some(transport);
-    }
-
     fn connection_lost(&self, _exc: Option<Error>) {
         // Transport and protocol point at each other: break the cycle.
         self.transport.borrow_mut().take();
@@ -50,6 +46,10 @@ impl BaseProtocol for EchoProtocol {
 }
 
 impl Protocol for EchoProtocol {
+    fn connection_made(&self, transport: Rc<dyn Transport>) {
+        *self.transport.borrow_mut() = Some(transport);
+    }
+
     fn data_received(&self, data: &[u8]) {
         if let Some(t) = self.transport() {
             // A broken connection is reported to connection_lost by the
