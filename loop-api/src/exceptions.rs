@@ -93,6 +93,48 @@ impl Error {
         matches!(self, Error::Cancelled(_))
     }
 
+    /// The `io::ErrorKind` of an `OSError` (`None` for the other kinds of
+    /// error): `e.kind() == Some(ErrorKind::ConnectionRefused)`.
+    pub fn kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Error::Io(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// asyncio's `ConnectionRefusedError`.
+    pub fn is_connection_refused(&self) -> bool {
+        self.kind() == Some(io::ErrorKind::ConnectionRefused)
+    }
+
+    /// asyncio's `ConnectionResetError` (a reset, or an aborted connection).
+    pub fn is_connection_reset(&self) -> bool {
+        matches!(
+            self.kind(),
+            Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted)
+        )
+    }
+
+    /// asyncio's `BrokenPipeError`.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.kind() == Some(io::ErrorKind::BrokenPipe)
+    }
+
+    /// asyncio's `ConnectionError` family: refused, reset, aborted, broken
+    /// pipe, not connected.
+    pub fn is_connection_error(&self) -> bool {
+        self.is_connection_refused()
+            || self.is_connection_reset()
+            || self.is_broken_pipe()
+            || self.kind() == Some(io::ErrorKind::NotConnected)
+    }
+
+    /// `TimeoutError`: a timeout of the loop's (`wait_for`, ...) or of the
+    /// OS (`ETIMEDOUT`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout) || self.kind() == Some(io::ErrorKind::TimedOut)
+    }
+
     /// True for [`Error::NotSupported`] and [`Error::NotImplemented`]: the
     /// loop lacks the feature rather than the call having failed.
     pub fn is_unsupported(&self) -> bool {
@@ -155,6 +197,35 @@ impl Error {
             "Box<dyn Any>".to_string()
         };
         Error::Panic(msg)
+    }
+}
+
+/// Two errors are equal when they are the same kind of exception with the
+/// same text (an `OSError` also compares its `ErrorKind` and errno), so
+/// tests can write `assert_eq!(r, Err(Error::value("...")))`.
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        match (self, other) {
+            (Error::Io(a), Error::Io(b)) => {
+                a.kind() == b.kind()
+                    && self.raw_os_error() == other.raw_os_error()
+                    && a.to_string() == b.to_string()
+            }
+            (
+                Error::ExceptionGroup {
+                    message: m1,
+                    exceptions: e1,
+                },
+                Error::ExceptionGroup {
+                    message: m2,
+                    exceptions: e2,
+                },
+            ) => m1 == m2 && e1 == e2,
+            _ => {
+                std::mem::discriminant(self) == std::mem::discriminant(other)
+                    && self.to_string() == other.to_string()
+            }
+        }
     }
 }
 

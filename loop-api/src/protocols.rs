@@ -6,6 +6,7 @@
 //! `Cell`/`RefCell` fields. Every method has a default that does nothing, so
 //! a protocol implements only what it needs.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use socket2::SockAddr;
@@ -135,5 +136,36 @@ impl<P: DatagramProtocol + 'static> IntoDynDatagramProtocol for P {
 impl IntoDynDatagramProtocol for dyn DatagramProtocol {
     fn into_dyn(self: Rc<Self>) -> Rc<dyn DatagramProtocol> {
         self
+    }
+}
+
+/// Where a protocol keeps the transport `connection_made` gave it.
+///
+/// [`get`](Self::get) hands out a clone, so no borrow is held while the
+/// protocol calls the transport (which may call back into the protocol:
+/// `pause_writing`, `connection_lost`). There is no cycle to break by hand:
+/// see [`BaseProtocol`].
+pub struct TransportCell<T: ?Sized = dyn Transport>(RefCell<Option<Rc<T>>>);
+
+impl<T: ?Sized> Default for TransportCell<T> {
+    fn default() -> Self {
+        TransportCell(RefCell::new(None))
+    }
+}
+
+impl<T: ?Sized> TransportCell<T> {
+    /// Keeps `transport` (in `connection_made`).
+    pub fn set(&self, transport: Rc<T>) {
+        *self.0.borrow_mut() = Some(transport);
+    }
+
+    /// The transport, once `connection_made` kept it.
+    pub fn get(&self) -> Option<Rc<T>> {
+        self.0.borrow().clone()
+    }
+
+    /// Lets go of it.
+    pub fn take(&self) -> Option<Rc<T>> {
+        self.0.borrow_mut().take()
     }
 }

@@ -5,6 +5,7 @@
 //! callbacks. asyncio's `get_extra_info(name)` returns any object; here it
 //! returns an [`ExtraInfo`] value.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -25,8 +26,9 @@ pub mod lifecycle;
 pub enum ExtraInfo {
     /// `peername` / `sockname` of an IP socket.
     Addr(SocketAddr),
-    /// `peername` / `sockname` of a Unix socket (empty for unnamed).
-    UnixPath(String),
+    /// `peername` / `sockname` of a Unix socket (empty for unnamed; an
+    /// abstract name starts with a NUL byte).
+    UnixPath(OsString),
     /// `socket` / `pipe`: the raw descriptor (still owned by the transport).
     Fd(RawFd),
     /// Any other value, as text.
@@ -42,6 +44,35 @@ pub trait BaseTransport {
     /// Closes after flushing buffered data; the protocol's
     /// `connection_lost(None)` follows.
     fn close(&self);
+
+    /// `get_extra_info("peername")` as an IP address (`None` for a Unix
+    /// socket or no peer).
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.get_extra_info("peername")?.as_addr()
+    }
+
+    /// `get_extra_info("sockname")` as an IP address.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.get_extra_info("sockname")?.as_addr()
+    }
+}
+
+impl ExtraInfo {
+    /// The IP address, if this is one.
+    pub fn as_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ExtraInfo::Addr(a) => Some(*a),
+            _ => None,
+        }
+    }
+
+    /// The Unix socket path, if this is one.
+    pub fn as_unix_path(&self) -> Option<&std::ffi::OsStr> {
+        match self {
+            ExtraInfo::UnixPath(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// `peername`/`sockname` as `get_extra_info` returns them: an IP address,
@@ -54,14 +85,17 @@ pub fn extra_addr(addr: SockAddr) -> ExtraInfo {
     #[cfg(unix)]
     {
         if let Some(p) = addr.as_pathname() {
-            return ExtraInfo::UnixPath(p.to_string_lossy().into_owned());
+            return ExtraInfo::UnixPath(p.as_os_str().to_owned());
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(name) = addr.as_abstract_namespace() {
-            return ExtraInfo::UnixPath(format!("\0{}", String::from_utf8_lossy(name)));
+            use std::os::unix::ffi::OsStringExt;
+            let mut bytes = vec![0u8];
+            bytes.extend_from_slice(name);
+            return ExtraInfo::UnixPath(OsString::from_vec(bytes));
         }
     }
-    ExtraInfo::UnixPath(String::new())
+    ExtraInfo::UnixPath(OsString::new())
 }
 
 /// How a transport names itself in messages (asyncio's `repr(transport)`):
@@ -76,7 +110,9 @@ pub fn describe(t: &dyn BaseTransport) -> String {
     }
     match t.get_extra_info("peername") {
         Some(ExtraInfo::Addr(a)) => s.push_str(&format!(" peername={a}")),
-        Some(ExtraInfo::UnixPath(p)) if !p.is_empty() => s.push_str(&format!(" peername={p}")),
+        Some(ExtraInfo::UnixPath(p)) if !p.is_empty() => {
+            s.push_str(&format!(" peername={}", p.to_string_lossy()))
+        }
         _ => {}
     }
     s.push('>');

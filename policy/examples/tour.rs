@@ -24,16 +24,14 @@ fn main() {
 
 #[cfg(unix)]
 mod tour {
-    use std::cell::Cell;
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
-    use std::rc::Rc;
 
-    use loop_api::{EventLoopExt, Future, Loop, Result};
+    use policy::prelude::*;
 
     pub async fn main() -> Result<()> {
-        let lp = policy::get_running_loop()?;
+        let lp = get_running_loop()?;
         println!("policy::run() made a {:?} loop", lp.backend_name());
         hello_world(&lp).await?;
         clock(&lp).await?;
@@ -55,13 +53,10 @@ mod tour {
         println!("\n1. call_soon");
         let done = lp.create_future::<()>();
         let d = done.clone();
-        lp.call_soon_dyn(
-            Box::new(move || {
-                println!("   Hello World (a callback run by the loop)");
-                finished(&d);
-            }),
-            None,
-        )?;
+        lp.call_soon(move || {
+            println!("   Hello World (a callback run by the loop)");
+            finished(&d);
+        })?;
         done.await
     }
 
@@ -80,9 +75,7 @@ mod tour {
         println!("   tick at +{:.2} s of loop time", now - start);
         if now + 0.2 < end {
             let again = lp.clone();
-            let scheduled =
-                lp.call_later_dyn(0.2, Box::new(move || tick(again, start, end, done)), None);
-            if let Err(e) = scheduled {
+            if let Err(e) = lp.call_later(0.2, move || tick(again, start, end, done)) {
                 eprintln!("   call_later failed: {e}");
             }
         } else {
@@ -100,32 +93,26 @@ mod tour {
         let fd = rsock.as_raw_fd();
         let done = lp.create_future::<()>();
         let (d, reader_loop) = (done.clone(), lp.clone());
-        lp.add_reader_dyn(
-            fd,
-            Box::new(move || {
-                let mut buf = [0u8; 100];
-                match (&rsock).read(&mut buf) {
-                    Ok(n) => println!(
-                        "   reader callback: received {:?}",
-                        String::from_utf8_lossy(&buf[..n])
-                    ),
-                    Err(e) => println!("   reader callback: {e}"),
-                }
-                // We are done: unregister the file descriptor.
-                let removed = reader_loop.remove_reader(fd);
-                println!("   remove_reader -> {removed:?}");
-                finished(&d);
-            }),
-        )?;
+        lp.add_reader(fd, move || {
+            let mut buf = [0u8; 100];
+            match (&rsock).read(&mut buf) {
+                Ok(n) => println!(
+                    "   reader callback: received {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(e) => println!("   reader callback: {e}"),
+            }
+            // We are done: unregister the file descriptor.
+            let removed = reader_loop.remove_reader(fd);
+            println!("   remove_reader -> {removed:?}");
+            finished(&d);
+        })?;
         // Simulate the reception of data from the network, as the docs do
-        // with loop.call_soon_dyn(wsock.send, 'abc'.encode()).
-        lp.call_soon_dyn(
-            Box::new(move || {
-                println!("   writing b\"abc\" to the other end");
-                let _ = (&wsock).write_all(b"abc");
-            }),
-            None,
-        )?;
+        // with loop.call_soon(wsock.send, 'abc'.encode()).
+        lp.call_soon(move || {
+            println!("   writing b\"abc\" to the other end");
+            let _ = (&wsock).write_all(b"abc");
+        })?;
         done.await
     }
 
@@ -138,16 +125,13 @@ mod tour {
         let remaining = Rc::new(Cell::new(2));
         for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
             let (d, left) = (done.clone(), remaining.clone());
-            lp.add_signal_handler_dyn(
-                sig,
-                Box::new(move || {
-                    println!("   got signal {name}: its handler ran on the loop");
-                    left.set(left.get() - 1);
-                    if left.get() == 0 {
-                        finished(&d);
-                    }
-                }),
-            )?;
+            lp.add_signal_handler(sig, move || {
+                println!("   got signal {name}: its handler ran on the loop");
+                left.set(left.get() - 1);
+                if left.get() == 0 {
+                    finished(&d);
+                }
+            })?;
         }
         for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
             println!("   sending {name} to myself");

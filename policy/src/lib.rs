@@ -14,6 +14,8 @@
 //!   which backend `"auto"` chose at run time (uring where io_uring works,
 //!   else select) and why better ones were skipped.
 //!
+//! - [`prelude`]: everything a program needs, in one `use`.
+//!
 //! ```
 //! let answer = policy::run(async { Ok(6 * 7) }, None, None).unwrap();
 //! assert_eq!(answer, 42);
@@ -23,6 +25,7 @@
 
 pub mod backends;
 pub mod events;
+pub mod prelude;
 pub mod runners;
 
 pub use backends::{

@@ -920,11 +920,11 @@ mod unix_stream {
     }
 
     fn info(p: &Path) -> Option<ExtraInfo> {
-        Some(ExtraInfo::UnixPath(p.to_str().expect("utf-8 path").into()))
+        Some(ExtraInfo::UnixPath(p.as_os_str().to_owned()))
     }
 
     fn unnamed() -> Option<ExtraInfo> {
-        Some(ExtraInfo::UnixPath(String::new()))
+        Some(ExtraInfo::UnixPath(Default::default()))
     }
 
     fn is_socket(p: &Path) -> bool {
@@ -1346,7 +1346,7 @@ mod unix_stream {
             let client = Sp::new(&w);
             let t = connect(&lp, &client, &path)?;
             acc.wait(&lp, 1)?;
-            let expect = Some(ExtraInfo::UnixPath(format!("\0{name}")));
+            let expect = Some(ExtraInfo::UnixPath(format!("\0{name}").into()));
             assert_eq!(t.get_extra_info("peername"), expect, "client peername");
             assert_eq!(
                 acc.get(0).transport().get_extra_info("sockname"),

@@ -60,7 +60,7 @@ pub fn py_addr(address: &SockAddr) -> String {
             a.scope_id()
         ),
         None => match extra_addr(address.clone()) {
-            ExtraInfo::UnixPath(p) => format!("'{p}'"),
+            ExtraInfo::UnixPath(p) => format!("'{}'", p.to_string_lossy()),
             other => format!("{other:?}"),
         },
     }

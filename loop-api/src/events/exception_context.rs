@@ -7,6 +7,8 @@ use std::rc::Rc;
 use super::{AbstractEventLoop, Handle, RawFd};
 use crate::exceptions::Error;
 use crate::futures::FutureObj;
+use crate::protocols::{DatagramProtocol, Protocol};
+use crate::transports::{DatagramTransport, Transport};
 
 /// asyncio's exception-handler context. Keys that do not apply are `None`.
 #[derive(Clone, Default)]
@@ -21,9 +23,13 @@ pub struct ExceptionContext {
     pub task: Option<Rc<dyn FutureObj>>,
     /// `handle`: the callback's handle.
     pub handle: Option<Handle>,
-    /// `protocol`.
+    /// `protocol`: an `Rc<dyn Protocol>` or `Rc<dyn DatagramProtocol>` as
+    /// `Any` (see [`stream_protocol`](Self::stream_protocol) and
+    /// [`datagram_protocol`](Self::datagram_protocol)).
     pub protocol: Option<Rc<dyn Any>>,
-    /// `transport`.
+    /// `transport`: an `Rc<dyn Transport>` or `Rc<dyn DatagramTransport>`
+    /// as `Any` (see [`stream_transport`](Self::stream_transport) and
+    /// [`datagram_transport`](Self::datagram_transport)).
     pub transport: Option<Rc<dyn Any>>,
     /// `socket`.
     pub socket: Option<RawFd>,
@@ -32,6 +38,38 @@ pub struct ExceptionContext {
 }
 
 impl ExceptionContext {
+    /// `context['transport']` of a stream transport's report.
+    pub fn stream_transport(&self) -> Option<Rc<dyn Transport>> {
+        self.transport
+            .as_ref()?
+            .downcast_ref::<Rc<dyn Transport>>()
+            .cloned()
+    }
+
+    /// `context['transport']` of a datagram transport's report.
+    pub fn datagram_transport(&self) -> Option<Rc<dyn DatagramTransport>> {
+        self.transport
+            .as_ref()?
+            .downcast_ref::<Rc<dyn DatagramTransport>>()
+            .cloned()
+    }
+
+    /// `context['protocol']` of a stream transport's report.
+    pub fn stream_protocol(&self) -> Option<Rc<dyn Protocol>> {
+        self.protocol
+            .as_ref()?
+            .downcast_ref::<Rc<dyn Protocol>>()
+            .cloned()
+    }
+
+    /// `context['protocol']` of a datagram transport's report.
+    pub fn datagram_protocol(&self) -> Option<Rc<dyn DatagramProtocol>> {
+        self.protocol
+            .as_ref()?
+            .downcast_ref::<Rc<dyn DatagramProtocol>>()
+            .cloned()
+    }
+
     /// A context with only a message.
     pub fn new(message: impl Into<String>) -> Self {
         ExceptionContext {

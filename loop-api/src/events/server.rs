@@ -1,5 +1,6 @@
 //! `asyncio.Server`'s interface.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use socket2::Socket;
@@ -29,4 +30,13 @@ pub trait AbstractServer {
     fn wait_closed(&self) -> LocalBoxFuture<'static, Result<()>>;
     /// The listening sockets.
     fn sockets(&self) -> Vec<Rc<Socket>>;
+
+    /// The IP addresses the server listens on (`sockets()`'s names), e.g.
+    /// to learn the port the OS picked for port 0.
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets()
+            .iter()
+            .filter_map(|s| s.local_addr().ok()?.as_socket())
+            .collect()
+    }
 }
