@@ -63,8 +63,7 @@ mod bench {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
-    use loop_api::events::options::{CreateServerOptions, Hosts};
-    use loop_api::protocols::{Protocol, ProtocolFactory};
+    use loop_api::events::options::CreateServerOptions;
     use loop_api::{Error, EventLoopExt, RemoteLoop};
     use policy::LoopFactory;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -314,14 +313,12 @@ mod bench {
     /// Our server: `EchoProtocol` on `create_server`, as the example.
     async fn serve_ours(ready: Ready) -> loop_api::Result<()> {
         let lp = policy::get_running_loop()?;
-        let factory: ProtocolFactory =
-            Rc::new(|| Rc::new(EchoProtocol::default()) as Rc<dyn Protocol>);
         let options = CreateServerOptions {
             backlog: BACKLOG,
             ..Default::default()
         };
         let server = lp
-            .create_server_dyn(factory, Hosts::One("127.0.0.1".into()), Some(0), options)
+            .create_server(|| Rc::new(EchoProtocol::default()), "127.0.0.1", 0, options)
             .await?;
         let sock = server
             .sockets()
