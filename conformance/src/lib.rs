@@ -38,22 +38,14 @@
 
 pub mod cases;
 pub mod harness;
+pub mod tls;
 pub mod util;
 
 pub use harness::{Capabilities, Ctx, Feature};
 
 /// Cases that skip on every backend of this build because what they test
-/// is not built yet in `loop-api`: TLS (`ssl=`).
-pub const NOT_BUILT_YET: &[(&str, &str)] = &[
-    (
-        "test_server::test_create_connection_ssl",
-        "TLS (ssl=) is not built yet",
-    ),
-    (
-        "test_server::test_create_server_ssl",
-        "TLS (ssl=) is not built yet",
-    ),
-];
+/// is not built yet in `loop-api` (none today).
+pub const NOT_BUILT_YET: &[(&str, &str)] = &[];
 
 /// Cases whose check needs something not every machine has; they pass
 /// where it is there.
@@ -554,7 +546,6 @@ macro_rules! __cases {
                 test_create_server_no_host_port_sock,
                 test_create_server_wrong_sock,
                 test_create_server_ssl_timeout_for_plain_socket,
-                test_create_server_ssl,
                 test_create_server_addr_in_use,
                 test_create_server_reuse_address,
                 test_create_server_reuse_port,
@@ -612,7 +603,6 @@ macro_rules! __cases {
                 test_create_connection_family_inet6,
                 test_create_connection_ipv6,
                 test_create_connection_nodelay,
-                test_create_connection_ssl,
                 test_create_connection_server_hostname_without_ssl,
                 test_create_connection_ssl_timeout_for_plain_socket,
                 test_create_connection_resolve_error,
@@ -704,6 +694,42 @@ macro_rules! __cases {
                 test_sendfile_for_closing_transp,
                 test_sendfile_fallback_not_regular_file,
                 test_sock_sendfile_fd_used_by_transport,
+            }
+            test_sslproto {
+                test_create_ssl_connection,
+                test_ssl_extra_info,
+                test_ssl_no_write_eof,
+                test_ssl_hostname_mismatch,
+                test_ssl_untrusted_certificate,
+                test_ssl_server_hostname_defaults_to_host,
+                test_ssl_sock_needs_server_hostname,
+                test_ssl_over_given_sock,
+                test_ssl_argument_checks,
+                test_ssl_handshake_timeout,
+                test_ssl_eof_during_handshake,
+                test_ssl_garbage_during_handshake,
+                test_ssl_garbage_mid_stream,
+                test_ssl_close_sends_close_notify,
+                test_ssl_shutdown_timeout,
+                test_ssl_abort,
+                test_ssl_peer_close_notify,
+                test_ssl_peer_eof_without_close_notify,
+                test_ssl_write_after_close_is_dropped,
+                test_ssl_write_buffer_limits,
+                test_ssl_pause_resume_writing,
+                test_ssl_pause_resume_reading,
+                test_ssl_buffered_protocol,
+                test_ssl_large_transfer_both_ways,
+                test_ssl_many_concurrent_handshakes,
+                test_ssl_connect_accepted_socket,
+                test_start_tls_both_sides,
+                test_start_tls_failure_closes_the_connection,
+                test_start_tls_argument_checks,
+                test_ssl_alpn,
+                test_ssl_cancel_during_handshake,
+                test_ssl_server_survives_bad_clients,
+                test_ssl_data_received_panic,
+                test_ssl_close_loop_with_connections_open,
             }
             test_staggered {
                 test_empty,

@@ -1102,12 +1102,12 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     fn start_tls(
         &self,
-        _transport: Rc<dyn Transport>,
-        _protocol: Rc<dyn Protocol>,
-        _sslcontext: SslContext,
-        _options: StartTlsOptions,
+        transport: Rc<dyn Transport>,
+        protocol: Rc<dyn Protocol>,
+        sslcontext: SslContext,
+        options: StartTlsOptions,
     ) -> LocalBoxFuture<'static, Result<Rc<dyn Transport>>> {
-        not_implemented("start_tls")
+        tls_options::start_tls(self.me(), transport, protocol, sslcontext, options)
     }
 
     fn create_unix_connection_dyn(

@@ -50,6 +50,12 @@ pub enum Error {
     KeyboardInterrupt,
     /// `asyncio.SendfileNotAvailableError`.
     SendfileNotAvailable(String),
+    /// `ssl.SSLError`: a TLS failure (a bad record, a protocol error, an
+    /// alert from the peer), with rustls's description.
+    Ssl(String),
+    /// `ssl.SSLCertVerificationError`: the peer's certificate was not
+    /// trusted, or not for the name asked for.
+    SslCertVerification(String),
     /// `ExceptionGroup(message, exceptions)`: several errors at once, as
     /// `create_connection(all_errors=True)` raises.
     ExceptionGroup {
@@ -182,6 +188,8 @@ impl Error {
             Error::Panic(_) => "Panic",
             Error::KeyboardInterrupt => "KeyboardInterrupt",
             Error::SendfileNotAvailable(_) => "SendfileNotAvailableError",
+            Error::Ssl(_) => "SSLError",
+            Error::SslCertVerification(_) => "SSLCertVerificationError",
             Error::ExceptionGroup { .. } => "ExceptionGroup",
             Error::Other(_) => "Exception",
         }
@@ -252,6 +260,8 @@ impl fmt::Display for Error {
             Error::Panic(m) => write!(f, "panic: {m}"),
             Error::KeyboardInterrupt => f.write_str("KeyboardInterrupt"),
             Error::SendfileNotAvailable(m) => write!(f, "SendfileNotAvailableError: {m}"),
+            Error::Ssl(m) => write!(f, "SSLError: {m}"),
+            Error::SslCertVerification(m) => write!(f, "SSLCertVerificationError: {m}"),
             Error::ExceptionGroup {
                 message,
                 exceptions,

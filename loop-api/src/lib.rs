@@ -32,6 +32,8 @@ pub mod log;
 pub mod proactor_events;
 pub mod protocols;
 pub mod selector_events;
+pub mod ssl;
+pub mod sslproto;
 pub mod staggered;
 pub mod tasks;
 pub mod test_utils;

@@ -33,6 +33,29 @@ pub enum ExtraInfo {
     Fd(RawFd),
     /// Any other value, as text.
     Text(String),
+    /// Bytes: `peercert`, the peer's certificate (DER).
+    Bytes(Vec<u8>),
+    /// `ssl_object`: the TLS connection's state after the handshake.
+    Tls(TlsInfo),
+}
+
+/// What a TLS transport's `get_extra_info("ssl_object")` reports (the
+/// rustls connection's state once the handshake is done).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version, e.g. `TLSv1_3`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The protocol ALPN chose, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The server name: asked for (client side) or received (server side).
+    pub sni: Option<String>,
+    /// The peer's certificate chain (DER), leaf first; empty for a client
+    /// that sent none.
+    pub peer_certificates: Vec<Vec<u8>>,
+    /// True on the server side.
+    pub server_side: bool,
 }
 
 /// `asyncio.BaseTransport`.

@@ -11,6 +11,7 @@ pub mod test_selector_events;
 pub mod test_sendfile;
 pub mod test_server;
 pub mod test_sock_lowlevel;
+pub mod test_sslproto;
 pub mod test_staggered;
 pub mod test_tasks;
 pub mod test_unix_events;
@@ -34,4 +35,5 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("test_datagram", include_str!("test_datagram.rs")),
     ("test_sendfile", include_str!("test_sendfile.rs")),
     ("test_staggered", include_str!("test_staggered.rs")),
+    ("test_sslproto", include_str!("test_sslproto.rs")),
 ];

@@ -17,7 +17,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use loop_api::events::options::{
-    CreateConnectionOptions, CreateServerOptions, Family, Hosts, SslContext, DEFAULT_BACKLOG,
+    CreateConnectionOptions, CreateServerOptions, Family, Hosts, DEFAULT_BACKLOG,
 };
 use loop_api::events::{AbstractServer, RawFd};
 use loop_api::protocols::{BaseProtocol, Protocol, ProtocolFactory};
@@ -367,15 +367,6 @@ fn expect_runtime_like<T>(r: Result<T>, prefix: &str, suffix: &str) {
         Err(Error::Runtime(m)) if m.starts_with(prefix) && m.ends_with(suffix) => {}
         Err(e) => panic!("expected RuntimeError({prefix:?} ... {suffix:?}), got {e}"),
         Ok(_) => panic!("expected RuntimeError({prefix:?} ... {suffix:?}), got Ok"),
-    }
-}
-
-/// An error that must be "not supported here": returned so the case skips.
-fn expect_unsupported<T>(r: Result<T>, what: &str) -> Result<()> {
-    match r {
-        Err(e) if e.is_unsupported() => Err(e),
-        Err(e) => panic!("{what}: expected NotImplemented/NotSupported, got {e}"),
-        Ok(_) => panic!("{what}: TLS is not built, yet the call succeeded"),
     }
 }
 
@@ -809,23 +800,6 @@ pub fn test_create_server_ssl_timeout_for_plain_socket(ctx: &Ctx) -> Result<()> 
     );
     crate::util::expect_value_error(r, "ssl_shutdown_timeout is only meaningful with ssl");
     lp.close()
-}
-
-/// `ssl=` on `create_server`: TLS is not built; the call says so (a skip).
-pub fn test_create_server_ssl(ctx: &Ctx) -> Result<()> {
-    let lp = ctx.new_loop();
-    let (factory, _) = recorder(false);
-    let options = CreateServerOptions {
-        ssl: Some(SslContext(Rc::new(()))),
-        ..Default::default()
-    };
-    let r = run(
-        &lp,
-        lp.create_server_dyn(factory, one("127.0.0.1"), Some(0), options),
-    );
-    let out = expect_unsupported(r, "create_server(ssl=...)");
-    lp.close()?;
-    out
 }
 
 /// `test_events.test_create_server_addr_in_use`: binding a port a server
@@ -2382,27 +2356,6 @@ pub fn test_create_connection_nodelay(ctx: &Ctx) -> Result<()> {
     assert!(with_sock(fd, |s| s.nonblocking())?);
     t.close();
     lp.close()
-}
-
-/// `ssl=` on `create_connection`: TLS is not built; the call says so (a skip).
-pub fn test_create_connection_ssl(ctx: &Ctx) -> Result<()> {
-    let lp = ctx.new_loop();
-    let listener = TcpListener::bind(v4(0))?;
-    let (factory, _) = recorder(false);
-    let options = CreateConnectionOptions {
-        ssl: Some(SslContext(Rc::new(()))),
-        ..Default::default()
-    };
-    let r = connect(
-        &lp,
-        factory,
-        "127.0.0.1",
-        listener.local_addr()?.port(),
-        options,
-    );
-    let out = expect_unsupported(r, "create_connection(ssl=...)");
-    lp.close()?;
-    out
 }
 
 /// `test_base_events.test_create_connection_no_ssl_server_hostname_errors`.

@@ -13,7 +13,9 @@
 //!   `OSError("Multiple exceptions: ...")`.
 //! - The protocol is made only once the socket is connected; the result
 //!   comes after `connection_made` ran.
-//! - TLS (`ssl=`) is not built: it returns `NotImplemented`.
+//! - With `ssl=`, the connection is wrapped in TLS ([`crate::sslproto`])
+//!   and the result comes once the handshake is done; `server_hostname`
+//!   (else `host`) is the name the certificate is checked against.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -23,7 +25,7 @@ use socket2::{Socket, Type};
 
 use super::resolver::ensure_resolved;
 use super::sockets::{bind_error, domain_of, sock_stream};
-use super::tls_options::check_no_ssl;
+use super::tls_options::{self, make_transport, Tls};
 use super::BaseLoop;
 use crate::events::options::{AddrInfo, CreateConnectionOptions, Family, SslContext};
 use crate::events::{EventLoopExt, LocalBoxFuture, Loop, StreamPair};
@@ -40,9 +42,10 @@ pub fn create_connection(
     options: CreateConnectionOptions,
 ) -> LocalBoxFuture<'static, Result<StreamPair>> {
     Box::pin(async move {
-        check_no_ssl(
-            options.ssl.is_some(),
-            options.server_hostname.is_some(),
+        let tls = tls_options::client(
+            options.ssl.clone(),
+            options.server_hostname.clone(),
+            host.as_deref(),
             options.ssl_handshake_timeout,
             options.ssl_shutdown_timeout,
         )?;
@@ -66,7 +69,7 @@ pub fn create_connection(
             }
             sock
         };
-        create_connection_transport(&lp, sock, protocol_factory).await
+        create_connection_transport(&lp, sock, protocol_factory, tls.as_ref()).await
     })
 }
 
@@ -85,29 +88,27 @@ pub fn connect_accepted_socket(
                 "A Stream Socket was expected, got {sock:?}"
             )));
         }
-        check_no_ssl(
-            ssl.is_some(),
-            false,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
-        )?;
-        create_connection_transport(&lp, sock, protocol_factory).await
+        let tls = tls_options::server(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)?;
+        create_connection_transport(&lp, sock, protocol_factory, tls.as_ref()).await
     })
 }
 
-/// asyncio's `_create_connection_transport`: the protocol, the transport,
-/// and the wait for `connection_made`.
+/// asyncio's `_create_connection_transport`: the protocol, the transport
+/// (under TLS when `tls` says so), and the wait for `connection_made` (and
+/// the handshake). A failed or cancelled wait closes the connection.
 pub(crate) async fn create_connection_transport(
     lp: &Rc<dyn BaseLoop>,
     sock: Rc<Socket>,
     protocol_factory: ProtocolFactory,
+    tls: Option<&Tls>,
 ) -> Result<StreamPair> {
     let protocol = protocol_factory();
     let waiter = lp.create_future::<()>();
-    let transport =
-        lp._make_socket_transport(sock, protocol.clone(), Some(waiter.clone()), None)?;
-    // Closes the transport if the wait is cancelled (the future dropped).
-    let guard = crate::transports::lifecycle::CloseOnDrop::new(transport.clone());
+    let (raw, transport) =
+        make_transport(lp, sock, protocol.clone(), tls, Some(waiter.clone()), None)?;
+    // Closes the connection if the wait fails or is cancelled (the future
+    // dropped).
+    let guard = crate::transports::lifecycle::CloseOnDrop::new(raw);
     waiter.await?;
     guard.defuse();
     Ok((transport, protocol))

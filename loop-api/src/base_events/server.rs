@@ -32,7 +32,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::resolver::ensure_resolved;
 use super::sockets::{bind_error, domain_of, set_reuse_port, sock_stream};
-use super::tls_options::check_no_ssl;
+use super::tls_options::{self, Tls};
 use super::BaseLoop;
 use crate::events::options::{CreateServerOptions, Hosts};
 use crate::events::{AbstractServer, EventLoopExt, LocalBoxFuture, Loop};
@@ -56,6 +56,8 @@ pub struct Server {
     /// `wait_closed` waiters; `None` once the server is closed and empty.
     waiters: RefCell<Option<Vec<Future<()>>>>,
     serving_forever: RefCell<Option<Future<()>>>,
+    /// TLS for the connections it accepts.
+    tls: RefCell<Option<Tls>>,
     /// A Unix server's socket file, removed on close (`cleanup_socket`).
     #[cfg(unix)]
     unix_cleanup: RefCell<Option<UnixCleanup>>,
@@ -89,9 +91,20 @@ impl Server {
             active_count: Cell::new(0),
             waiters: RefCell::new(Some(Vec::new())),
             serving_forever: RefCell::new(None),
+            tls: RefCell::new(None),
             #[cfg(unix)]
             unix_cleanup: RefCell::new(None),
         })
+    }
+
+    /// Wraps the connections it accepts in TLS.
+    pub(crate) fn set_tls(&self, tls: Option<Tls>) {
+        *self.tls.borrow_mut() = tls;
+    }
+
+    /// The TLS setup of its connections, if any.
+    pub(crate) fn tls(&self) -> Option<Tls> {
+        self.tls.borrow().clone()
     }
 
     #[cfg(unix)]
@@ -352,9 +365,8 @@ pub fn create_server(
     options: CreateServerOptions,
 ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
     Box::pin(async move {
-        check_no_ssl(
-            options.ssl.is_some(),
-            false,
+        let tls = tls_options::server(
+            options.ssl.clone(),
             options.ssl_handshake_timeout,
             options.ssl_shutdown_timeout,
         )?;
@@ -384,6 +396,7 @@ pub fn create_server(
             s.set_nonblocking(true)?;
         }
         let server = Server::new(lp.clone(), sockets, protocol_factory, options.backlog);
+        server.set_tls(tls);
         if options.keep_alive {
             // On every listener, bound here or given: accepted sockets
             // inherit SO_KEEPALIVE from it on the platforms we run on;

@@ -17,6 +17,7 @@ use std::rc::Rc;
 use socket2::Socket;
 
 use super::server::Server;
+use super::tls_options::make_transport;
 use super::BaseLoop;
 use crate::events::{ExceptionContext, RawFd};
 use crate::exceptions::{Error, Result};
@@ -80,14 +81,24 @@ pub fn back_off(
 }
 
 /// Wraps one accepted connection in this loop's transport, attached to
-/// `server` (asyncio's `_accept_connection2`). A protocol factory that
+/// `server`, under TLS if the server serves TLS (asyncio's
+/// `_accept_connection2`). A protocol factory that
 /// fails or panics closes the connection; asyncio reports that in debug
 /// mode only.
 pub fn accept_one(lp: &dyn BaseLoop, factory: &ProtocolFactory, conn: Socket, server: &Rc<Server>) {
+    let base = lp.as_base();
     let made: Result<_> = catch_unwind(AssertUnwindSafe(|| factory()))
         .map_err(Error::from_panic)
         .and_then(|protocol| {
-            lp._make_socket_transport(Rc::new(conn), protocol, None, Some(server.clone()))
+            let tls = server.tls();
+            make_transport(
+                &base,
+                Rc::new(conn),
+                protocol,
+                tls.as_ref(),
+                None,
+                Some(server.clone()),
+            )
         });
     if let Err(e) = made {
         if lp.get_debug() {

@@ -80,7 +80,7 @@ mod imp {
 
     use super::super::connect::create_connection_transport;
     use super::super::server::{Server, UnixCleanup};
-    use super::super::tls_options::check_no_ssl;
+    use super::super::tls_options;
     use super::super::BaseLoop;
     use crate::events::options::{CreateUnixConnectionOptions, CreateUnixServerOptions};
     use crate::events::{AbstractServer, LocalBoxFuture, StreamPair};
@@ -109,9 +109,10 @@ mod imp {
         options: CreateUnixConnectionOptions,
     ) -> LocalBoxFuture<'static, Result<StreamPair>> {
         Box::pin(async move {
-            check_no_ssl(
-                options.ssl.is_some(),
-                options.server_hostname.is_some(),
+            let tls = tls_options::client(
+                options.ssl.clone(),
+                options.server_hostname.clone(),
+                None,
                 options.ssl_handshake_timeout,
                 options.ssl_shutdown_timeout,
             )?;
@@ -134,7 +135,7 @@ mod imp {
                 }
                 (None, None) => return Err(Error::value("no path and sock were specified")),
             };
-            create_connection_transport(&lp, sock, protocol_factory).await
+            create_connection_transport(&lp, sock, protocol_factory, tls.as_ref()).await
         })
     }
 
@@ -145,9 +146,8 @@ mod imp {
         options: CreateUnixServerOptions,
     ) -> LocalBoxFuture<'static, Result<Rc<dyn AbstractServer>>> {
         Box::pin(async move {
-            check_no_ssl(
-                options.ssl.is_some(),
-                false,
+            let tls = tls_options::server(
+                options.ssl.clone(),
                 options.ssl_handshake_timeout,
                 options.ssl_shutdown_timeout,
             )?;
@@ -178,6 +178,7 @@ mod imp {
             };
             sock.set_nonblocking(true)?;
             let server = Server::new(lp.clone(), vec![sock], protocol_factory, options.backlog);
+            server.set_tls(tls);
             if let Some(c) = cleanup {
                 server.set_unix_cleanup(c);
             }

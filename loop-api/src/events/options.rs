@@ -3,7 +3,6 @@
 //! Build one with struct-update syntax:
 //! `CreateServerOptions { backlog: 10, ..Default::default() }`.
 
-use std::any::Any;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,10 +22,7 @@ pub const WRITE_BUFFER_HIGH_WATER: usize = 64 * 1024;
 /// The largest single read a transport does (asyncio: 256 KiB).
 pub const MAX_READ_SIZE: usize = 256 * 1024;
 
-/// A TLS configuration (asyncio's `ssl.SSLContext`), opaque to the loop
-/// traits; the TLS layer downcasts it to its own configuration type.
-#[derive(Clone)]
-pub struct SslContext(pub Rc<dyn Any>);
+pub use crate::ssl::SslContext;
 
 /// Address-family choice (`socket.AF_*`); `Unspec` lets `getaddrinfo` pick.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
