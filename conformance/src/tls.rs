@@ -5,7 +5,9 @@
 use std::sync::{Arc, OnceLock};
 
 use loop_api::ssl::SslContext;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The test PKI.
@@ -35,6 +37,11 @@ pub fn pki() -> &'static Pki {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         ca_params
             .distinguished_name
             .push(DnType::CommonName, "conformance test CA");
@@ -50,6 +57,11 @@ pub fn pki() -> &'static Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
+        // CPython 3.13's default context is X.509-strict: it wants the
+        // authority key identifier.
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let server = params.signed_by(&server_key, &issuer).expect("server cert");
 
         let untrusted_key = KeyPair::generate().expect("untrusted key");
