@@ -24,6 +24,10 @@ pub struct Pki {
     pub server_cert_pem: String,
     /// The key, PEM.
     pub server_key_pem: String,
+    /// A client certificate the CA signed (for servers that ask for one).
+    pub client_cert: CertificateDer<'static>,
+    /// Its key.
+    pub client_key: Vec<u8>,
     /// A self-signed certificate for `localhost` that no CA vouches for.
     pub untrusted_cert: CertificateDer<'static>,
     /// Its key.
@@ -64,6 +68,18 @@ pub fn pki() -> &'static Pki {
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let server = params.signed_by(&server_key, &issuer).expect("server cert");
 
+        let client_key = KeyPair::generate().expect("client key");
+        let mut cparams = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        cparams
+            .distinguished_name
+            .push(DnType::CommonName, "conformance test client");
+        cparams.use_authority_key_identifier_extension = true;
+        cparams.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        cparams.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = cparams
+            .signed_by(&client_key, &issuer)
+            .expect("client cert");
+
         let untrusted_key = KeyPair::generate().expect("untrusted key");
         let untrusted = CertificateParams::new(vec!["localhost".to_string()])
             .expect("untrusted params")
@@ -77,6 +93,8 @@ pub fn pki() -> &'static Pki {
             server_key: server_key.serialize_der(),
             server_cert_pem: server.pem(),
             server_key_pem: server_key.serialize_pem(),
+            client_cert: client.der().clone(),
+            client_key: client_key.serialize_der(),
             untrusted_cert: untrusted.der().clone(),
             untrusted_key: untrusted_key.serialize_der(),
         }

@@ -440,6 +440,7 @@ impl SslProtocol {
             sni,
             peer_certificates,
             server_side: self.context.is_server(),
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }
     }
 
@@ -786,7 +787,13 @@ impl SslProtocol {
     fn fatal_error(&self, exc: Error, message: &str) {
         *self.fatal.borrow_mut() = Some(exc.clone());
         if let Some(t) = self.raw() {
-            t.abort();
+            match exc {
+                // rustls has just queued an alert saying why: let it reach
+                // the peer (close flushes; an abort would drop it on a
+                // completion backend, where the write is still a request).
+                Error::Ssl(_) | Error::SslCertVerification(_) => t.close(),
+                _ => t.abort(),
+            }
         }
         match &exc {
             Error::Io(_) => {

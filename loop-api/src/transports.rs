@@ -56,6 +56,8 @@ pub struct TlsInfo {
     pub peer_certificates: Vec<Vec<u8>>,
     /// True on the server side.
     pub server_side: bool,
+    /// True when the handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 /// `asyncio.BaseTransport`.

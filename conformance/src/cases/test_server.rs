@@ -422,7 +422,7 @@ const AI_PASSIVE: i32 = 0x01;
 
 /// The inodes of this process's open TCP sockets whose local or remote port
 /// is `port`; `None` where `/proc` is not there to ask.
-fn tcp_inodes_on_port(port: u16) -> Option<HashSet<u64>> {
+pub(crate) fn tcp_inodes_on_port(port: u16) -> Option<HashSet<u64>> {
     #[cfg(target_os = "linux")]
     {
         let mut on_port = HashSet::new();
