@@ -45,6 +45,10 @@ mod echo_protocol;
 mod raw_servers;
 
 #[cfg(target_os = "linux")]
+#[path = "shared/cpu.rs"]
+mod cpu;
+
+#[cfg(target_os = "linux")]
 fn main() {
     bench::main();
 }
@@ -58,7 +62,6 @@ fn main() {
 mod bench {
     use std::cell::{Cell, RefCell};
     use std::net::SocketAddr;
-    use std::ops::Sub;
     use std::rc::Rc;
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
@@ -70,6 +73,7 @@ mod bench {
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::{mpsc, oneshot};
 
+    use crate::cpu::{allowed_cpus, pin_to, thread_cpu, Cpu};
     use crate::echo_protocol::EchoProtocol;
     use crate::raw_servers::{self, RawCtl, RawKind, RawMsg};
 
@@ -83,74 +87,6 @@ mod bench {
     const PATIENCE: Duration = Duration::from_secs(10);
 
     // ----- thread CPU time, pinning, limits ------------------------------------
-
-    /// A thread's CPU time.
-    #[derive(Clone, Copy, Default)]
-    struct Cpu {
-        user: Duration,
-        sys: Duration,
-    }
-
-    impl Cpu {
-        fn total(self) -> Duration {
-            self.user + self.sys
-        }
-    }
-
-    impl Sub for Cpu {
-        type Output = Cpu;
-        fn sub(self, o: Cpu) -> Cpu {
-            Cpu {
-                user: self.user.saturating_sub(o.user),
-                sys: self.sys.saturating_sub(o.sys),
-            }
-        }
-    }
-
-    /// CPU time used so far by the calling thread.
-    fn thread_cpu() -> Cpu {
-        // SAFETY: rusage is plain data; all-zero is a valid value.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `ru` is a valid, writable rusage.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-        assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD)");
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        Cpu {
-            user: tv(ru.ru_utime),
-            sys: tv(ru.ru_stime),
-        }
-    }
-
-    /// The CPUs this process may run on.
-    fn allowed_cpus() -> Vec<usize> {
-        // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
-        let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
-        if rc != 0 {
-            return Vec::new();
-        }
-        // SAFETY: CPU_ISSET only reads `set`, and i < CPU_SETSIZE.
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-            .collect()
-    }
-
-    /// Pins the calling thread to `cpu`.
-    fn pin_to(cpu: usize) {
-        // SAFETY: as in allowed_cpus.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: cpu < CPU_SETSIZE (it came from allowed_cpus).
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-        let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
-        if rc != 0 {
-            eprintln!(
-                "echo_bench: pinning to CPU {cpu} failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
 
     /// 1000 connections need 2000 descriptors: raise the soft limit to the hard one.
     fn raise_nofile() -> u64 {
