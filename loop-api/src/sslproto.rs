@@ -51,6 +51,7 @@ use crate::futures::Future;
 use crate::log::{self, Level};
 use crate::protocols::{BaseProtocol, Protocol};
 use crate::ssl::SslContext;
+use crate::transports::flow_control::limits_with;
 use crate::transports::lifecycle::LOG_THRESHOLD_FOR_CONNLOST_WRITES;
 use crate::transports::{
     BaseTransport, ExtraInfo, ReadTransport, TlsInfo, Transport, WriteTransport,
@@ -82,22 +83,6 @@ enum AppState {
     ConMade,
     Eof,
     ConLost,
-}
-
-/// asyncio's `add_flowcontrol_defaults`: `(high, low)`.
-fn marks(high: Option<usize>, low: Option<usize>, default_high: usize) -> Result<(usize, usize)> {
-    let high = match (high, low) {
-        (Some(h), _) => h,
-        (None, Some(l)) => l.saturating_mul(4),
-        (None, None) => default_high,
-    };
-    let low = low.unwrap_or(high / 4);
-    if high < low {
-        return Err(Error::value(format!(
-            "high ({high}) must be >= low ({low}) must be >= 0"
-        )));
-    }
-    Ok((high, low))
 }
 
 fn ssl_error(e: rustls::Error) -> Error {
@@ -977,7 +962,7 @@ impl WriteTransport for SslTransport {
     fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
         self.proto
             .outgoing_marks
-            .set(marks(high, low, WRITE_HIGH_WATER)?);
+            .set(limits_with(high, low, WRITE_HIGH_WATER)?);
         self.proto.control_app_writing();
         Ok(())
     }

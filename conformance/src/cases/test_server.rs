@@ -130,7 +130,7 @@ fn rec_of(recs: &Log<Rc<Rec>>, t: &Rc<dyn Transport>) -> Rc<Rec> {
 // ----- running the loop ----------------------------------------------------------------
 
 /// Runs `fut` as a task until done (safety net [`NET`]) and returns its result.
-fn run<T: 'static>(
+pub(crate) fn run<T: 'static>(
     lp: &Loop,
     fut: impl std::future::Future<Output = Result<T>> + 'static,
 ) -> Result<T> {
@@ -141,7 +141,7 @@ fn run<T: 'static>(
 
 /// Runs loop iterations until `cond` holds. Each iteration waits for I/O or
 /// a timer; a timer at the safety net makes sure the last one ends.
-fn run_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn run_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = lp.time() + NET;
     let net = lp.call_later_dyn(NET, Box::new(|| {}), None)?;
     while !cond() {

@@ -30,28 +30,7 @@ const NET: f64 = 10.0;
 
 // ----- running ----------------------------------------------------------------------
 
-fn run<T: 'static>(
-    lp: &Loop,
-    fut: impl std::future::Future<Output = Result<T>> + 'static,
-) -> Result<T> {
-    let task = lp.create_task(fut)?;
-    run_until_done(lp, &*task.as_obj(), NET)?;
-    task.take_result()
-}
-
-fn run_until(lp: &Loop, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
-    let deadline = lp.time() + NET;
-    let net = lp.call_later(NET, || {})?;
-    while !cond() {
-        if lp.time() >= deadline {
-            net.cancel();
-            return Err(Error::runtime(format!("{what}: not so after {NET}s")));
-        }
-        run_once(lp)?;
-    }
-    net.cancel();
-    Ok(())
-}
+use crate::cases::test_server::{run, run_until};
 
 fn local() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))

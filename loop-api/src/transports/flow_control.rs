@@ -46,10 +46,20 @@ impl Default for FlowControl {
 /// asyncio's `_set_write_buffer_limits`: `high` defaults to 64 KiB (or
 /// `4 * low` when only `low` is given), `low` to `high / 4`.
 pub fn limits(high: Option<usize>, low: Option<usize>) -> Result<(usize, usize)> {
+    limits_with(high, low, WRITE_BUFFER_HIGH_WATER)
+}
+
+/// asyncio's `add_flowcontrol_defaults(high, low, kb)`: as [`limits`], with
+/// another default high-water mark (the TLS layer's 256 and 512 KiB).
+pub fn limits_with(
+    high: Option<usize>,
+    low: Option<usize>,
+    default_high: usize,
+) -> Result<(usize, usize)> {
     let high = match (high, low) {
         (Some(h), _) => h,
         (None, Some(l)) => l.saturating_mul(4),
-        (None, None) => WRITE_BUFFER_HIGH_WATER,
+        (None, None) => default_high,
     };
     let low = low.unwrap_or(high / 4);
     if high < low {
