@@ -779,6 +779,24 @@ impl IoModel<UringDriver> for UringDriver {
         crate::transport::create(lp, sock, protocol, waiter, server)
     }
 
+    fn make_read_pipe_transport(
+        lp: &Rc<BaseEventLoop<Self>>,
+        pipe: std::fs::File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>> {
+        <SelectorIo as IoModel<Self>>::make_read_pipe_transport(lp, pipe, protocol, waiter)
+    }
+
+    fn make_write_pipe_transport(
+        lp: &Rc<BaseEventLoop<Self>>,
+        pipe: std::fs::File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>> {
+        <SelectorIo as IoModel<Self>>::make_write_pipe_transport(lp, pipe, protocol, waiter)
+    }
+
     fn start_serving(
         lp: &Rc<BaseEventLoop<Self>>,
         protocol_factory: ProtocolFactory,

@@ -7,8 +7,14 @@ use loop_api::events::ExceptionContext;
 use loop_api::{AbstractEventLoop, Loop};
 
 /// An ordered record that callbacks append to.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Log<T>(Rc<RefCell<Vec<T>>>);
+
+impl<T> Default for Log<T> {
+    fn default() -> Self {
+        Log(Rc::new(RefCell::new(Vec::new())))
+    }
+}
 
 impl<T: Clone> Log<T> {
     /// An empty log.
@@ -485,4 +491,27 @@ pub fn safety_net(lp: &Loop, secs: f64) -> loop_api::Result<Rc<std::cell::Cell<b
         None,
     )?;
     Ok(fired)
+}
+
+// ----- pipes ----------------------------------------------------------------------
+
+/// A fresh OS pipe, `(read end, write end)`, both close-on-exec (so that a
+/// child another case spawns meanwhile does not hold them open).
+#[cfg(unix)]
+pub fn os_pipe() -> loop_api::Result<(std::fs::File, std::fs::File)> {
+    let (r, w) = std::io::pipe()?;
+    Ok((
+        std::fs::File::from(std::os::fd::OwnedFd::from(r)),
+        std::fs::File::from(std::os::fd::OwnedFd::from(w)),
+    ))
+}
+
+/// A fresh pipe, `(read end, write end)`: Windows pipe transports need
+/// overlapped named pipes (asyncio's `windows_utils.pipe`); not built yet.
+#[cfg(windows)]
+pub fn os_pipe() -> loop_api::Result<(std::fs::File, std::fs::File)> {
+    Err(loop_api::Error::NotSupported {
+        feature: "pipes",
+        reason: "overlapped pipes for the cases are not built yet".into(),
+    })
 }

@@ -23,6 +23,7 @@
 mod base_loop;
 pub mod connect;
 pub mod datagram;
+pub mod pipes;
 pub mod resolver;
 pub mod sendfile;
 pub mod server;
@@ -1138,18 +1139,18 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     fn connect_read_pipe_dyn(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _pipe: File,
+        protocol_factory: ProtocolFactory,
+        pipe: File,
     ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-        not_implemented("connect_read_pipe")
+        pipes::connect_read_pipe(self.me(), protocol_factory, pipe)
     }
 
     fn connect_write_pipe_dyn(
         &self,
-        _protocol_factory: ProtocolFactory,
-        _pipe: File,
+        protocol_factory: ProtocolFactory,
+        pipe: File,
     ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-        not_implemented("connect_write_pipe")
+        pipes::connect_write_pipe(self.me(), protocol_factory, pipe)
     }
 
     fn subprocess_exec_dyn(

@@ -191,6 +191,31 @@ pub trait IoModel<D: Driver> {
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn DatagramTransport>>;
 
+    /// `_make_read_pipe_transport`: wraps the read end of a pipe (a FIFO,
+    /// a socket or a character device) in this loop's read-pipe transport;
+    /// `connection_made` and then `waiter`'s result follow on the loop.
+    /// The transport takes `pipe` over and closes it when the connection
+    /// is lost. Readiness loops use
+    /// [`ReadPipeTransport`](crate::unix_events::ReadPipeTransport) on
+    /// Unix; a loop that has no pipe transport returns
+    /// [`Error::NotSupported`](crate::Error::NotSupported).
+    fn make_read_pipe_transport(
+        lp: &Rc<BaseEventLoop<D>>,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>>;
+
+    /// `_make_write_pipe_transport`: as
+    /// [`make_read_pipe_transport`](IoModel::make_read_pipe_transport),
+    /// for the write end.
+    fn make_write_pipe_transport(
+        lp: &Rc<BaseEventLoop<D>>,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>>;
+
     /// `_start_serving`: accepts connections on the listening `sock` for
     /// `server`, up to `backlog` per wakeup where that means something.
     fn start_serving(

@@ -39,6 +39,8 @@ pub mod tasks;
 pub mod test_utils;
 pub mod transports;
 #[cfg(unix)]
+pub mod unix_events;
+#[cfg(unix)]
 mod unix_signals;
 
 #[cfg(unix)]

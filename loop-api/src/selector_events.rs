@@ -160,6 +160,40 @@ impl<D: Driver> IoModel<D> for SelectorIo {
         sock_accept(lp.clone(), sock)
     }
 
+    fn make_read_pipe_transport(
+        lp: &Rc<BaseEventLoop<D>>,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>> {
+        #[cfg(unix)]
+        {
+            crate::unix_events::ReadPipeTransport::create(lp.clone(), pipe, protocol, waiter)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (lp, pipe, protocol, waiter);
+            Err(no_pipes())
+        }
+    }
+
+    fn make_write_pipe_transport(
+        lp: &Rc<BaseEventLoop<D>>,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>> {
+        #[cfg(unix)]
+        {
+            crate::unix_events::WritePipeTransport::create(lp.clone(), pipe, protocol, waiter)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (lp, pipe, protocol, waiter);
+            Err(no_pipes())
+        }
+    }
+
     fn sock_sendfile_native(
         lp: &Rc<BaseEventLoop<D>>,
         sock: Rc<Socket>,
@@ -168,6 +202,18 @@ impl<D: Driver> IoModel<D> for SelectorIo {
         count: Option<u64>,
     ) -> LocalBoxFuture<'static, Result<u64>> {
         sendfile::sock_sendfile_native(lp.clone(), sock, file, offset, count)
+    }
+}
+
+/// Windows pipes cannot be polled for readiness: asyncio's
+/// `SelectorEventLoop` has no pipes or subprocesses there either.
+#[cfg(not(unix))]
+pub(crate) fn no_pipes() -> Error {
+    Error::NotSupported {
+        feature: "pipes and subprocesses",
+        reason: "Windows pipes have no readiness: use the iocp backend (asyncio's \
+                 SelectorEventLoop has none on Windows either)"
+            .into(),
     }
 }
 

@@ -410,6 +410,24 @@ impl IoModel<IocpDriver> for IocpDriver {
         super::sendfile::sock_sendfile_native(lp, sock, file, offset, count)
     }
 
+    fn make_read_pipe_transport(
+        _lp: &Rc<BaseEventLoop<Self>>,
+        _pipe: std::fs::File,
+        _protocol: Rc<dyn Protocol>,
+        _waiter: Option<Future<()>>,
+    ) -> loop_api::Result<Rc<dyn Transport>> {
+        Err(loop_api::Error::NotImplemented("connect_read_pipe"))
+    }
+
+    fn make_write_pipe_transport(
+        _lp: &Rc<BaseEventLoop<Self>>,
+        _pipe: std::fs::File,
+        _protocol: Rc<dyn Protocol>,
+        _waiter: Option<Future<()>>,
+    ) -> loop_api::Result<Rc<dyn Transport>> {
+        Err(loop_api::Error::NotImplemented("connect_write_pipe"))
+    }
+
     fn start_serving(
         lp: &Rc<BaseEventLoop<Self>>,
         protocol_factory: ProtocolFactory,

@@ -5,6 +5,7 @@ pub mod test_context;
 pub mod test_datagram;
 pub mod test_events;
 pub mod test_futures;
+pub mod test_pipes;
 pub mod test_policy;
 pub mod test_runners;
 pub mod test_selector_events;
@@ -36,4 +37,5 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("test_sendfile", include_str!("test_sendfile.rs")),
     ("test_staggered", include_str!("test_staggered.rs")),
     ("test_sslproto", include_str!("test_sslproto.rs")),
+    ("test_pipes", include_str!("test_pipes.rs")),
 ];

@@ -338,15 +338,7 @@ pub fn test_sock_sendfile_fallback_pipe(ctx: &Ctx) -> Result<()> {
 
 #[cfg(unix)]
 fn pipe() -> Result<(File, File)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints for `pipe` to fill.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: `pipe` succeeded, so both are open descriptors that nothing
-    // else owns; each `File` takes one over.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+    crate::util::os_pipe()
 }
 
 #[cfg(not(unix))]

@@ -73,6 +73,22 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
         address: Option<SockAddr>,
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn DatagramTransport>>;
+    /// Wraps the read end of a pipe
+    /// ([`IoModel::make_read_pipe_transport`]).
+    fn _make_read_pipe_transport(
+        &self,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>>;
+    /// Wraps the write end of a pipe
+    /// ([`IoModel::make_write_pipe_transport`]).
+    fn _make_write_pipe_transport(
+        &self,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>>;
     /// Starts accepting on a listening socket for `server`
     /// ([`IoModel::start_serving`]).
     fn _start_serving(
@@ -149,6 +165,24 @@ impl<D: Driver> BaseLoop for BaseEventLoop<D> {
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn DatagramTransport>> {
         D::Io::make_datagram_transport(&self.me(), sock, protocol, address, waiter)
+    }
+
+    fn _make_read_pipe_transport(
+        &self,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>> {
+        D::Io::make_read_pipe_transport(&self.me(), pipe, protocol, waiter)
+    }
+
+    fn _make_write_pipe_transport(
+        &self,
+        pipe: File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
+    ) -> Result<Rc<dyn Transport>> {
+        D::Io::make_write_pipe_transport(&self.me(), pipe, protocol, waiter)
     }
 
     fn _start_serving(

@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::fs::File;
 use std::future::IntoFuture;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -270,6 +271,38 @@ pub trait EventLoopExt: AbstractEventLoop {
                 .take()
                 .expect("the protocol factory ran before the transport was made");
             Ok((t, p))
+        })
+    }
+
+    /// `loop.connect_read_pipe(protocol_factory, pipe)`: wraps the read end
+    /// of a pipe (a FIFO, a socket or a character device; `ValueError`
+    /// otherwise). The transport owns `pipe` from now on and closes it when
+    /// the connection is lost.
+    fn connect_read_pipe<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        pipe: impl Into<File>,
+    ) -> LocalBoxFuture<'static, Result<Connected<P>>> {
+        let (factory, made) = recording(protocol_factory);
+        let fut = self.connect_read_pipe_dyn(factory, pipe.into());
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
+        })
+    }
+
+    /// `loop.connect_write_pipe(protocol_factory, pipe)`: wraps the write
+    /// end of a pipe, as [`connect_read_pipe`](EventLoopExt::connect_read_pipe).
+    fn connect_write_pipe<P: ?Sized + IntoDynProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        pipe: impl Into<File>,
+    ) -> LocalBoxFuture<'static, Result<Connected<P>>> {
+        let (factory, made) = recording(protocol_factory);
+        let fut = self.connect_write_pipe_dyn(factory, pipe.into());
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
         })
     }
 
