@@ -39,6 +39,16 @@ conformance::suite!(
              Unix-socket methods, which loop-api builds on Unix only, are untested and \
              not offered on Windows"
         ),
+        #[cfg(windows)]
+        no_pipes: Some(
+            "Windows pipes have no readiness to poll: asyncio's SelectorEventLoop has no \
+             pipe transports on Windows either (use the iocp backend)"
+        ),
+        #[cfg(windows)]
+        no_subprocesses: Some(
+            "subprocess pipes need pipe transports, which a selector loop cannot have on \
+             Windows (asyncio's SelectorEventLoop has no subprocesses there either)"
+        ),
         skips: skips(),
         ..Default::default()
     }

@@ -30,6 +30,9 @@ pub struct Capabilities {
     pub no_readiness: Option<&'static str>,
     /// `Some(reason)` if Unix domain sockets are unavailable.
     pub no_unix_sockets: Option<&'static str>,
+    /// `Some(reason)` if `connect_read_pipe`/`connect_write_pipe` are
+    /// unavailable.
+    pub no_pipes: Option<&'static str>,
     /// `Some(reason)` if subprocesses are unavailable.
     pub no_subprocesses: Option<&'static str>,
     /// `Some(reason)` if the `sock_*` methods do not wait with
@@ -59,6 +62,8 @@ pub enum Feature {
     Readiness,
     /// AF_UNIX sockets.
     UnixSockets,
+    /// Pipe transports.
+    Pipes,
     /// Child processes.
     Subprocesses,
     /// `sock_*` methods built on `add_reader`/`add_writer`.
@@ -93,6 +98,7 @@ impl Ctx {
             Feature::Signals => self.caps.no_signals,
             Feature::Readiness => self.caps.no_readiness,
             Feature::UnixSockets => self.caps.no_unix_sockets,
+            Feature::Pipes => self.caps.no_pipes,
             Feature::Subprocesses => self.caps.no_subprocesses,
             Feature::ReadinessSockOps => self.caps.no_readiness_sock_ops,
             Feature::ReadinessSendfile => self.caps.no_readiness_sendfile,
@@ -120,6 +126,7 @@ fn feature_name(f: Feature) -> &'static str {
         Feature::Signals => "signals",
         Feature::Readiness => "readiness",
         Feature::UnixSockets => "unix sockets",
+        Feature::Pipes => "pipes",
         Feature::Subprocesses => "subprocesses",
         Feature::ReadinessSockOps => "sock_* methods on readiness",
         Feature::ReadinessSendfile => "sock_sendfile on readiness",

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod cases;
+pub mod child;
 pub mod harness;
 pub mod tls;
 pub mod util;
@@ -123,6 +124,28 @@ pub const UNIX_ONLY_CHECKS: &[(&str, &str)] = &[
         "test_sslproto::test_ssl_failed_handshakes_leak_nothing",
         "counting sockets needs Linux's /proc",
     ),
+    (
+        "test_pipes::test_read_pipe_sets_nonblocking",
+        "the check reads O_NONBLOCK with fcntl",
+    ),
+    (
+        "test_pipes::test_read_pipe_socket",
+        "the case hands a Unix socketpair over as a pipe",
+    ),
+    (
+        "test_pipes::test_read_pipe_char_device",
+        "the case reads /dev/null, which only Unix has",
+    ),
+    (
+        "test_pipes::test_read_pipe_fd_owned_by_transport",
+        "add_reader on a pipe descriptor is Unix-only",
+    ),
+    ("test_pipes::test_read_pty_output", "ptys are Unix-only"),
+    (
+        "test_pipes::test_write_pipe_char_device",
+        "the case writes /dev/null, which only Unix has",
+    ),
+    ("test_pipes::test_write_pty", "ptys are Unix-only"),
 ];
 
 /// What Wine 8 lacks or gets wrong, where Windows itself would pass.
@@ -154,6 +177,28 @@ macro_rules! suite {
         fn __conformance_caps() -> $crate::Capabilities {
             $caps
         }
+        /// Runs a subprocess case's child role before the test harness
+        /// starts, when this binary is started as one ([`$crate::child`]).
+        #[cfg(unix)]
+        unsafe extern "C" fn __conformance_child_hook(
+            argc: ::std::os::raw::c_int,
+            argv: *const *const ::std::os::raw::c_char,
+            _envp: *const *const ::std::os::raw::c_char,
+        ) {
+            // SAFETY: the C runtime passes main's argc and argv.
+            unsafe { $crate::child::init_unix(argc, argv, __conformance_factory) }
+        }
+        #[cfg(windows)]
+        extern "C" fn __conformance_child_hook() {
+            $crate::child::init_windows(__conformance_factory)
+        }
+        #[used]
+        #[cfg_attr(
+            any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+            link_section = ".init_array"
+        )]
+        #[cfg_attr(windows, link_section = ".CRT$XCU")]
+        static __CONFORMANCE_CHILD_HOOK: $crate::child::InitHook = __conformance_child_hook;
         /// Every case the invocation declares as a skip exists.
         #[test]
         fn declared_skips_name_cases() {
@@ -802,6 +847,68 @@ macro_rules! __cases {
                 test_write_pty,
                 test_pipe_round_trip,
                 test_write_pipe_closed_loop,
+            }
+            test_subprocess {
+                test_stdin_stdout,
+                test_cat_10mb,
+                test_read_stdout_10mb,
+                test_stderr_redirect_to_stdout,
+                test_stdout_stderr_separate,
+                test_stdout_constant_only_for_stderr,
+                test_devnull_input,
+                test_devnull_output,
+                test_devnull_error,
+                test_no_pipes,
+                test_stdout_to_file,
+                test_stdin_from_file,
+                test_stdin_write_eof,
+                test_exec_arguments,
+                test_get_pipe_transport,
+                test_exit_code,
+                test_get_pid_and_returncode,
+                test_terminate,
+                test_kill,
+                test_send_signal,
+                test_terminate_ignored_then_kill,
+                test_signal_after_exit,
+                test_send_signal_invalid,
+                test_killed_by_own_signal,
+                test_shell,
+                test_shell_missing_command,
+                test_shell_flag_refused,
+                test_universal_newlines_refused,
+                test_text_refused,
+                test_encoding_refused,
+                test_errors_refused,
+                test_bufsize_refused,
+                test_cwd,
+                test_cwd_missing,
+                test_env,
+                test_pass_fds,
+                test_close_fds,
+                test_pipes_not_inherited,
+                test_start_new_session,
+                test_process_group,
+                test_spawn_missing_program,
+                test_spawn_failures_leak_no_fds,
+                test_spawn_empty_program,
+                test_spawn_closed_loop,
+                test_close_kills_running_child,
+                test_close_after_exit,
+                test_close_while_exit_pending,
+                test_child_closes_stdout_early,
+                test_grandchild_holds_stdout,
+                test_write_stdin_of_exited_child,
+                test_full_stdin_pipe,
+                test_stdin_flow_control,
+                test_callbacks_after_connection_made,
+                test_wait,
+                test_returncode_while_loop_busy,
+                test_protocol_panic,
+                test_cancel_while_spawning,
+                test_drop_spawn_future,
+                test_many_children,
+                test_child_reaped_after_loop_close,
             }
             test_staggered {
                 test_empty,

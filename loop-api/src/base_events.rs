@@ -79,6 +79,7 @@ use crate::tasks::TaskFactory;
 use crate::transports::{BaseTransport, Transport};
 
 /// A method this build does not have yet.
+#[cfg(not(unix))]
 fn not_implemented<T: 'static>(what: &'static str) -> LocalBoxFuture<'static, Result<T>> {
     Box::pin(async move { Err(Error::NotImplemented(what)) })
 }
@@ -1155,21 +1156,43 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
 
     fn subprocess_exec_dyn(
         &self,
-        _protocol_factory: SubprocessProtocolFactory,
-        _program: OsString,
-        _args: Vec<OsString>,
-        _options: SubprocessOptions,
+        protocol_factory: SubprocessProtocolFactory,
+        program: OsString,
+        args: Vec<OsString>,
+        options: SubprocessOptions,
     ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
-        not_implemented("subprocess_exec")
+        #[cfg(unix)]
+        {
+            crate::base_subprocess::subprocess_exec(
+                self.me(),
+                protocol_factory,
+                program,
+                args,
+                options,
+            )
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (protocol_factory, program, args, options);
+            not_implemented("subprocess_exec")
+        }
     }
 
     fn subprocess_shell_dyn(
         &self,
-        _protocol_factory: SubprocessProtocolFactory,
-        _cmd: OsString,
-        _options: SubprocessOptions,
+        protocol_factory: SubprocessProtocolFactory,
+        cmd: OsString,
+        options: SubprocessOptions,
     ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
-        not_implemented("subprocess_shell")
+        #[cfg(unix)]
+        {
+            crate::base_subprocess::subprocess_shell(self.me(), protocol_factory, cmd, options)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (protocol_factory, cmd, options);
+            not_implemented("subprocess_shell")
+        }
     }
 
     // ----- the sock_* methods: the driver's ------------------------------------

@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod base_events;
+#[cfg(unix)]
+pub mod base_subprocess;
 pub mod concurrent;
 pub mod contextvars;
 pub mod driver;

@@ -139,6 +139,24 @@ impl IntoDynDatagramProtocol for dyn DatagramProtocol {
     }
 }
 
+/// As [`IntoDynProtocol`], for subprocess protocols.
+pub trait IntoDynSubprocessProtocol: 'static {
+    /// The protocol as the transport holds it.
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn SubprocessProtocol>;
+}
+
+impl<P: SubprocessProtocol + 'static> IntoDynSubprocessProtocol for P {
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn SubprocessProtocol> {
+        self
+    }
+}
+
+impl IntoDynSubprocessProtocol for dyn SubprocessProtocol {
+    fn into_dyn(self: Rc<Self>) -> Rc<dyn SubprocessProtocol> {
+        self
+    }
+}
+
 /// Where a protocol keeps the transport `connection_made` gave it.
 ///
 /// [`get`](Self::get) hands out a clone, so no borrow is held while the

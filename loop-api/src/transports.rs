@@ -15,7 +15,7 @@ use socket2::SockAddr;
 use crate::events::{LocalBoxFuture, RawFd};
 use crate::exceptions::Result;
 use crate::futures::Future;
-use crate::protocols::{DatagramProtocol, Protocol};
+use crate::protocols::{DatagramProtocol, Protocol, SubprocessProtocol};
 
 pub mod flow_control;
 pub mod lifecycle;
@@ -231,18 +231,36 @@ pub trait DatagramTransport: BaseTransport {
     fn get_protocol(&self) -> Rc<dyn DatagramProtocol>;
 }
 
-/// `asyncio.SubprocessTransport`.
+/// `asyncio.SubprocessTransport`: a child process and its pipes.
+///
+/// `close` closes the pipes and kills the child if it is still running;
+/// the protocol's `connection_lost` follows once the child exited and
+/// every pipe closed.
 pub trait SubprocessTransport: BaseTransport {
     /// The child's process id.
     fn get_pid(&self) -> u32;
-    /// The exit status, once it exited (negative: killed by that signal).
+    /// The return code once the child exited and was reaped: its exit
+    /// status, or minus the signal that killed it (Unix).
     fn get_returncode(&self) -> Option<i32>;
-    /// The transport of the child's fd 0, 1 or 2, if piped.
-    fn get_pipe_transport(&self, fd: i32) -> Option<Rc<dyn BaseTransport>>;
-    /// Sends a signal to the child.
+    /// The transport of the child's fd 0 (a write pipe), 1 or 2 (read
+    /// pipes), if that stream is a pipe and connected.
+    fn get_pipe_transport(&self, fd: i32) -> Option<Rc<dyn Transport>>;
+    /// Sends `signal` to the child. `ProcessLookupError` once the child was
+    /// reaped (its pid may name another process by then). On Windows,
+    /// `SIGTERM` terminates it, and `CTRL_C_EVENT`/`CTRL_BREAK_EVENT` go to
+    /// its console process group; other signals are a `ValueError`.
     fn send_signal(&self, signal: i32) -> Result<()>;
-    /// SIGTERM (TerminateProcess on Windows).
+    /// `SIGTERM` (`TerminateProcess` on Windows).
     fn terminate(&self) -> Result<()>;
-    /// SIGKILL.
+    /// `SIGKILL` (`TerminateProcess` on Windows).
     fn kill(&self) -> Result<()>;
+    /// Resolves with the return code once the child exited (asyncio's
+    /// private `_wait`, which `Process.wait()` awaits). It does not wait
+    /// for the pipes: a grandchild holding stdout open does not delay it
+    /// (CPython gh-119710).
+    fn wait(&self) -> LocalBoxFuture<'static, Result<i32>>;
+    /// Replaces the protocol (asyncio's `BaseTransport.set_protocol`).
+    fn set_protocol(&self, protocol: Rc<dyn SubprocessProtocol>);
+    /// The current protocol (`None` once `connection_lost` ran).
+    fn get_protocol(&self) -> Option<Rc<dyn SubprocessProtocol>>;
 }

@@ -3,6 +3,7 @@
 //! readiness, and the Unix side of subprocesses (spawning, and learning
 //! of a child's exit).
 
+pub(crate) mod child;
 pub(crate) mod pipe_base;
 pub mod read_pipe;
 pub mod write_pipe;

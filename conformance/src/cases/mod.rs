@@ -14,6 +14,7 @@ pub mod test_server;
 pub mod test_sock_lowlevel;
 pub mod test_sslproto;
 pub mod test_staggered;
+pub mod test_subprocess;
 pub mod test_tasks;
 pub mod test_unix_events;
 
@@ -38,4 +39,5 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("test_staggered", include_str!("test_staggered.rs")),
     ("test_sslproto", include_str!("test_sslproto.rs")),
     ("test_pipes", include_str!("test_pipes.rs")),
+    ("test_subprocess", include_str!("test_subprocess.rs")),
 ];

@@ -19,7 +19,7 @@ use loop_api::{Error, EventLoopExt, Loop, Result};
 
 use crate::cases::test_server::{run, run_until};
 use crate::util::{capture_exceptions, os_pipe, run_once, Log};
-use crate::Ctx;
+use crate::{Ctx, Feature};
 
 // ----- the recording protocol ---------------------------------------------------------
 
@@ -181,6 +181,7 @@ fn unix_only() -> Error {
 
 /// Data in order, then `eof_received`, then `connection_lost(None)`.
 pub fn test_read_pipe(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, mut w) = os_pipe()?;
     let rec = Rec::new();
@@ -210,6 +211,7 @@ pub fn test_read_pipe(ctx: &Ctx) -> Result<()> {
 
 /// `get_extra_info("pipe")` is the descriptor while it is open.
 pub fn test_read_pipe_extra_info(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, _w) = os_pipe()?;
     #[cfg(unix)]
@@ -229,6 +231,7 @@ pub fn test_read_pipe_extra_info(ctx: &Ctx) -> Result<()> {
 
 /// A regular file is refused with asyncio's `ValueError`.
 pub fn test_read_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let file = tempfile("read-refused")?;
     let rec = Rec::new();
@@ -248,6 +251,7 @@ pub fn test_read_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
 /// The descriptor is made non-blocking.
 #[cfg(unix)]
 pub fn test_read_pipe_sets_nonblocking(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, _w) = os_pipe()?;
     assert!(!is_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&r)));
@@ -260,13 +264,15 @@ pub fn test_read_pipe_sets_nonblocking(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_read_pipe_sets_nonblocking(_ctx: &Ctx) -> Result<()> {
+pub fn test_read_pipe_sets_nonblocking(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// A socket is accepted as a read pipe (asyncio's subprocess stdin on AIX).
 #[cfg(unix)]
 pub fn test_read_pipe_socket(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
     let rec = Rec::new();
@@ -280,13 +286,15 @@ pub fn test_read_pipe_socket(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_read_pipe_socket(_ctx: &Ctx) -> Result<()> {
+pub fn test_read_pipe_socket(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// A character device is accepted: `/dev/null` reads as EOF at once.
 #[cfg(unix)]
 pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let rec = Rec::new();
     let _t = connect_read(&lp, &rec, File::open("/dev/null")?)?;
@@ -298,12 +306,14 @@ pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_read_pipe_char_device(_ctx: &Ctx) -> Result<()> {
+pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// Paused, nothing is delivered; resumed, what waited arrives.
 pub fn test_read_pipe_pause_resume(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, mut w) = os_pipe()?;
     let rec = Rec::new();
@@ -329,6 +339,7 @@ pub fn test_read_pipe_pause_resume(ctx: &Ctx) -> Result<()> {
 /// `close`: `connection_lost(None)` once, and the descriptor is closed
 /// (the writer then gets `EPIPE`).
 pub fn test_read_pipe_close(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -348,6 +359,7 @@ pub fn test_read_pipe_close(ctx: &Ctx) -> Result<()> {
 
 /// The writing half of a read-pipe transport refuses.
 pub fn test_read_pipe_cannot_write(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, _w) = os_pipe()?;
     let rec = Rec::new();
@@ -364,6 +376,7 @@ pub fn test_read_pipe_cannot_write(ctx: &Ctx) -> Result<()> {
 /// A panic in `data_received` reaches the exception handler and ends the
 /// transport with it; the loop goes on.
 pub fn test_read_pipe_data_received_panic(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
     let (r, mut w) = os_pipe()?;
@@ -398,7 +411,8 @@ pub fn test_read_pipe_data_received_panic(ctx: &Ctx) -> Result<()> {
 /// once it closed, it is free again.
 #[cfg(unix)]
 pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
-    ctx.require(crate::Feature::Readiness)?;
+    ctx.require(Feature::Pipes)?;
+    ctx.require(Feature::Readiness)?;
     let lp = ctx.new_loop();
     let (r, _w) = os_pipe()?;
     let rec = Rec::new();
@@ -415,13 +429,15 @@ pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_read_pipe_fd_owned_by_transport(_ctx: &Ctx) -> Result<()> {
+pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// Cancelling `connect_read_pipe` before `connection_made` closes the
 /// pipe it was handed.
 pub fn test_read_pipe_cancelled_connect(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -447,6 +463,7 @@ pub fn test_read_pipe_cancelled_connect(ctx: &Ctx) -> Result<()> {
 
 /// On a closed loop, `connect_read_pipe` fails and closes the pipe.
 pub fn test_read_pipe_closed_loop(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     lp.close()?;
     let (r, w) = os_pipe()?;
@@ -469,6 +486,7 @@ pub fn test_read_pipe_closed_loop(ctx: &Ctx) -> Result<()> {
 /// on Linux) ends the transport without troubling the exception handler.
 #[cfg(unix)]
 pub fn test_read_pty_output(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
     let (master, slave) = openpty()?;
@@ -486,12 +504,14 @@ pub fn test_read_pty_output(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_read_pty_output(_ctx: &Ctx) -> Result<()> {
+pub fn test_read_pty_output(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// 10 MB from a writer thread arrive whole and in order.
 pub fn test_read_pipe_large(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, mut w) = os_pipe()?;
     let data = pattern(10 * 1024 * 1024);
@@ -511,6 +531,7 @@ pub fn test_read_pipe_large(ctx: &Ctx) -> Result<()> {
 
 /// What is written arrives in order; `close` flushes and ends cleanly.
 pub fn test_write_pipe(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (mut r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -531,6 +552,7 @@ pub fn test_write_pipe(ctx: &Ctx) -> Result<()> {
 
 /// A regular file is refused with asyncio's `ValueError`.
 pub fn test_write_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let file = tempfile("write-refused")?;
     let rec = Rec::new();
@@ -547,6 +569,7 @@ pub fn test_write_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
 /// A character device is accepted: `/dev/null` takes everything.
 #[cfg(unix)]
 pub fn test_write_pipe_char_device(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let rec = Rec::new();
     let dev = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -560,13 +583,15 @@ pub fn test_write_pipe_char_device(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_write_pipe_char_device(_ctx: &Ctx) -> Result<()> {
+pub fn test_write_pipe_char_device(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// The reader going away with nothing buffered ends the transport cleanly
 /// (asyncio's `test_write_pipe_disconnect_on_close`).
 pub fn test_write_pipe_reader_gone(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
     let (r, w) = os_pipe()?;
@@ -584,6 +609,7 @@ pub fn test_write_pipe_reader_gone(ctx: &Ctx) -> Result<()> {
 /// The reader going away while data is buffered: `BrokenPipeError`, and
 /// the buffer is dropped; no exception handler call.
 pub fn test_write_pipe_reader_gone_with_buffer(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
     let (r, w) = os_pipe()?;
@@ -610,6 +636,7 @@ pub fn test_write_pipe_reader_gone_with_buffer(ctx: &Ctx) -> Result<()> {
 /// with `BrokenPipeError`; the process lives on (no SIGPIPE) and so does
 /// the loop.
 pub fn test_write_pipe_epipe(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
     let (r, w) = os_pipe()?;
@@ -631,6 +658,7 @@ pub fn test_write_pipe_epipe(ctx: &Ctx) -> Result<()> {
 /// Flow control: `pause_writing` past the high mark, `resume_writing` at
 /// the low one, each once; the buffer size says what waits.
 pub fn test_write_pipe_flow_control(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (mut r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -669,6 +697,7 @@ pub fn test_write_pipe_flow_control(ctx: &Ctx) -> Result<()> {
 /// `write_eof` flushes what is buffered, then closes: the reader sees all
 /// of it, then EOF.
 pub fn test_write_pipe_write_eof(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (mut r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -691,6 +720,7 @@ pub fn test_write_pipe_write_eof(ctx: &Ctx) -> Result<()> {
 
 /// `abort` drops the buffer and ends at once; the reader sees EOF.
 pub fn test_write_pipe_abort(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (mut r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -711,6 +741,7 @@ pub fn test_write_pipe_abort(ctx: &Ctx) -> Result<()> {
 /// Writes after the end are dropped without an error; from the fifth on
 /// asyncio's warning is logged.
 pub fn test_write_pipe_write_after_close(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -734,6 +765,7 @@ pub fn test_write_pipe_write_after_close(ctx: &Ctx) -> Result<()> {
 /// 10 MB to a slow reader: whole, in order, with the writer paused and
 /// resumed on the way.
 pub fn test_write_pipe_large(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (mut r, w) = os_pipe()?;
     let rec = Rec::new();
@@ -769,6 +801,7 @@ pub fn test_write_pipe_large(ctx: &Ctx) -> Result<()> {
 /// Writing to a pty: what the slave side is given, the master reads.
 #[cfg(unix)]
 pub fn test_write_pty(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (mut master, slave) = openpty()?;
     raw_mode(&slave)?;
@@ -789,13 +822,15 @@ pub fn test_write_pty(ctx: &Ctx) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-pub fn test_write_pty(_ctx: &Ctx) -> Result<()> {
+pub fn test_write_pty(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     Err(unix_only())
 }
 
 /// Both transports on one loop, on two pipes: what the write transport
 /// sends, the read transport gets, then EOF once the writer closes.
 pub fn test_pipe_round_trip(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let (r, w) = os_pipe()?;
     let reader = Rec::new();
@@ -816,6 +851,7 @@ pub fn test_pipe_round_trip(ctx: &Ctx) -> Result<()> {
 
 /// On a closed loop, `connect_write_pipe` fails and closes the pipe.
 pub fn test_write_pipe_closed_loop(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     lp.close()?;
     let (mut r, w) = os_pipe()?;

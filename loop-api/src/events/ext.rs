@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::future::IntoFuture;
 use std::rc::Rc;
@@ -21,7 +22,7 @@ use socket2::Socket;
 use super::options::{
     AddrInfo, ConnectAcceptedSocketOptions, CreateConnectionOptions, CreateDatagramEndpointOptions,
     CreateServerOptions, CreateUnixConnectionOptions, CreateUnixServerOptions, Delay,
-    GetAddrInfoOptions, IntoHost, IntoHosts, IntoService, IntoUnixPath,
+    GetAddrInfoOptions, IntoHost, IntoHosts, IntoService, IntoUnixPath, SubprocessOptions,
 };
 use super::{AbstractEventLoop, AbstractServer, Handle, LocalBoxFuture, Loop, RawFd, TimerHandle};
 use crate::contextvars::Context;
@@ -29,16 +30,19 @@ use crate::exceptions::{Error, Result};
 use crate::executor::{self, Executor};
 use crate::futures::Future;
 use crate::protocols::{
-    DatagramProtocolFactory, IntoDynDatagramProtocol, IntoDynProtocol, ProtocolFactory,
+    DatagramProtocolFactory, IntoDynDatagramProtocol, IntoDynProtocol, IntoDynSubprocessProtocol,
+    ProtocolFactory, SubprocessProtocolFactory,
 };
 use crate::tasks::{Task, TaskOptions};
-use crate::transports::{DatagramTransport, Transport};
+use crate::transports::{DatagramTransport, SubprocessTransport, Transport};
 
 /// What the typed `create_connection` and friends resolve to: the
 /// transport, and the caller's own protocol.
 pub type Connected<P> = (Rc<dyn Transport>, Rc<P>);
 /// What the typed `create_datagram_endpoint` resolves to.
 pub type Endpoint<P> = (Rc<dyn DatagramTransport>, Rc<P>);
+/// What the typed `subprocess_exec` and `subprocess_shell` resolve to.
+pub type Spawned<P> = (Rc<dyn SubprocessTransport>, Rc<P>);
 
 /// The last protocol a typed factory made, kept for the caller.
 type Made<P> = Rc<RefCell<Option<Rc<P>>>>;
@@ -50,6 +54,20 @@ fn recording<P: ?Sized + IntoDynProtocol>(
     let made: Made<P> = Rc::new(RefCell::new(None));
     let m = made.clone();
     let erased: ProtocolFactory = Rc::new(move || {
+        let p = factory();
+        *m.borrow_mut() = Some(p.clone());
+        p.into_dyn()
+    });
+    (erased, made)
+}
+
+/// As [`recording`], for subprocess protocols.
+fn recording_subprocess<P: ?Sized + IntoDynSubprocessProtocol>(
+    factory: impl Fn() -> Rc<P> + 'static,
+) -> (SubprocessProtocolFactory, Made<P>) {
+    let made: Made<P> = Rc::new(RefCell::new(None));
+    let m = made.clone();
+    let erased: SubprocessProtocolFactory = Rc::new(move || {
         let p = factory();
         *m.borrow_mut() = Some(p.clone());
         p.into_dyn()
@@ -300,6 +318,43 @@ pub trait EventLoopExt: AbstractEventLoop {
     ) -> LocalBoxFuture<'static, Result<Connected<P>>> {
         let (factory, made) = recording(protocol_factory);
         let fut = self.connect_write_pipe_dyn(factory, pipe.into());
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
+        })
+    }
+
+    /// `loop.subprocess_exec(protocol_factory, program, *args, ...)`: starts
+    /// `program` with `args` (not including the program itself, as
+    /// `std::process::Command` takes them), connects its pipes, and
+    /// resolves once the protocol's `connection_made` ran.
+    fn subprocess_exec<P: ?Sized + IntoDynSubprocessProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+        options: SubprocessOptions,
+    ) -> LocalBoxFuture<'static, Result<Spawned<P>>> {
+        let (factory, made) = recording_subprocess(protocol_factory);
+        let args = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let fut = self.subprocess_exec_dyn(factory, program.as_ref().to_owned(), args, options);
+        Box::pin(async move {
+            let (t, _) = fut.await?;
+            Ok((t, taken(&made)))
+        })
+    }
+
+    /// `loop.subprocess_shell(protocol_factory, cmd, ...)`: runs `cmd`
+    /// through the shell (`/bin/sh -c`; `cmd.exe /c` on Windows), as
+    /// [`subprocess_exec`](EventLoopExt::subprocess_exec).
+    fn subprocess_shell<P: ?Sized + IntoDynSubprocessProtocol>(
+        &self,
+        protocol_factory: impl Fn() -> Rc<P> + 'static,
+        cmd: impl AsRef<OsStr>,
+        options: SubprocessOptions,
+    ) -> LocalBoxFuture<'static, Result<Spawned<P>>> {
+        let (factory, made) = recording_subprocess(protocol_factory);
+        let fut = self.subprocess_shell_dyn(factory, cmd.as_ref().to_owned(), options);
         Box::pin(async move {
             let (t, _) = fut.await?;
             Ok((t, taken(&made)))

@@ -16,7 +16,7 @@ pub use abstract_loop::{
 };
 pub use exception_context::{ExceptionContext, ExceptionHandler};
 pub(crate) use ext::check_can_run;
-pub use ext::{Connected, Endpoint, EventLoopExt};
+pub use ext::{Connected, Endpoint, EventLoopExt, Spawned};
 pub use handles::{Callback, Handle, RepeatCallback, SendCallback, TimerHandle};
 pub(crate) use handles::{SoonKey, SoonSlab};
 pub use policy::AbstractEventLoopPolicy;

@@ -4,12 +4,15 @@
 //! `CreateServerOptions { backlog: 10, ..Default::default() }`.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use socket2::Socket;
+
+use super::RawFd;
 
 /// The default listen backlog of `create_server` (asyncio: 100).
 pub const DEFAULT_BACKLOG: i32 = 100;
@@ -220,32 +223,74 @@ pub struct StartTlsOptions {
 }
 
 /// Where a child's standard stream goes (`subprocess.PIPE`, ...).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum Stdio {
-    /// Connect to the parent's.
+    /// The parent's own (asyncio's `None`).
     #[default]
     Inherit,
-    /// A pipe, reported through the SubprocessProtocol.
+    /// A pipe: the child's output reaches the protocol's
+    /// `pipe_data_received`, its input is the transport
+    /// `get_pipe_transport(0)` hands out (`subprocess.PIPE`).
     Pipe,
-    /// `/dev/null`.
+    /// The null device (`subprocess.DEVNULL`).
     DevNull,
-    /// stderr only: the same pipe as stdout.
+    /// stderr only: wherever stdout goes (`subprocess.STDOUT`).
     Stdout,
+    /// An open file, pipe, socket or device: the child gets its own copy
+    /// of the descriptor (asyncio's file object or fd). The caller keeps
+    /// theirs.
+    File(Rc<File>),
 }
 
-/// `subprocess_exec` / `subprocess_shell` keyword arguments.
+/// `subprocess_exec` / `subprocess_shell` keyword arguments: asyncio's,
+/// which are `subprocess.Popen`'s.
+///
+/// The defaults are asyncio's: three pipes, the parent's environment and
+/// directory, every descriptor but the three closed in the child
+/// (`close_fds=True`).
 #[derive(Clone, Debug)]
 pub struct SubprocessOptions {
-    /// Default: a pipe, as asyncio.
+    /// The child's standard input. Default: a pipe.
     pub stdin: Stdio,
-    /// Default: a pipe.
+    /// The child's standard output. Default: a pipe.
     pub stdout: Stdio,
-    /// Default: a pipe.
+    /// The child's standard error. Default: a pipe.
     pub stderr: Stdio,
-    /// Environment; `None` inherits.
+    /// The whole environment; `None` inherits the parent's.
     pub env: Option<Vec<(OsString, OsString)>>,
-    /// Working directory.
+    /// Working directory; `None` is the parent's.
     pub cwd: Option<PathBuf>,
+    /// Descriptors the child keeps, at the same numbers (Unix).
+    pub pass_fds: Vec<RawFd>,
+    /// Close every other descriptor above 2 in the child, including any
+    /// that are not close-on-exec (asyncio's default). `false` lets the
+    /// child inherit those; descriptors Rust and this crate open are
+    /// close-on-exec either way.
+    pub close_fds: bool,
+    /// `setsid()` in the child: a new session and process group (Unix).
+    pub start_new_session: bool,
+    /// `setpgid(0, pgid)` in the child; `Some(0)` makes it the leader of a
+    /// group of its own (Unix).
+    pub process_group: Option<i32>,
+    /// `CreateProcess` flags, e.g. `CREATE_NEW_PROCESS_GROUP` so that
+    /// `send_signal(CTRL_BREAK_EVENT)` reaches the child alone (Windows).
+    pub creation_flags: u32,
+    /// asyncio's keywords that it refuses, kept so that a front end passing
+    /// them gets asyncio's `ValueError`: `universal_newlines` (must be
+    /// false), `text` (false), `encoding` and `errors` (`None`), `bufsize`
+    /// (0) and `shell` (false for `subprocess_exec`, true for
+    /// `subprocess_shell`; `None` is the method's own).
+    pub universal_newlines: bool,
+    /// See [`universal_newlines`](Self::universal_newlines).
+    pub text: bool,
+    /// See [`universal_newlines`](Self::universal_newlines).
+    pub encoding: Option<String>,
+    /// See [`universal_newlines`](Self::universal_newlines).
+    pub errors: Option<String>,
+    /// See [`universal_newlines`](Self::universal_newlines).
+    pub bufsize: usize,
+    /// See [`universal_newlines`](Self::universal_newlines).
+    pub shell: Option<bool>,
 }
 
 impl Default for SubprocessOptions {
@@ -256,6 +301,17 @@ impl Default for SubprocessOptions {
             stderr: Stdio::Pipe,
             env: None,
             cwd: None,
+            pass_fds: Vec::new(),
+            close_fds: true,
+            start_new_session: false,
+            process_group: None,
+            creation_flags: 0,
+            universal_newlines: false,
+            text: false,
+            encoding: None,
+            errors: None,
+            bufsize: 0,
+            shell: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! - `write` writes at once when nothing is buffered; what the pipe does
 //!   not take is buffered and a writer added, which writes the buffer with
 //!   `writev` as the reader drains the pipe. The shared
-//!   [`FlowControl`](crate::transports::flow_control::FlowControl) tells
+//!   [`FlowControl`] tells
 //!   the protocol to pause and resume.
 //! - The reader going away: a FIFO's or socket's write end is watched for
 //!   readability, which it only gets when the other end is closed. Then
