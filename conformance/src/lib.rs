@@ -841,6 +841,7 @@ macro_rules! __cases {
                 test_write_pipe_epipe,
                 test_write_pipe_flow_control,
                 test_write_pipe_write_eof,
+                test_write_pipe_write_eof_in_resume_writing,
                 test_write_pipe_abort,
                 test_write_pipe_write_after_close,
                 test_write_pipe_large,
@@ -909,6 +910,7 @@ macro_rules! __cases {
                 test_drop_spawn_future,
                 test_many_children,
                 test_child_reaped_after_loop_close,
+                test_child_exits_before_watch,
             }
             test_staggered {
                 test_empty,

@@ -798,6 +798,84 @@ pub fn test_write_pipe_large(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
+/// Writes from `resume_writing` until paused again, and `write_eof` after
+/// the last chunk, all inside the callback (a producer as programs write
+/// it). The end must wait for everything buffered.
+struct Producer {
+    transport: TransportCell,
+    data: Vec<u8>,
+    sent: Cell<usize>,
+    paused: Cell<bool>,
+    lost: Log<Option<Error>>,
+}
+
+impl Producer {
+    fn pump(&self) {
+        let Some(t) = self.transport.get() else {
+            return;
+        };
+        while !self.paused.get() && self.sent.get() < self.data.len() {
+            // The last megabyte goes in one write, so that it is still
+            // buffered when `write_eof` follows.
+            let left = self.data.len() - self.sent.get();
+            let end = self.sent.get() + if left <= 1 << 20 { left } else { 50_000 };
+            t.write(&self.data[self.sent.get()..end]).expect("write");
+            self.sent.set(end);
+        }
+        if self.sent.get() == self.data.len() && !t.is_closing() {
+            t.write_eof().expect("write_eof");
+        }
+    }
+}
+
+impl BaseProtocol for Producer {
+    fn connection_lost(&self, exc: Option<Error>) {
+        self.lost.push(exc);
+    }
+    fn pause_writing(&self) {
+        self.paused.set(true);
+    }
+    fn resume_writing(&self) {
+        self.paused.set(false);
+        self.pump();
+    }
+}
+
+impl Protocol for Producer {
+    fn connection_made(&self, transport: Rc<dyn Transport>) {
+        self.transport.set(transport);
+        self.pump();
+    }
+}
+
+/// `write_eof` called from `resume_writing`, with the buffer refilled in
+/// the same callback: the reader gets every byte before EOF (an early
+/// version closed the pipe with the refill still buffered).
+pub fn test_write_pipe_write_eof_in_resume_writing(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Pipes)?;
+    let lp = ctx.new_loop();
+    let (mut r, w) = os_pipe()?;
+    let data = pattern(3 * 1024 * 1024 + 12_345);
+    let producer = Rc::new(Producer {
+        transport: TransportCell::default(),
+        data: data.clone(),
+        sent: Cell::new(0),
+        paused: Cell::new(false),
+        lost: Log::default(),
+    });
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).map(|_| all)
+    });
+    let p = producer.clone();
+    run(&lp, lp.connect_write_pipe(move || p.clone(), w))?;
+    run_until(&lp, "connection_lost", || !producer.lost.get().is_empty())?;
+    let got = reader.join().expect("reader")?;
+    assert!(got == data, "got {} bytes of {}", got.len(), data.len());
+    assert!(producer.lost.get()[0].is_none());
+    lp.close()
+}
+
 /// Writing to a pty: what the slave side is given, the master reads.
 #[cfg(unix)]
 pub fn test_write_pty(ctx: &Ctx) -> Result<()> {

@@ -1864,4 +1864,34 @@ unix_only!(
     test_cancel_while_spawning,
     test_drop_spawn_future,
     test_child_reaped_after_loop_close,
+    test_child_exits_before_watch,
 );
+
+/// A child that is gone before its exit watch starts (`/bin/true`, no
+/// pipes): the exit is still seen, a hundred times over.
+#[cfg(unix)]
+pub fn test_child_exits_before_watch(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let s = Spawn::new();
+    for _ in 0..100 {
+        let proc = Proc::new();
+        let p = proc.clone();
+        let options = SubprocessOptions {
+            stdin: Stdio::DevNull,
+            stdout: Stdio::DevNull,
+            stderr: Stdio::DevNull,
+            ..opts()
+        };
+        let (t, _) = run(
+            &lp,
+            lp.subprocess_exec(move || p.clone(), "/bin/true", [""; 0], options),
+        )?;
+        s.track(&t);
+        assert_eq!(run(&lp, t.wait())?, 0);
+        wait_done(&lp, &proc)?;
+    }
+    lp.close()?;
+    s.check_clean();
+    Ok(())
+}

@@ -8,11 +8,13 @@
 //! parent. When spawning fails nothing is left behind: every descriptor
 //! made for the child is an `OwnedFd` that closes on the way out.
 //!
-//! With `close_fds` (the default) every descriptor above 2 is made
-//! close-on-exec in the child before `exec` (`close_range`), so that even
-//! a descriptor some library opened without `O_CLOEXEC` does not leak;
-//! `pass_fds` are then made inheritable again. That runs between fork and
-//! exec, which makes `std` fork rather than `posix_spawn`.
+//! With `close_fds` (the default), if any descriptor above 2 is open
+//! without `O_CLOEXEC` (some C library's), every descriptor above 2 is
+//! made close-on-exec in the child before `exec` (`close_range`), so none
+//! leaks; `pass_fds` are then made inheritable again. Code between fork
+//! and exec makes `std` fork rather than `posix_spawn`, which halves the
+//! spawn rate, so it runs only when there is something to do: for
+//! `pass_fds`, `start_new_session`, or such a descriptor.
 //!
 //! # Exit
 //! - Linux 5.3+: a pidfd (`pidfd_open`), which turns readable when the
@@ -248,8 +250,8 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
     if let Some(pgid) = options.process_group {
         cmd.process_group(pgid);
     }
-    if options.close_fds || options.start_new_session || !options.pass_fds.is_empty() {
-        let close_fds = options.close_fds;
+    let close_fds = options.close_fds && has_inheritable_fds(&options.pass_fds);
+    if close_fds || options.start_new_session || !options.pass_fds.is_empty() {
         let new_session = options.start_new_session;
         let pass_fds: Vec<RawFd> = options.pass_fds.clone();
         let limit = fd_limit();
@@ -298,6 +300,49 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
         stdout: stdout.parent,
         stderr: stderr.parent,
     })
+}
+
+/// The most descriptors [`has_inheritable_fds`] looks at before it
+/// assumes there is one.
+const SCAN_LIMIT: usize = 4096;
+
+/// True if a descriptor above 2, not in `pass_fds`, is open without
+/// close-on-exec: only then does `close_fds` have anything to close, and
+/// only then does the spawn pay for running code between fork and exec
+/// (std then forks instead of using `posix_spawn`, half as fast). Rust's
+/// std, socket2 and this crate open everything close-on-exec, so this is
+/// usually false. A descriptor made inheritable by another thread between
+/// this look and the spawn can reach the child; asyncio closes in the
+/// child and has no such window, but such a descriptor reaches every
+/// other spawn in the process anyway.
+fn has_inheritable_fds(pass_fds: &[RawFd]) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd").or_else(|_| std::fs::read_dir("/dev/fd"))
+    else {
+        return true;
+    };
+    for (i, entry) in dir.enumerate() {
+        if i >= SCAN_LIMIT {
+            return true;
+        }
+        let Ok(entry) = entry else { return true };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if fd <= 2 || pass_fds.contains(&fd) {
+            continue;
+        }
+        // SAFETY: F_GETFD only reads a descriptor's flags; one closed
+        // meanwhile (the directory's own, say) fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Marks every descriptor above 2 close-on-exec (in the forked child).

@@ -22,8 +22,9 @@
 //! It is handed to the protocol as a [`Transport`]: reading is never on.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::rc::{Rc, Weak};
 
 use super::pipe_base::{FileKind, PipeBase, PipeEnd};
@@ -33,10 +34,50 @@ use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::log::{self, Level};
 use crate::protocols::Protocol;
-use crate::selector_events::socket_transport::WriteBuffer;
 use crate::transports::flow_control::FlowControl;
 use crate::transports::lifecycle::LOG_THRESHOLD_FOR_CONNLOST_WRITES;
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
+
+/// Buffered outgoing bytes, in one ring that is reused: writes are
+/// copied in, `writev` takes them from its (at most two) slices.
+#[derive(Default)]
+struct WriteBuffer {
+    bytes: VecDeque<u8>,
+}
+
+impl WriteBuffer {
+    /// A ring bigger than this is let go of once it drains: memory
+    /// follows the load, while a steady stream keeps its ring.
+    const KEEP: usize = 512 * 1024;
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend(data);
+    }
+
+    fn slices(&self) -> [IoSlice<'_>; 2] {
+        let (a, b) = self.bytes.as_slices();
+        [IoSlice::new(a), IoSlice::new(b)]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.bytes.drain(..n);
+        if self.bytes.is_empty() && self.bytes.capacity() > Self::KEEP {
+            self.bytes = VecDeque::new();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bytes = VecDeque::new();
+    }
+}
 
 /// asyncio's `_UnixWritePipeTransport`.
 pub struct WritePipeTransport {
@@ -151,14 +192,10 @@ impl WritePipeTransport {
                 self.fatal_error(e.into(), "Fatal write error on pipe transport");
             }
             Ok(n) => {
-                let empty = {
-                    let mut b = self.buffer.borrow_mut();
-                    b.consume(n);
-                    b.is_empty()
-                };
-                if empty {
+                self.buffer.borrow_mut().consume(n);
+                self.resume_if_drained(); // may write and grow the buffer
+                if self.buffer.borrow().is_empty() {
                     self.remove_writer();
-                    self.resume_if_drained();
                     if self.base.closing.get() {
                         self.remove_reader();
                         let me = self.me();
