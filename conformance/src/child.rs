@@ -212,6 +212,33 @@ fn run(args: Vec<OsString>, factory: Factory) -> ! {
             }
             0
         }
+        // Prints its pid.
+        #[cfg(windows)]
+        "ids" => {
+            print!("{}", std::process::id());
+            0
+        }
+        // Closes stdout, then waits for EOF on stdin.
+        #[cfg(windows)]
+        "close-stdout" => {
+            use windows_sys::Win32::System::Console::{
+                GetStdHandle, SetStdHandle, STD_OUTPUT_HANDLE,
+            };
+            // SAFETY: takes this process's own stdout handle out of the
+            // standard slot, then closes it; nothing uses it after.
+            unsafe {
+                let h = GetStdHandle(STD_OUTPUT_HANDLE);
+                SetStdHandle(STD_OUTPUT_HANDLE, std::ptr::null_mut());
+                windows_sys::Win32::Foundation::CloseHandle(h);
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::stdin().lock().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            0
+        }
         // Ignores SIGTERM, says "ready", and sleeps.
         #[cfg(unix)]
         "ignore-term" => {

@@ -45,6 +45,10 @@ pub struct Capabilities {
     /// completed request, so cases that cancel or break a transfer midway
     /// and check the file's position to the byte cannot.
     pub no_readiness_sendfile: Option<&'static str>,
+    /// `Some(reason)` if the platform starts processes so slowly (Wine)
+    /// that a case starting hundreds of children would outlast the case
+    /// time limit: such cases start a fifth as many, and print the reason.
+    pub slow_process_start: Option<&'static str>,
     /// Single cases expected to skip, each `("module::case", reason)`;
     /// build it from the shared lists ([`crate::NOT_BUILT_YET`],
     /// [`crate::MACHINE_DEPENDENT`], [`crate::UNIX_ONLY_CHECKS`],
@@ -85,6 +89,22 @@ impl Ctx {
     /// A fresh loop of the backend under test.
     pub fn new_loop(&self) -> Loop {
         (self.factory)().unwrap_or_else(|e| panic!("{}: the loop factory failed: {e}", self.name))
+    }
+
+    /// How many children a case that wants `n` starts: `n`, or a fifth of
+    /// it where [`Capabilities::slow_process_start`] says why (printed).
+    pub fn children(&self, n: usize) -> usize {
+        match self.caps.slow_process_start {
+            Some(why) => {
+                eprintln!(
+                    "conformance: {} starts {} children, not {n}: {why}",
+                    self.name,
+                    n / 5
+                );
+                n / 5
+            }
+            None => n,
+        }
     }
 
     /// The factory itself, for cases that hand it to a `Runner`.

@@ -61,6 +61,31 @@ pub const MACHINE_DEPENDENT: &[(&str, &str)] = &[(
 /// Windows, whatever the backend.
 pub const UNIX_ONLY_CHECKS: &[(&str, &str)] = &[
     (
+        "test_subprocess::test_terminate_ignored_then_kill",
+        "Windows has no termination signal a child can ignore: terminate is TerminateProcess",
+    ),
+    (
+        "test_subprocess::test_killed_by_own_signal",
+        "the child kills itself with a POSIX signal from /bin/sh",
+    ),
+    (
+        "test_subprocess::test_close_fds",
+        "the check makes a descriptor inheritable with fcntl (Windows inherits only handles \
+         made inheritable, which the loop never does)",
+    ),
+    (
+        "test_subprocess::test_pipes_not_inherited",
+        "the check asks a child about a descriptor number; Windows handle values are per process",
+    ),
+    (
+        "test_subprocess::test_start_new_session",
+        "sessions are POSIX's",
+    ),
+    (
+        "test_subprocess::test_process_group",
+        "process groups are POSIX's (on Windows: creation_flags)",
+    ),
+    (
         "test_datagram::test_create_datagram_endpoint_reuse_port",
         "Windows has no SO_REUSEPORT",
     ),

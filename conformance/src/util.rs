@@ -506,12 +506,40 @@ pub fn os_pipe() -> loop_api::Result<(std::fs::File, std::fs::File)> {
     ))
 }
 
-/// A fresh pipe, `(read end, write end)`: Windows pipe transports need
-/// overlapped named pipes (asyncio's `windows_utils.pipe`); not built yet.
+/// Which end of a [`loop_pipe`] the loop takes (the case uses the other
+/// with plain blocking calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// The loop reads (`connect_read_pipe`).
+    Read,
+    /// The loop writes (`connect_write_pipe`).
+    Write,
+    /// The loop takes both ends.
+    Both,
+}
+
+/// A fresh pipe for a pipe transport case, `(read end, write end)`. On
+/// Unix any pipe ([`os_pipe`]); on Windows an overlapped named pipe
+/// (asyncio's `windows_utils.pipe`) whose loop end is overlapped and whose
+/// other end is plain (a write end the loop takes is duplex, so that the
+/// loop sees the reader go).
+#[cfg(unix)]
+pub fn loop_pipe(_end: LoopEnd) -> loop_api::Result<(std::fs::File, std::fs::File)> {
+    os_pipe()
+}
+
+/// A fresh pipe for a pipe transport case, `(read end, write end)`. On
+/// Unix any pipe ([`os_pipe`]); on Windows an overlapped named pipe
+/// (asyncio's `windows_utils.pipe`) whose loop end is overlapped and whose
+/// other end is plain (a write end the loop takes is duplex, so that the
+/// loop sees the reader go).
 #[cfg(windows)]
-pub fn os_pipe() -> loop_api::Result<(std::fs::File, std::fs::File)> {
-    Err(loop_api::Error::NotSupported {
-        feature: "pipes",
-        reason: "overlapped pipes for the cases are not built yet".into(),
-    })
+pub fn loop_pipe(end: LoopEnd) -> loop_api::Result<(std::fs::File, std::fs::File)> {
+    use loop_api::windows_utils::{pipe, Overlapped};
+    let (read, write) = match end {
+        LoopEnd::Read => (true, false),
+        LoopEnd::Write => (false, true),
+        LoopEnd::Both => (true, true),
+    };
+    Ok(pipe(end != LoopEnd::Read, Overlapped { read, write })?)
 }

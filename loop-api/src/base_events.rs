@@ -23,6 +23,7 @@
 mod base_loop;
 pub mod connect;
 pub mod datagram;
+pub(crate) mod pipe_base;
 pub mod pipes;
 pub mod resolver;
 pub mod sendfile;
@@ -77,12 +78,6 @@ use crate::protocols::{
 };
 use crate::tasks::TaskFactory;
 use crate::transports::{BaseTransport, Transport};
-
-/// A method this build does not have yet.
-#[cfg(not(unix))]
-fn not_implemented<T: 'static>(what: &'static str) -> LocalBoxFuture<'static, Result<T>> {
-    Box::pin(async move { Err(Error::NotImplemented(what)) })
-}
 
 /// The poll timeout is capped at one day, as asyncio's `MAXIMUM_SELECT_TIMEOUT`.
 pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -1161,21 +1156,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         args: Vec<OsString>,
         options: SubprocessOptions,
     ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
-        #[cfg(unix)]
-        {
-            crate::base_subprocess::subprocess_exec(
-                self.me(),
-                protocol_factory,
-                program,
-                args,
-                options,
-            )
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = (protocol_factory, program, args, options);
-            not_implemented("subprocess_exec")
-        }
+        crate::base_subprocess::subprocess_exec(self.me(), protocol_factory, program, args, options)
     }
 
     fn subprocess_shell_dyn(
@@ -1184,15 +1165,7 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         cmd: OsString,
         options: SubprocessOptions,
     ) -> LocalBoxFuture<'static, Result<SubprocessPair>> {
-        #[cfg(unix)]
-        {
-            crate::base_subprocess::subprocess_shell(self.me(), protocol_factory, cmd, options)
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = (protocol_factory, cmd, options);
-            not_implemented("subprocess_shell")
-        }
+        crate::base_subprocess::subprocess_shell(self.me(), protocol_factory, cmd, options)
     }
 
     // ----- the sock_* methods: the driver's ------------------------------------

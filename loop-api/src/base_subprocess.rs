@@ -1,6 +1,6 @@
 //! asyncio's `base_subprocess`: the subprocess transport every loop
-//! shares, over the OS's child ([`crate::unix_events`] on Unix) and the
-//! loop's own pipe transports.
+//! shares, over the OS's child (`unix_events` on Unix, `windows_events`
+//! on Windows) and the loop's own pipe transports.
 //!
 //! # Order, as asyncio guarantees it
 //! - The child is spawned before `subprocess_exec` returns its first
@@ -46,9 +46,64 @@ use crate::transports::{BaseTransport, ExtraInfo, SubprocessTransport, Transport
 
 #[cfg(unix)]
 use crate::unix_events::child as os;
+#[cfg(windows)]
+use crate::windows_events::child as os;
 
-/// What to run.
-pub(crate) use os::Argv;
+/// What to run: a program and its arguments, or a shell command line.
+pub(crate) enum Argv {
+    /// `subprocess_exec`.
+    Exec(OsString, Vec<OsString>),
+    /// `subprocess_shell`: `/bin/sh -c cmd` (`%COMSPEC% /c "cmd"` on
+    /// Windows).
+    Shell(OsString),
+}
+
+impl Argv {
+    /// The program as messages name it.
+    pub fn program(&self) -> &std::ffi::OsStr {
+        match self {
+            Argv::Exec(p, _) => p,
+            #[cfg(unix)]
+            Argv::Shell(_) => std::ffi::OsStr::new("/bin/sh"),
+            #[cfg(windows)]
+            Argv::Shell(_) => std::ffi::OsStr::new("cmd.exe"),
+        }
+    }
+}
+
+/// Python's message for a failed spawn: `[Errno 2] No such file or
+/// directory: 'prog'`.
+pub(crate) fn spawn_error(e: &std::io::Error, argv: &Argv, options: &SubprocessOptions) -> Error {
+    // std reports a program it could not find on `PATH` itself, without
+    // an OS code; Windows' own is ERROR_FILE_NOT_FOUND, as Python's.
+    #[cfg(windows)]
+    let found;
+    #[cfg(windows)]
+    let e = if e.raw_os_error().is_none() && e.kind() == std::io::ErrorKind::NotFound {
+        found = std::io::Error::from_raw_os_error(2);
+        &found
+    } else {
+        e
+    };
+    let text = e.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    // A missing working directory is what Python names, when it is one.
+    let name = match &options.cwd {
+        Some(cwd)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) && !cwd.is_dir() =>
+        {
+            cwd.as_os_str().to_owned()
+        }
+        _ => argv.program().to_owned(),
+    };
+    Error::os(e, format!("{text}: '{}'", name.to_string_lossy()))
+}
 
 /// A queued protocol call.
 type Call = Box<dyn FnOnce()>;
@@ -453,6 +508,7 @@ fn start(
         if argv.program().is_empty() {
             return Err(Error::value("the program name is empty"));
         }
+        lp._check_pipes()?;
         let protocol = protocol_factory();
         let spawned = os::spawn(&argv, &options)?;
         let transport = Rc::new_cyclic(|this| BaseSubprocessTransport {

@@ -206,6 +206,13 @@ pub trait IoModel<D: Driver> {
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn Transport>>;
 
+    /// Whether this loop has pipe transports: `Err` (`NotSupported`) if
+    /// not, so that `subprocess_exec` refuses before it spawns anything
+    /// (asyncio's `SelectorEventLoop` on Windows has no subprocesses).
+    fn check_pipes() -> Result<()> {
+        Ok(())
+    }
+
     /// `_make_write_pipe_transport`: as
     /// [`make_read_pipe_transport`](IoModel::make_read_pipe_transport),
     /// for the write end.

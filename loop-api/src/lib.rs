@@ -21,7 +21,6 @@
 #![warn(missing_docs)]
 
 pub mod base_events;
-#[cfg(unix)]
 pub mod base_subprocess;
 pub mod concurrent;
 pub mod contextvars;
@@ -44,6 +43,10 @@ pub mod transports;
 pub mod unix_events;
 #[cfg(unix)]
 mod unix_signals;
+#[cfg(windows)]
+mod windows_events;
+#[cfg(windows)]
+pub mod windows_utils;
 
 #[cfg(unix)]
 pub use unix_signals::NSIG;

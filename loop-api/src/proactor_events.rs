@@ -10,6 +10,7 @@
 //! | [`ops`] | the table of operations in flight and their memory, owners, [`OpFuture`](ops::OpFuture) | [`Proactor`](ops::Proactor): cancel one operation |
 //! | [`accept`] | serving a listener, the back-off, stopping | [`AcceptIo`](accept::AcceptIo): start one accept, read its completion |
 //! | [`socket_transport`] | the stream transport: reading, buffering, flow control, EOF, closing, errors | [`StreamIo`]: start and cancel one receive and one send |
+//! | [`pipe_transport`] | the read- and write-pipe transports | [`PipeIo`]: start one read and one write, cancel them |
 //!
 //! # The stream transport's contract
 //! - At most one receive and one send are outstanding per transport. The
@@ -41,8 +42,10 @@ use crate::exceptions::Result;
 
 pub mod accept;
 pub mod ops;
+pub mod pipe_transport;
 pub mod socket_transport;
 
+pub use pipe_transport::{PipeIo, ProactorPipeTransport};
 pub use socket_transport::ProactorSocketTransport;
 
 /// Inside a completion driver's `impl IoModel<D> for ...`: datagram

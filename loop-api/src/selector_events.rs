@@ -177,6 +177,11 @@ impl<D: Driver> IoModel<D> for SelectorIo {
         }
     }
 
+    #[cfg(not(unix))]
+    fn check_pipes() -> Result<()> {
+        Err(no_pipes())
+    }
+
     fn make_write_pipe_transport(
         lp: &Rc<BaseEventLoop<D>>,
         pipe: File,

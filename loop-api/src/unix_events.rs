@@ -4,7 +4,6 @@
 //! of a child's exit).
 
 pub(crate) mod child;
-pub(crate) mod pipe_base;
 pub mod read_pipe;
 pub mod write_pipe;
 

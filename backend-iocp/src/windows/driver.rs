@@ -386,8 +386,8 @@ impl Driver for IocpDriver {
     }
 }
 
-/// Stream transports, serving, `sendfile` and the stream `sock_*` methods
-/// as overlapped operations; datagrams and `sendto`/`recvfrom` on AFD
+/// Stream transports, pipe transports, serving, `sendfile` and the stream
+/// `sock_*` methods as overlapped operations; datagrams and `sendto`/`recvfrom` on AFD
 /// readiness.
 impl IoModel<IocpDriver> for IocpDriver {
     fn make_socket_transport(
@@ -411,21 +411,21 @@ impl IoModel<IocpDriver> for IocpDriver {
     }
 
     fn make_read_pipe_transport(
-        _lp: &Rc<BaseEventLoop<Self>>,
-        _pipe: std::fs::File,
-        _protocol: Rc<dyn Protocol>,
-        _waiter: Option<Future<()>>,
+        lp: &Rc<BaseEventLoop<Self>>,
+        pipe: std::fs::File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
     ) -> loop_api::Result<Rc<dyn Transport>> {
-        Err(loop_api::Error::NotImplemented("connect_read_pipe"))
+        super::pipe::create_read(lp, pipe, protocol, waiter)
     }
 
     fn make_write_pipe_transport(
-        _lp: &Rc<BaseEventLoop<Self>>,
-        _pipe: std::fs::File,
-        _protocol: Rc<dyn Protocol>,
-        _waiter: Option<Future<()>>,
+        lp: &Rc<BaseEventLoop<Self>>,
+        pipe: std::fs::File,
+        protocol: Rc<dyn Protocol>,
+        waiter: Option<Future<()>>,
     ) -> loop_api::Result<Rc<dyn Transport>> {
-        Err(loop_api::Error::NotImplemented("connect_write_pipe"))
+        super::pipe::create_write(lp, pipe, protocol, waiter)
     }
 
     fn start_serving(

@@ -5,6 +5,7 @@ mod accept;
 mod afd;
 mod driver;
 mod ops;
+mod pipe;
 mod port;
 mod sendfile;
 mod sock_ops;

@@ -37,7 +37,7 @@ use loop_api::proactor_events::ops::OpId;
 use socket2::{SockAddr, Socket};
 use windows_sys::core::{BOOL, GUID};
 use windows_sys::Win32::Foundation::{
-    RtlNtStatusToDosError, ERROR_OPERATION_ABORTED, HANDLE, NTSTATUS,
+    RtlNtStatusToDosError, ERROR_IO_PENDING, ERROR_OPERATION_ABORTED, HANDLE, NTSTATUS,
 };
 use windows_sys::Win32::Networking::WinSock::{
     WSAGetLastError, WSAGetOverlappedResult, WSAIoctl, WSARecv, WSASend, LPFN_ACCEPTEX,
@@ -46,6 +46,7 @@ use windows_sys::Win32::Networking::WinSock::{
     TRANSMIT_FILE_BUFFERS, WSABUF, WSAENOTSOCK, WSAID_ACCEPTEX, WSAID_CONNECTEX,
     WSAID_GETACCEPTEXSOCKADDRS, WSAID_TRANSMITFILE, WSA_IO_PENDING,
 };
+use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
 /// `STATUS_CANCELLED`: what a packet of a cancelled operation carries.
@@ -75,6 +76,11 @@ pub enum Request {
         offset: u64,
         len: u32,
     },
+    /// `ReadFile` into all of `buf`, on a pipe (or any handle opened for
+    /// overlapped I/O).
+    ReadFile { buf: Vec<u8> },
+    /// `WriteFile` of all of `data`.
+    WriteFile { data: Vec<u8> },
     /// `AcceptEx` on the listener the operation is issued on, into `conn`
     /// (a fresh socket of the listener's family and type); `addrs` receives
     /// the local and remote addresses.
@@ -135,6 +141,15 @@ impl OpHeader {
         }
         if status == STATUS_CANCELLED {
             return Err(io::Error::from_raw_os_error(ERROR_OPERATION_ABORTED as i32));
+        }
+        if matches!(
+            self.request,
+            Request::ReadFile { .. } | Request::WriteFile { .. }
+        ) {
+            // Not a socket: the status says it all.
+            // SAFETY: a pure mapping from NTSTATUS to a Win32 error code.
+            let code = unsafe { RtlNtStatusToDosError(status) };
+            return Err(io::Error::from_raw_os_error(code as i32));
         }
         let mut n: u32 = 0;
         let mut flags: u32 = 0;
@@ -254,6 +269,22 @@ pub(crate) unsafe fn issue(header: *mut OpHeader, socket: SOCKET) -> io::Result<
             let ok = unsafe { transmit_file(socket, handle, *len, 0, ov, ptr::null(), 0) };
             started(ok != 0)
         }
+        Request::ReadFile { buf } => {
+            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            // SAFETY: `buf` and the OVERLAPPED live in the header, which
+            // stays put until the packet (caller's promise); the handle
+            // was opened for overlapped I/O, so no byte count is written.
+            let ok =
+                unsafe { ReadFile(socket as HANDLE, buf.as_mut_ptr(), len, ptr::null_mut(), ov) };
+            started_file(ok != 0)
+        }
+        Request::WriteFile { data } => {
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            // SAFETY: as for ReadFile; the kernel only reads `data`.
+            let ok =
+                unsafe { WriteFile(socket as HANDLE, data.as_ptr(), len, ptr::null_mut(), ov) };
+            started_file(ok != 0)
+        }
         Request::Accept { conn, addrs } => {
             let accept_ex = extensions(socket)?.accept_ex;
             let mut n: u32 = 0;
@@ -287,6 +318,19 @@ fn started(succeeded: bool) -> io::Result<()> {
     match last_wsa_error() {
         WSA_IO_PENDING => Ok(()),
         code => Err(io::Error::from_raw_os_error(code)),
+    }
+}
+
+/// [`started`] for `ReadFile`/`WriteFile`, whose error is `GetLastError`'s.
+fn started_file(succeeded: bool) -> io::Result<()> {
+    if succeeded {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_IO_PENDING as i32) {
+        Ok(())
+    } else {
+        Err(e)
     }
 }
 

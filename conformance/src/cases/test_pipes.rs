@@ -18,7 +18,7 @@ use loop_api::transports::{ExtraInfo, Transport};
 use loop_api::{Error, EventLoopExt, Loop, Result};
 
 use crate::cases::test_server::{run, run_until};
-use crate::util::{capture_exceptions, os_pipe, run_once, Log};
+use crate::util::{capture_exceptions, loop_pipe, run_once, Log, LoopEnd};
 use crate::{Ctx, Feature};
 
 // ----- the recording protocol ---------------------------------------------------------
@@ -183,7 +183,7 @@ fn unix_only() -> Error {
 pub fn test_read_pipe(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, mut w) = os_pipe()?;
+    let (r, mut w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let t = connect_read(&lp, &rec, r)?;
     assert!(matches!(rec.events.get()[..], [Ev::Made]));
@@ -213,7 +213,7 @@ pub fn test_read_pipe(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_extra_info(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, _w) = os_pipe()?;
+    let (r, _w) = loop_pipe(LoopEnd::Read)?;
     #[cfg(unix)]
     let raw = std::os::fd::AsRawFd::as_raw_fd(&r);
     let rec = Rec::new();
@@ -253,7 +253,7 @@ pub fn test_read_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_sets_nonblocking(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, _w) = os_pipe()?;
+    let (r, _w) = loop_pipe(LoopEnd::Read)?;
     assert!(!is_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&r)));
     let rec = Rec::new();
     let t = connect_read(&lp, &rec, r)?;
@@ -315,7 +315,7 @@ pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_pause_resume(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, mut w) = os_pipe()?;
+    let (r, mut w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let t = connect_read(&lp, &rec, r)?;
     t.pause_reading();
@@ -341,7 +341,7 @@ pub fn test_read_pipe_pause_resume(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_close(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let t = connect_read(&lp, &rec, r)?;
     t.close();
@@ -361,7 +361,7 @@ pub fn test_read_pipe_close(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_cannot_write(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, _w) = os_pipe()?;
+    let (r, _w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let t = connect_read(&lp, &rec, r)?;
     assert!(matches!(t.write(b"x"), Err(Error::Runtime(_))));
@@ -379,7 +379,7 @@ pub fn test_read_pipe_data_received_panic(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
-    let (r, mut w) = os_pipe()?;
+    let (r, mut w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rc::new(Rec {
         panic_on_data: true,
         ..Default::default()
@@ -414,7 +414,7 @@ pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     ctx.require(Feature::Readiness)?;
     let lp = ctx.new_loop();
-    let (r, _w) = os_pipe()?;
+    let (r, _w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let t = connect_read(&lp, &rec, r)?;
     let fd = fd_of(&t);
@@ -439,7 +439,7 @@ pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_cancelled_connect(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let rc = rec.clone();
     let fut = lp.connect_read_pipe(move || rc.clone(), r);
@@ -466,7 +466,7 @@ pub fn test_read_pipe_closed_loop(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     lp.close()?;
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Read)?;
     let rec = Rec::new();
     let rc = rec.clone();
     let fut = lp.connect_read_pipe(move || rc.clone(), r);
@@ -513,7 +513,7 @@ pub fn test_read_pty_output(ctx: &Ctx) -> Result<()> {
 pub fn test_read_pipe_large(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, mut w) = os_pipe()?;
+    let (r, mut w) = loop_pipe(LoopEnd::Read)?;
     let data = pattern(10 * 1024 * 1024);
     let sent = data.clone();
     let writer = std::thread::spawn(move || w.write_all(&sent));
@@ -533,7 +533,7 @@ pub fn test_read_pipe_large(ctx: &Ctx) -> Result<()> {
 pub fn test_write_pipe(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     assert!(!t.is_reading());
@@ -594,7 +594,7 @@ pub fn test_write_pipe_reader_gone(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     t.write(b"read or not")?;
@@ -612,7 +612,7 @@ pub fn test_write_pipe_reader_gone_with_buffer(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     t.write(&pattern(1024 * 1024))?;
@@ -639,7 +639,7 @@ pub fn test_write_pipe_epipe(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     let errors = capture_exceptions(&lp);
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     drop(r);
@@ -660,7 +660,7 @@ pub fn test_write_pipe_epipe(ctx: &Ctx) -> Result<()> {
 pub fn test_write_pipe_flow_control(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     assert_eq!(t.get_write_buffer_limits(), (16 * 1024, 64 * 1024));
@@ -699,7 +699,7 @@ pub fn test_write_pipe_flow_control(ctx: &Ctx) -> Result<()> {
 pub fn test_write_pipe_write_eof(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     let data = pattern(1024 * 1024);
@@ -722,7 +722,7 @@ pub fn test_write_pipe_write_eof(ctx: &Ctx) -> Result<()> {
 pub fn test_write_pipe_abort(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     t.write(&pattern(1024 * 1024))?;
@@ -743,7 +743,7 @@ pub fn test_write_pipe_abort(ctx: &Ctx) -> Result<()> {
 pub fn test_write_pipe_write_after_close(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     drop(r);
@@ -767,7 +767,7 @@ pub fn test_write_pipe_write_after_close(ctx: &Ctx) -> Result<()> {
 pub fn test_write_pipe_large(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let t = connect_write(&lp, &rec, w)?;
     let data = pattern(10 * 1024 * 1024);
@@ -854,7 +854,7 @@ impl Protocol for Producer {
 pub fn test_write_pipe_write_eof_in_resume_writing(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let data = pattern(3 * 1024 * 1024 + 12_345);
     let producer = Rc::new(Producer {
         transport: TransportCell::default(),
@@ -910,7 +910,7 @@ pub fn test_write_pty(ctx: &Ctx) -> Result<()> {
 pub fn test_pipe_round_trip(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
-    let (r, w) = os_pipe()?;
+    let (r, w) = loop_pipe(LoopEnd::Both)?;
     let reader = Rec::new();
     let writer = Rec::new();
     let _rt = connect_read(&lp, &reader, r)?;
@@ -932,7 +932,7 @@ pub fn test_write_pipe_closed_loop(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
     lp.close()?;
-    let (mut r, w) = os_pipe()?;
+    let (mut r, w) = loop_pipe(LoopEnd::Write)?;
     let rec = Rec::new();
     let rc = rec.clone();
     let r2 = futures_block_on(lp.connect_write_pipe(move || rc.clone(), w));

@@ -81,6 +81,8 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn Transport>>;
+    /// `Err` if this loop has no pipe transports ([`IoModel::check_pipes`]).
+    fn _check_pipes(&self) -> Result<()>;
     /// Wraps the write end of a pipe
     /// ([`IoModel::make_write_pipe_transport`]).
     fn _make_write_pipe_transport(
@@ -174,6 +176,10 @@ impl<D: Driver> BaseLoop for BaseEventLoop<D> {
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn Transport>> {
         D::Io::make_read_pipe_transport(&self.me(), pipe, protocol, waiter)
+    }
+
+    fn _check_pipes(&self) -> Result<()> {
+        D::Io::check_pipes()
     }
 
     fn _make_write_pipe_transport(

@@ -31,7 +31,6 @@
 //! handed to a thread that reaps it, so no zombie outlives the loop.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -40,27 +39,10 @@ use std::process::{Command, Stdio as StdStdio};
 use std::rc::Rc;
 
 use crate::base_events::BaseLoop;
+use crate::base_subprocess::{spawn_error, Argv};
 use crate::events::options::{Stdio, SubprocessOptions};
 use crate::exceptions::{Error, Result};
 use crate::log::{self, Level};
-
-/// What to run: a program and its arguments, or a shell command line.
-pub(crate) enum Argv {
-    /// `subprocess_exec`.
-    Exec(OsString, Vec<OsString>),
-    /// `subprocess_shell`: `/bin/sh -c cmd`.
-    Shell(OsString),
-}
-
-impl Argv {
-    /// The program as messages name it.
-    pub fn program(&self) -> &OsStr {
-        match self {
-            Argv::Exec(p, _) => p,
-            Argv::Shell(_) => OsStr::new("/bin/sh"),
-        }
-    }
-}
 
 /// A started child and the parent's ends of its pipes.
 pub(crate) struct Spawned {
@@ -367,24 +349,6 @@ fn mark_all_cloexec(limit: libc::c_int) {
         // SAFETY: F_SETFD on any number: EBADF for one that is not open.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-}
-
-/// Python's message for a failed spawn: `[Errno 2] No such file or
-/// directory: 'prog'`.
-fn spawn_error(e: &io::Error, argv: &Argv, options: &SubprocessOptions) -> Error {
-    let text = e.to_string();
-    let text = match text.find(" (os error") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    // A missing working directory is what Python names, when it is one.
-    let name = match &options.cwd {
-        Some(cwd) if e.kind() == io::ErrorKind::NotFound && !cwd.is_dir() => {
-            cwd.as_os_str().to_owned()
-        }
-        _ => argv.program().to_owned(),
-    };
-    Error::os(e, format!("{text}: '{}'", name.to_string_lossy()))
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -31,7 +31,7 @@ use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
-use super::pipe_base::{PipeBase, PipeEnd};
+use crate::base_events::pipe_base::{PipeBase, PipeEnd};
 use crate::base_events::sockets::is_retry;
 use crate::base_events::BaseLoop;
 use crate::exceptions::{Error, Result};

@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::rc::{Rc, Weak};
 
-use super::pipe_base::{FileKind, PipeBase, PipeEnd};
+use crate::base_events::pipe_base::{FileKind, PipeBase, PipeEnd};
 use crate::base_events::sockets::is_retry;
 use crate::base_events::BaseLoop;
 use crate::exceptions::{Error, Result};

@@ -1,9 +1,12 @@
-//! What the read- and write-pipe transports share: the descriptor and its
-//! checks, the protocol, the closing flag, and the end of the connection.
+//! What every pipe transport shares, on readiness (`unix_events`) and on
+//! completions (`proactor_events::pipe_transport`): the descriptor (a
+//! handle on Windows) and its checks, the protocol, the closing flag, and
+//! the end of the connection.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fs::File;
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
@@ -27,14 +30,49 @@ pub(crate) enum PipeEnd {
 
 /// The kind of file behind a pipe transport's descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(windows, allow(dead_code))] // completion transports do not ask
 pub(crate) enum FileKind {
     Fifo,
     Socket,
     CharDevice,
 }
 
+fn not_a_pipe(end: PipeEnd) -> Error {
+    Error::value(match end {
+        PipeEnd::Read => "Pipe transport is for pipes/sockets only.",
+        PipeEnd::Write => "Pipe transport is only for pipes, sockets and character devices",
+    })
+}
+
+/// The descriptor's number: on Windows the handle's value.
+#[cfg(unix)]
+fn raw(file: &File) -> RawFd {
+    file.as_raw_fd()
+}
+
+/// The descriptor's number: on Windows the handle's value.
+#[cfg(windows)]
+fn raw(file: &File) -> RawFd {
+    std::os::windows::io::AsRawHandle::as_raw_handle(file) as usize as RawFd
+}
+
+/// asyncio's check on Windows: a pipe (named or anonymous) or a character
+/// device, by `GetFileType`.
+#[cfg(windows)]
+pub(crate) fn check_pipe(file: &File, end: PipeEnd) -> Result<FileKind> {
+    use windows_sys::Win32::Storage::FileSystem::{GetFileType, FILE_TYPE_CHAR, FILE_TYPE_PIPE};
+    // SAFETY: the handle is open for the borrow; GetFileType only reads it.
+    let kind = unsafe { GetFileType(std::os::windows::io::AsRawHandle::as_raw_handle(file)) };
+    match kind {
+        FILE_TYPE_PIPE => Ok(FileKind::Fifo),
+        FILE_TYPE_CHAR => Ok(FileKind::CharDevice),
+        _ => Err(not_a_pipe(end)),
+    }
+}
+
 /// asyncio's check: pipes, sockets and character devices only, with
 /// asyncio's `ValueError` text for anything else.
+#[cfg(unix)]
 pub(crate) fn check_pipe(file: &File, end: PipeEnd) -> Result<FileKind> {
     use std::os::unix::fs::FileTypeExt;
     let ft = file.metadata()?.file_type();
@@ -45,13 +83,11 @@ pub(crate) fn check_pipe(file: &File, end: PipeEnd) -> Result<FileKind> {
     } else if ft.is_char_device() {
         Ok(FileKind::CharDevice)
     } else {
-        Err(Error::value(match end {
-            PipeEnd::Read => "Pipe transport is for pipes/sockets only.",
-            PipeEnd::Write => "Pipe transport is only for pipes, sockets and character devices",
-        }))
+        Err(not_a_pipe(end))
     }
 }
 
+#[cfg(unix)]
 /// Sets `O_NONBLOCK` on `fd` (asyncio's `os.set_blocking(fd, False)`).
 pub(crate) fn set_nonblocking(fd: RawFd) -> Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own read and set its
@@ -91,17 +127,21 @@ pub(crate) struct Prepared {
     lp: Rc<dyn BaseLoop>,
     file: File,
     /// What the descriptor is.
+    #[cfg_attr(windows, allow(dead_code))]
     pub kind: FileKind,
 }
 
 impl PipeBase {
     /// asyncio's constructor preamble: the loop must be open, `file` a
-    /// pipe, socket or character device; it is made non-blocking.
+    /// pipe, socket or character device; on Unix it is made non-blocking
+    /// (a completion backend's handle must have been opened for
+    /// overlapped I/O instead).
     pub fn prepare(lp: Rc<dyn BaseLoop>, file: File, end: PipeEnd) -> Result<Prepared> {
         if lp.is_closed() {
             return Err(Error::loop_closed());
         }
         let kind = check_pipe(&file, end)?;
+        #[cfg(unix)]
         set_nonblocking(file.as_raw_fd())?;
         Ok(Prepared { lp, file, kind })
     }
@@ -112,7 +152,7 @@ impl PipeBase {
         PipeBase {
             lp,
             this,
-            fd: file.as_raw_fd(),
+            fd: raw(&file),
             file: RefCell::new(Some(file)),
             protocol: RefCell::new(protocol),
             closing: Cell::new(false),

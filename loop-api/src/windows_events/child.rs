@@ -1,0 +1,308 @@
+//! The Windows side of subprocesses (asyncio's `windows_utils.Popen` and
+//! the process wait of `windows_events`): starting a child with
+//! `CreateProcess` (through `std::process`), and learning of its exit.
+//!
+//! # Spawning
+//! `std::process::Command` builds the command line with the quoting the C
+//! runtime's parser undoes (a shell command line is passed to
+//! `%COMSPEC% /c "..."` unquoted, as Python does). A pipe is an overlapped
+//! named pipe ([`windows_utils::pipe`](crate::windows_utils::pipe)): the
+//! loop's end overlapped, the child's end plain; the child's stdin is
+//! duplex so that the loop sees the child closing it. The child's ends are
+//! inherited only by that child (std duplicates them as inheritable for
+//! the one `CreateProcess` call) and closed in the parent right after.
+//! `close_fds` is what Windows does anyway (only handles made inheritable
+//! are inherited); `pass_fds` is refused, as Python refuses it;
+//! `start_new_session` and `process_group` have no Windows meaning and are
+//! ignored (use `creation_flags`, e.g. `CREATE_NEW_PROCESS_GROUP`).
+//!
+//! # Exit
+//! A thread per child waits on a duplicate of the process handle and
+//! hands the exit code to the loop (`call_soon_threadsafe` through a loop
+//! future); asyncio registers the same wait with the thread pool
+//! (`RegisterWaitForSingleObject`). No zombie exists on Windows: the
+//! handles close when the child and the transport are done.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io;
+use std::os::windows::io::{AsHandle, AsRawHandle, OwnedHandle};
+use std::os::windows::process::CommandExt;
+use std::process::{Command, Stdio as StdStdio};
+use std::rc::Rc;
+
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, STILL_ACTIVE, WAIT_OBJECT_0};
+use windows_sys::Win32::System::Console::{
+    GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT, CTRL_C_EVENT,
+};
+use windows_sys::Win32::System::Threading::{
+    GetExitCodeProcess, TerminateProcess, WaitForSingleObject, INFINITE,
+};
+
+use crate::base_events::BaseLoop;
+use crate::base_subprocess::{spawn_error, Argv};
+use crate::events::options::{Stdio, SubprocessOptions};
+use crate::exceptions::{Error, Result};
+use crate::windows_utils::{pipe, Overlapped};
+
+/// `signal.SIGTERM` as Python numbers it on Windows: terminates.
+pub const SIGTERM: i32 = 15;
+
+/// A started child and the loop's ends of its pipes.
+pub(crate) struct Spawned {
+    pub child: Child,
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+}
+
+/// A child process: its id and its process handle.
+#[derive(Clone)]
+pub(crate) struct Child(Rc<Inner>);
+
+struct Inner {
+    pid: u32,
+    handle: OwnedHandle,
+    /// The exit was seen (and reported to the loop).
+    exited: Cell<bool>,
+}
+
+/// asyncio's `ProcessLookupError`: the child is gone. Python's errno for
+/// it is `ESRCH`, 3, on Windows too.
+pub(crate) fn process_lookup_error() -> Error {
+    Error::os(&io::Error::from_raw_os_error(3), "No such process")
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.0.pid
+    }
+
+    /// asyncio's `Popen.send_signal` on Windows: `SIGTERM` terminates,
+    /// `CTRL_C_EVENT` and `CTRL_BREAK_EVENT` go to the child's console
+    /// process group (`GenerateConsoleCtrlEvent`), anything else is a
+    /// `ValueError`.
+    pub fn send_signal(&self, sig: i32) -> Result<()> {
+        if self.0.exited.get() {
+            return Err(process_lookup_error());
+        }
+        match sig {
+            SIGTERM => self.terminate(),
+            s if s == CTRL_C_EVENT as i32 || s == CTRL_BREAK_EVENT as i32 => {
+                // SAFETY: no memory is passed; a bad group id fails.
+                if unsafe { GenerateConsoleCtrlEvent(s as u32, self.0.pid) } == 0 {
+                    return Err(io::Error::last_os_error().into());
+                }
+                Ok(())
+            }
+            other => Err(Error::value(format!("Unsupported signal: {other}"))),
+        }
+    }
+
+    /// `TerminateProcess` with exit code 1, as Python's. A child that
+    /// exited since (access denied, and an exit code) is left alone.
+    pub fn terminate(&self) -> Result<()> {
+        if self.0.exited.get() {
+            return Err(process_lookup_error());
+        }
+        let h = self.0.handle.as_raw_handle();
+        // SAFETY: the process handle is open while `self` lives.
+        if unsafe { TerminateProcess(h, 1) } != 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32) {
+            let mut code = 0u32;
+            // SAFETY: as above; `code` is valid for writes.
+            if unsafe { GetExitCodeProcess(h, &mut code) } != 0 && code != STILL_ACTIVE as u32 {
+                return Ok(());
+            }
+        }
+        Err(e.into())
+    }
+
+    /// The same as [`Child::terminate`] on Windows.
+    pub fn kill(&self) -> Result<()> {
+        self.terminate()
+    }
+}
+
+// ----- spawning ---------------------------------------------------------------------
+
+/// A standard stream's two sides: what the child gets (`None` inherits),
+/// and the loop's end of a pipe.
+struct Side {
+    child: Option<File>,
+    parent: Option<File>,
+}
+
+fn side(stdio: &Stdio, write: bool, name: &str) -> Result<Side> {
+    Ok(match stdio {
+        Stdio::Inherit => Side {
+            child: None,
+            parent: None,
+        },
+        Stdio::Pipe => {
+            if write {
+                // stdout/stderr: the loop reads (overlapped), the child
+                // writes (plain).
+                let (r, w) = pipe(
+                    false,
+                    Overlapped {
+                        read: true,
+                        write: false,
+                    },
+                )?;
+                Side {
+                    child: Some(w),
+                    parent: Some(r),
+                }
+            } else {
+                // stdin: duplex, so that the loop's end can watch for the
+                // child closing its own.
+                let (r, w) = pipe(
+                    true,
+                    Overlapped {
+                        read: false,
+                        write: true,
+                    },
+                )?;
+                Side {
+                    child: Some(r),
+                    parent: Some(w),
+                }
+            }
+        }
+        Stdio::DevNull => Side {
+            child: Some(
+                std::fs::OpenOptions::new()
+                    .read(!write)
+                    .write(write)
+                    .open("NUL")?,
+            ),
+            parent: None,
+        },
+        Stdio::File(f) => Side {
+            child: Some(f.try_clone()?),
+            parent: None,
+        },
+        Stdio::Stdout => {
+            return Err(Error::value(format!(
+                "STDOUT can only be used for stderr, not for {name}"
+            )))
+        }
+    })
+}
+
+fn to_std(f: Option<File>) -> StdStdio {
+    match f {
+        Some(f) => StdStdio::from(f),
+        None => StdStdio::inherit(),
+    }
+}
+
+/// Starts `argv` with `options` (asyncio's `windows_utils.Popen(...)`).
+pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned> {
+    if !options.pass_fds.is_empty() {
+        return Err(Error::value("pass_fds is not supported on Windows"));
+    }
+    let stdin = side(&options.stdin, false, "stdin")?;
+    let mut stdout = side(&options.stdout, true, "stdout")?;
+    let stderr = match &options.stderr {
+        Stdio::Stdout => Side {
+            child: Some(match &stdout.child {
+                Some(f) => f.try_clone()?,
+                None => File::from(io::stdout().as_handle().try_clone_to_owned()?),
+            }),
+            parent: None,
+        },
+        other => side(other, true, "stderr")?,
+    };
+    let mut cmd = match argv {
+        Argv::Exec(program, args) => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+        Argv::Shell(line) => {
+            let comspec = std::env::var_os("COMSPEC").unwrap_or_else(|| "cmd.exe".into());
+            let mut c = Command::new(comspec);
+            let mut raw = std::ffi::OsString::from("/c \"");
+            raw.push(line);
+            raw.push("\"");
+            c.raw_arg(raw);
+            c
+        }
+    };
+    cmd.stdin(to_std(stdin.child))
+        .stdout(to_std(stdout.child.take()))
+        .stderr(to_std(stderr.child));
+    if let Some(env) = &options.env {
+        cmd.env_clear();
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    if let Some(cwd) = &options.cwd {
+        cmd.current_dir(cwd);
+    }
+    if options.creation_flags != 0 {
+        cmd.creation_flags(options.creation_flags);
+    }
+    let spawned = cmd.spawn();
+    // The child's ends are in `cmd`: closed now, so that the loop sees the
+    // end of a stream when the child (and its children) close theirs.
+    drop(cmd);
+    let child = spawned.map_err(|e| spawn_error(&e, argv, options))?;
+    let pid = child.id();
+    Ok(Spawned {
+        child: Child(Rc::new(Inner {
+            pid,
+            handle: OwnedHandle::from(child),
+            exited: Cell::new(false),
+        })),
+        stdin: stdin.parent,
+        stdout: stdout.parent,
+        stderr: stderr.parent,
+    })
+}
+
+// ----- the exit -----------------------------------------------------------------------
+
+/// Watches `child` for its exit: `on_exit(returncode)` runs on the loop
+/// once it exited.
+pub(crate) fn watch(
+    lp: &Rc<dyn BaseLoop>,
+    child: &Child,
+    on_exit: impl FnOnce(i32) + 'static,
+) -> Result<()> {
+    let fut = crate::futures::Future::<i32>::new(lp.as_loop());
+    let completer = fut.completer();
+    let handle = child.0.handle.try_clone()?;
+    let pid = child.pid();
+    std::thread::Builder::new()
+        .name(format!("wait {pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let h = handle.as_raw_handle();
+            // SAFETY: `handle` is a process handle this thread owns.
+            let waited = unsafe { WaitForSingleObject(h, INFINITE) };
+            let mut code = 0u32;
+            // SAFETY: as above; `code` is valid for writes.
+            let ok = waited == WAIT_OBJECT_0 && unsafe { GetExitCodeProcess(h, &mut code) } != 0;
+            let _ = if ok {
+                completer.set_result(code as i32)
+            } else {
+                completer.set_exception(io::Error::last_os_error().into())
+            };
+        })?;
+    let state = child.clone();
+    fut.add_done_callback(
+        move |f| {
+            state.0.exited.set(true);
+            if let Ok(code) = f.result() {
+                on_exit(code);
+            }
+        },
+        None,
+    );
+    Ok(())
+}
