@@ -785,7 +785,11 @@ impl IoModel<UringDriver> for UringDriver {
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn Transport>> {
-        <SelectorIo as IoModel<Self>>::make_read_pipe_transport(lp, pipe, protocol, waiter)
+        if crate::pipe::takes_requests(&pipe) {
+            crate::pipe::create_read(lp, pipe, protocol, waiter)
+        } else {
+            <SelectorIo as IoModel<Self>>::make_read_pipe_transport(lp, pipe, protocol, waiter)
+        }
     }
 
     fn make_write_pipe_transport(
@@ -794,7 +798,11 @@ impl IoModel<UringDriver> for UringDriver {
         protocol: Rc<dyn Protocol>,
         waiter: Option<Future<()>>,
     ) -> Result<Rc<dyn Transport>> {
-        <SelectorIo as IoModel<Self>>::make_write_pipe_transport(lp, pipe, protocol, waiter)
+        if crate::pipe::takes_requests(&pipe) {
+            crate::pipe::create_write(lp, pipe, protocol, waiter)
+        } else {
+            <SelectorIo as IoModel<Self>>::make_write_pipe_transport(lp, pipe, protocol, waiter)
+        }
     }
 
     fn start_serving(

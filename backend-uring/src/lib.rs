@@ -37,6 +37,8 @@ mod driver;
 #[cfg(target_os = "linux")]
 mod ops;
 #[cfg(target_os = "linux")]
+mod pipe;
+#[cfg(target_os = "linux")]
 mod sock_ops;
 #[cfg(target_os = "linux")]
 mod transport;

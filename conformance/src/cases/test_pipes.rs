@@ -718,7 +718,8 @@ pub fn test_write_pipe_write_eof(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-/// `abort` drops the buffer and ends at once; the reader sees EOF.
+/// `abort` drops the buffer and ends at once; the reader sees what the
+/// pipe took, then EOF.
 pub fn test_write_pipe_abort(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
@@ -734,7 +735,12 @@ pub fn test_write_pipe_abort(ctx: &Ctx) -> Result<()> {
     assert!(rec.lost()[0].is_none());
     let mut got = Vec::new();
     r.read_to_end(&mut got)?;
-    assert_eq!(got.len(), 1024 * 1024 - buffered, "only what the pipe took");
+    // What the pipe took before the abort: on readiness exactly what was
+    // not buffered; on completions (where the buffer size counts the
+    // write in flight) whatever part of that write the kernel had done.
+    assert!(got.len() >= 1024 * 1024 - buffered, "what the pipe took");
+    assert!(got.len() < 1024 * 1024, "the rest was dropped");
+    assert!(got == pattern(got.len()), "a prefix of what was written");
     lp.close()
 }
 

@@ -9,15 +9,18 @@
 //!   [`RecvEvent::Eof`]), is EOF: `eof_received`, then `connection_lost(None)`.
 //!   `pause_reading` lets the read in flight complete and holds what it
 //!   brings until `resume_reading`.
-//! - Writing (a write pipe): `write` copies into the buffer; when no write
-//!   is in flight the whole buffer goes to one request, and what is
+//! - Writing (a write pipe): `write` is first offered to the pipe at once
+//!   where the backend can ([`PipeIo::write_now`]); what is left is copied
+//!   into the buffer; when no write is in flight the whole buffer goes to
+//!   one request, and what is
 //!   written meanwhile waits for its completion. Flow control is the shared
 //!   [`FlowControl`]; the buffer size counts what is in flight, as
 //!   asyncio's proactor does.
 //! - The reader going away (a write pipe): a read request on the write end
 //!   (asyncio makes a child's stdin duplex for this) completes when the
-//!   other end closes. The transport then ends, with `BrokenPipeError` if a
-//!   write was still outstanding, else cleanly. An end that cannot be read
+//!   other end closes. The transport then ends cleanly if everything was
+//!   written, else with `BrokenPipeError` (a write still in flight decides
+//!   which when it completes). An end that cannot be read
 //!   (a one-way pipe) is not watched; a write then fails instead.
 //! - `write_eof` and `close` flush, then close the handle after
 //!   `connection_lost(None)`; `abort` drops the buffer. Writes after the
@@ -58,6 +61,21 @@ pub trait PipeIo: Sized + 'static {
     /// [`ProactorPipeTransport::on_written`] with `data`.
     fn start_write(transport: &Rc<ProactorPipeTransport<Self>>, data: Vec<u8>) -> Result<()>;
 
+    /// Offers `parts` to the pipe at once, without blocking (a
+    /// non-blocking `writev` from the caller's bytes): how many bytes it
+    /// took, `WouldBlock` if none, or the error. What it does not take goes
+    /// by request. `None`: the backend does not do this.
+    ///
+    /// A backend whose requests start only at its next submission should:
+    /// bytes written before the reader goes away then reach the pipe, as
+    /// they do on readiness, and need no copy.
+    fn write_now(
+        _transport: &ProactorPipeTransport<Self>,
+        _parts: &[&[u8]],
+    ) -> Option<io::Result<usize>> {
+        None
+    }
+
     /// Asks the kernel to cancel every request in flight.
     fn cancel_all(&self);
 
@@ -92,6 +110,8 @@ pub struct ProactorPipeTransport<I: PipeIo> {
     /// Bytes of the write in flight (0: none).
     in_flight: Cell<usize>,
     writing: Cell<bool>,
+    /// The reader went away while a write was in flight.
+    reader_left: Cell<bool>,
     flow: FlowControl,
 }
 
@@ -145,6 +165,7 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
             buffer: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             writing: Cell::new(false),
+            reader_left: Cell::new(false),
             flow: FlowControl::default(),
         });
         let me = t.clone();
@@ -263,10 +284,16 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
             .schedule_connection_lost(move || me.base.connection_lost(None));
     }
 
-    /// asyncio's `_pipe_closed` on a write pipe.
+    /// asyncio's `_pipe_closed` on a write pipe. A write still in flight
+    /// decides: it either went out before the reader left (then the end is
+    /// clean if nothing else waits) or fails.
     fn reader_gone(&self) {
         self.base.debug("was closed by peer");
-        if self.writing.get() || !self.buffer.borrow().is_empty() {
+        if self.writing.get() {
+            self.reader_left.set(true);
+            return;
+        }
+        if !self.buffer.borrow().is_empty() {
             self.close_with(Some(io::Error::from(io::ErrorKind::BrokenPipe).into()));
         } else {
             self.close_with(None);
@@ -285,6 +312,14 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
             Err(e) => {
                 self.base.conn_lost.set(self.base.conn_lost.get() + 1);
                 self.fatal_error(e.into(), "Fatal write error on pipe transport");
+            }
+            Ok(n) if self.reader_left.get() => {
+                let sent_all = n == data.len() && self.buffer.borrow().is_empty();
+                self.close_with(if sent_all {
+                    None
+                } else {
+                    Some(io::Error::from(io::ErrorKind::BrokenPipe).into())
+                });
             }
             Ok(n) => {
                 if n < data.len() {
@@ -370,10 +405,28 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
         if total == 0 || !self.accepts_write() {
             return Ok(());
         }
+        let mut sent = 0;
+        if !self.writing.get() && self.buffer.borrow().is_empty() {
+            match I::write_now(self, parts) {
+                None => {}
+                Some(Ok(n)) => sent = n,
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Some(Err(e)) => {
+                    self.base.conn_lost.set(self.base.conn_lost.get() + 1);
+                    self.fatal_error(e.into(), "Fatal write error on pipe transport");
+                    return Ok(());
+                }
+            }
+            if sent == total {
+                return Ok(());
+            }
+        }
         {
             let mut b = self.buffer.borrow_mut();
             for p in parts {
-                b.extend_from_slice(p);
+                let skip = sent.min(p.len());
+                sent -= skip;
+                b.extend_from_slice(&p[skip..]);
             }
         }
         self.start_write();
