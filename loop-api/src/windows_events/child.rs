@@ -17,11 +17,11 @@
 //! ignored (use `creation_flags`, e.g. `CREATE_NEW_PROCESS_GROUP`).
 //!
 //! # Exit
-//! A thread per child waits on a duplicate of the process handle and
-//! hands the exit code to the loop (`call_soon_threadsafe` through a loop
-//! future); asyncio registers the same wait with the thread pool
-//! (`RegisterWaitForSingleObject`). No zombie exists on Windows: the
-//! handles close when the child and the transport are done.
+//! The system thread pool waits on a duplicate of the process handle
+//! (`RegisterWaitForSingleObject`, as asyncio's `RegisterWaitWithQueue`)
+//! and hands the exit code to the loop (`call_soon_threadsafe` through a
+//! loop future). No zombie exists on Windows: the handles close when the
+//! child and the transport are done.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -31,12 +31,13 @@ use std::os::windows::process::CommandExt;
 use std::process::{Command, Stdio as StdStdio};
 use std::rc::Rc;
 
-use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, STILL_ACTIVE, WAIT_OBJECT_0};
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, HANDLE, STILL_ACTIVE};
 use windows_sys::Win32::System::Console::{
     GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT, CTRL_C_EVENT,
 };
 use windows_sys::Win32::System::Threading::{
-    GetExitCodeProcess, TerminateProcess, WaitForSingleObject, INFINITE,
+    GetExitCodeProcess, RegisterWaitForSingleObject, TerminateProcess, UnregisterWait, INFINITE,
+    WT_EXECUTEONLYONCE,
 };
 
 use crate::base_events::BaseLoop;
@@ -267,36 +268,79 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
 
 // ----- the exit -----------------------------------------------------------------------
 
+/// What the thread pool's wait callback needs: the process handle (a
+/// duplicate, owned here) and the future to complete.
+struct ExitWait {
+    handle: OwnedHandle,
+    completer: crate::concurrent::FutureCompleter<i32>,
+}
+
+/// The wait callback, on a thread-pool thread, once the process is
+/// signalled (it exited).
+///
+/// # Safety
+/// `context` is the `Box<ExitWait>` that [`watch`] leaked for this wait,
+/// which runs once (`WT_EXECUTEONLYONCE`); this takes it back.
+unsafe extern "system" fn exited(context: *mut std::ffi::c_void, _timed_out: bool) {
+    // SAFETY: the caller's promise: the leaked box, handed over once.
+    let wait = unsafe { Box::from_raw(context.cast::<ExitWait>()) };
+    let mut code = 0u32;
+    // SAFETY: the handle is open (owned by `wait`); `code` is valid for
+    // writes.
+    let ok = unsafe { GetExitCodeProcess(wait.handle.as_raw_handle(), &mut code) } != 0;
+    let _ = if ok {
+        wait.completer.set_result(code as i32)
+    } else {
+        wait.completer
+            .set_exception(io::Error::last_os_error().into())
+    };
+}
+
 /// Watches `child` for its exit: `on_exit(returncode)` runs on the loop
-/// once it exited.
+/// once it exited. The wait is the system thread pool's
+/// (`RegisterWaitForSingleObject`, as asyncio's `RegisterWaitWithQueue`),
+/// which wakes the loop through `call_soon_threadsafe`; no thread of ours
+/// per child.
 pub(crate) fn watch(
     lp: &Rc<dyn BaseLoop>,
     child: &Child,
     on_exit: impl FnOnce(i32) + 'static,
 ) -> Result<()> {
     let fut = crate::futures::Future::<i32>::new(lp.as_loop());
-    let completer = fut.completer();
     let handle = child.0.handle.try_clone()?;
-    let pid = child.pid();
-    std::thread::Builder::new()
-        .name(format!("wait {pid}"))
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let h = handle.as_raw_handle();
-            // SAFETY: `handle` is a process handle this thread owns.
-            let waited = unsafe { WaitForSingleObject(h, INFINITE) };
-            let mut code = 0u32;
-            // SAFETY: as above; `code` is valid for writes.
-            let ok = waited == WAIT_OBJECT_0 && unsafe { GetExitCodeProcess(h, &mut code) } != 0;
-            let _ = if ok {
-                completer.set_result(code as i32)
-            } else {
-                completer.set_exception(io::Error::last_os_error().into())
-            };
-        })?;
+    let process = handle.as_raw_handle();
+    let context = Box::into_raw(Box::new(ExitWait {
+        handle,
+        completer: fut.completer(),
+    }));
+    let mut wait: HANDLE = std::ptr::null_mut();
+    // SAFETY: `context` is a leaked box that only `exited` takes back,
+    // once; the process handle it owns stays open until then, which is
+    // what the wait waits on.
+    let ok = unsafe {
+        RegisterWaitForSingleObject(
+            &mut wait,
+            process,
+            Some(exited),
+            context.cast(),
+            INFINITE,
+            WT_EXECUTEONLYONCE,
+        )
+    };
+    if ok == 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: the wait was not registered, so `exited` never runs and
+        // the box is still ours.
+        drop(unsafe { Box::from_raw(context) });
+        return Err(e.into());
+    }
     let state = child.clone();
     fut.add_done_callback(
         move |f| {
+            // The callback ran (it completed the future): release the
+            // wait's resources without blocking.
+            // SAFETY: `wait` is the registered wait's handle, released once.
+            unsafe { UnregisterWait(wait) };
             state.0.exited.set(true);
             if let Ok(code) = f.result() {
                 on_exit(code);
