@@ -32,7 +32,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
 use crate::base_events::BaseLoop;
-use crate::events::options::SubprocessOptions;
+use crate::events::options::{Stdio, SubprocessOptions};
 use crate::events::{EventLoopExt, LocalBoxFuture, SubprocessPair};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
@@ -68,6 +68,125 @@ impl Argv {
             #[cfg(windows)]
             Argv::Shell(_) => std::ffi::OsStr::new("cmd.exe"),
         }
+    }
+}
+
+/// What a platform supplies to [`prepare_command`]: a pipe for one
+/// standard stream, and its null device.
+pub(crate) trait Streams {
+    /// A pipe for a child's stream, as `(child's end, loop's end)`; the
+    /// child writes to it if `child_writes` (stdout, stderr), else reads
+    /// from it (stdin).
+    fn pipe(child_writes: bool) -> std::io::Result<(File, File)>;
+    /// The null device's path (`/dev/null`, `NUL`).
+    const DEVNULL: &'static str;
+}
+
+/// One standard stream: what the child gets (`None` inherits), and the
+/// loop's end of its pipe.
+struct Side {
+    child: Option<File>,
+    parent: Option<File>,
+}
+
+fn side<S: Streams>(stdio: &Stdio, child_writes: bool, name: &str) -> Result<Side> {
+    Ok(match stdio {
+        Stdio::Inherit => Side {
+            child: None,
+            parent: None,
+        },
+        Stdio::Pipe => {
+            let (child, parent) = S::pipe(child_writes)?;
+            Side {
+                child: Some(child),
+                parent: Some(parent),
+            }
+        }
+        Stdio::DevNull => Side {
+            child: Some(
+                std::fs::OpenOptions::new()
+                    .read(!child_writes)
+                    .write(child_writes)
+                    .open(S::DEVNULL)?,
+            ),
+            parent: None,
+        },
+        Stdio::File(f) => Side {
+            child: Some(f.try_clone()?),
+            parent: None,
+        },
+        Stdio::Stdout => {
+            return Err(Error::value(format!(
+                "STDOUT can only be used for stderr, not for {name}"
+            )))
+        }
+    })
+}
+
+fn to_std(f: Option<File>) -> std::process::Stdio {
+    f.map_or_else(std::process::Stdio::inherit, std::process::Stdio::from)
+}
+
+/// The loop's ends of a child's pipes, each `None` unless that stream is
+/// a pipe.
+pub(crate) struct LoopEnds {
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+}
+
+/// What both platforms set alike on the `Command` that starts `argv`:
+/// the standard streams (pipes from `S`, `STDOUT` for stderr as the
+/// child's stdout), `env` and `cwd`. `cmd` is the platform's command for
+/// the program or shell line. Returns the loop's ends; the child's are in
+/// `cmd` (drop it after spawning, so that the loop sees the streams end).
+pub(crate) fn prepare_command<S: Streams>(
+    cmd: &mut std::process::Command,
+    options: &SubprocessOptions,
+) -> Result<LoopEnds> {
+    let stdin = side::<S>(&options.stdin, false, "stdin")?;
+    let stdout = side::<S>(&options.stdout, true, "stdout")?;
+    let stderr = match &options.stderr {
+        Stdio::Stdout => Side {
+            child: Some(match &stdout.child {
+                Some(f) => f.try_clone()?,
+                None => stdout_of_this_process()?,
+            }),
+            parent: None,
+        },
+        other => side::<S>(other, true, "stderr")?,
+    };
+    cmd.stdin(to_std(stdin.child))
+        .stdout(to_std(stdout.child))
+        .stderr(to_std(stderr.child));
+    if let Some(env) = &options.env {
+        cmd.env_clear();
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    if let Some(cwd) = &options.cwd {
+        cmd.current_dir(cwd);
+    }
+    Ok(LoopEnds {
+        stdin: stdin.parent,
+        stdout: stdout.parent,
+        stderr: stderr.parent,
+    })
+}
+
+/// A duplicate of this process's stdout, for `stderr=STDOUT` when stdout
+/// is inherited.
+fn stdout_of_this_process() -> std::io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        Ok(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsHandle;
+        Ok(File::from(
+            std::io::stdout().as_handle().try_clone_to_owned()?,
+        ))
     }
 }
 

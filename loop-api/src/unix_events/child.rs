@@ -33,14 +33,14 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio as StdStdio};
+use std::process::Command;
 use std::rc::Rc;
 
 use crate::base_events::BaseLoop;
-use crate::base_subprocess::{spawn_error, Argv};
-use crate::events::options::{Stdio, SubprocessOptions};
+use crate::base_subprocess::{prepare_command, spawn_error, Argv, Streams};
+use crate::events::options::SubprocessOptions;
 use crate::exceptions::{Error, Result};
 use crate::log::{self, Level};
 
@@ -122,62 +122,16 @@ impl Child {
 
 // ----- spawning ---------------------------------------------------------------------
 
-/// A standard stream's two sides: what the child gets, and the parent's
-/// end of a pipe.
-struct Side {
-    child: Option<OwnedFd>,
-    parent: Option<File>,
-}
+/// Plain pipes (close-on-exec; `std` hands the child its ends).
+struct UnixStreams;
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = io::pipe()?;
-    Ok((OwnedFd::from(r), OwnedFd::from(w)))
-}
-
-fn devnull(write: bool) -> io::Result<OwnedFd> {
-    let f = std::fs::OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .open("/dev/null")?;
-    Ok(OwnedFd::from(f))
-}
-
-/// The child's side of one stream; `None` inherits.
-fn side(stdio: &Stdio, write: bool, name: &str) -> Result<Side> {
-    Ok(match stdio {
-        Stdio::Inherit => Side {
-            child: None,
-            parent: None,
-        },
-        Stdio::Pipe => {
-            let (r, w) = pipe()?;
-            let (child, parent) = if write { (w, r) } else { (r, w) };
-            Side {
-                child: Some(child),
-                parent: Some(File::from(parent)),
-            }
-        }
-        Stdio::DevNull => Side {
-            child: Some(devnull(write)?),
-            parent: None,
-        },
-        Stdio::File(f) => Side {
-            child: Some(f.as_fd().try_clone_to_owned()?),
-            parent: None,
-        },
-        Stdio::Stdout => {
-            return Err(Error::value(format!(
-                "STDOUT can only be used for stderr, not for {name}"
-            )))
-        }
-    })
-}
-
-fn to_std(fd: Option<OwnedFd>) -> StdStdio {
-    match fd {
-        Some(fd) => StdStdio::from(fd),
-        None => StdStdio::inherit(),
+impl Streams for UnixStreams {
+    fn pipe(child_writes: bool) -> io::Result<(File, File)> {
+        let (r, w) = io::pipe()?;
+        let (r, w) = (File::from(OwnedFd::from(r)), File::from(OwnedFd::from(w)));
+        Ok(if child_writes { (w, r) } else { (r, w) })
     }
+    const DEVNULL: &'static str = "/dev/null";
 }
 
 /// The highest descriptor number to mark close-on-exec where
@@ -194,19 +148,6 @@ fn fd_limit() -> libc::c_int {
 
 /// Starts `argv` with `options` (asyncio's `subprocess.Popen(...)` call).
 pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned> {
-    let stdin = side(&options.stdin, false, "stdin")?;
-    let mut stdout = side(&options.stdout, true, "stdout")?;
-    let stderr = match &options.stderr {
-        Stdio::Stdout => Side {
-            child: Some(match &stdout.child {
-                Some(fd) => fd.try_clone()?,
-                None => io::stdout().as_fd().try_clone_to_owned()?,
-            }),
-            parent: None,
-        },
-        other => side(other, true, "stderr")?,
-    };
-
     let mut cmd = match argv {
         Argv::Exec(program, args) => {
             let mut c = Command::new(program);
@@ -219,16 +160,7 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
             c
         }
     };
-    cmd.stdin(to_std(stdin.child))
-        .stdout(to_std(stdout.child.take()))
-        .stderr(to_std(stderr.child));
-    if let Some(env) = &options.env {
-        cmd.env_clear();
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    }
-    if let Some(cwd) = &options.cwd {
-        cmd.current_dir(cwd);
-    }
+    let ends = prepare_command::<UnixStreams>(&mut cmd, options)?;
     if let Some(pgid) = options.process_group {
         cmd.process_group(pgid);
     }
@@ -278,9 +210,9 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
             pidfd: RefCell::new(pidfd_open(pid)),
             reaped: Cell::new(false),
         })),
-        stdin: stdin.parent,
-        stdout: stdout.parent,
-        stderr: stderr.parent,
+        stdin: ends.stdin,
+        stdout: ends.stdout,
+        stderr: ends.stderr,
     })
 }
 

@@ -26,9 +26,9 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io;
-use std::os::windows::io::{AsHandle, AsRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, OwnedHandle};
 use std::os::windows::process::CommandExt;
-use std::process::{Command, Stdio as StdStdio};
+use std::process::Command;
 use std::rc::Rc;
 
 use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, HANDLE, STILL_ACTIVE};
@@ -41,8 +41,8 @@ use windows_sys::Win32::System::Threading::{
 };
 
 use crate::base_events::BaseLoop;
-use crate::base_subprocess::{spawn_error, Argv};
-use crate::events::options::{Stdio, SubprocessOptions};
+use crate::base_subprocess::{prepare_command, spawn_error, Argv, Streams};
+use crate::events::options::SubprocessOptions;
 use crate::exceptions::{Error, Result};
 use crate::windows_utils::{pipe, Overlapped};
 
@@ -130,76 +130,33 @@ impl Child {
 
 // ----- spawning ---------------------------------------------------------------------
 
-/// A standard stream's two sides: what the child gets (`None` inherits),
-/// and the loop's end of a pipe.
-struct Side {
-    child: Option<File>,
-    parent: Option<File>,
-}
+/// Overlapped named pipes: the loop's end overlapped, the child's plain;
+/// stdin duplex, so that the loop's end can watch for the child closing
+/// its own.
+struct WindowsStreams;
 
-fn side(stdio: &Stdio, write: bool, name: &str) -> Result<Side> {
-    Ok(match stdio {
-        Stdio::Inherit => Side {
-            child: None,
-            parent: None,
-        },
-        Stdio::Pipe => {
-            if write {
-                // stdout/stderr: the loop reads (overlapped), the child
-                // writes (plain).
-                let (r, w) = pipe(
-                    false,
-                    Overlapped {
-                        read: true,
-                        write: false,
-                    },
-                )?;
-                Side {
-                    child: Some(w),
-                    parent: Some(r),
-                }
-            } else {
-                // stdin: duplex, so that the loop's end can watch for the
-                // child closing its own.
-                let (r, w) = pipe(
-                    true,
-                    Overlapped {
-                        read: false,
-                        write: true,
-                    },
-                )?;
-                Side {
-                    child: Some(r),
-                    parent: Some(w),
-                }
-            }
+impl Streams for WindowsStreams {
+    fn pipe(child_writes: bool) -> io::Result<(File, File)> {
+        if child_writes {
+            let (r, w) = pipe(
+                false,
+                Overlapped {
+                    read: true,
+                    write: false,
+                },
+            )?;
+            Ok((w, r))
+        } else {
+            pipe(
+                true,
+                Overlapped {
+                    read: false,
+                    write: true,
+                },
+            )
         }
-        Stdio::DevNull => Side {
-            child: Some(
-                std::fs::OpenOptions::new()
-                    .read(!write)
-                    .write(write)
-                    .open("NUL")?,
-            ),
-            parent: None,
-        },
-        Stdio::File(f) => Side {
-            child: Some(f.try_clone()?),
-            parent: None,
-        },
-        Stdio::Stdout => {
-            return Err(Error::value(format!(
-                "STDOUT can only be used for stderr, not for {name}"
-            )))
-        }
-    })
-}
-
-fn to_std(f: Option<File>) -> StdStdio {
-    match f {
-        Some(f) => StdStdio::from(f),
-        None => StdStdio::inherit(),
     }
+    const DEVNULL: &'static str = "NUL";
 }
 
 /// Starts `argv` with `options` (asyncio's `windows_utils.Popen(...)`).
@@ -207,18 +164,6 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
     if !options.pass_fds.is_empty() {
         return Err(Error::value("pass_fds is not supported on Windows"));
     }
-    let stdin = side(&options.stdin, false, "stdin")?;
-    let mut stdout = side(&options.stdout, true, "stdout")?;
-    let stderr = match &options.stderr {
-        Stdio::Stdout => Side {
-            child: Some(match &stdout.child {
-                Some(f) => f.try_clone()?,
-                None => File::from(io::stdout().as_handle().try_clone_to_owned()?),
-            }),
-            parent: None,
-        },
-        other => side(other, true, "stderr")?,
-    };
     let mut cmd = match argv {
         Argv::Exec(program, args) => {
             let mut c = Command::new(program);
@@ -235,16 +180,7 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
             c
         }
     };
-    cmd.stdin(to_std(stdin.child))
-        .stdout(to_std(stdout.child.take()))
-        .stderr(to_std(stderr.child));
-    if let Some(env) = &options.env {
-        cmd.env_clear();
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    }
-    if let Some(cwd) = &options.cwd {
-        cmd.current_dir(cwd);
-    }
+    let ends = prepare_command::<WindowsStreams>(&mut cmd, options)?;
     if options.creation_flags != 0 {
         cmd.creation_flags(options.creation_flags);
     }
@@ -260,9 +196,9 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
             handle: OwnedHandle::from(child),
             exited: Cell::new(false),
         })),
-        stdin: stdin.parent,
-        stdout: stdout.parent,
-        stderr: stderr.parent,
+        stdin: ends.stdin,
+        stdout: ends.stdout,
+        stderr: ends.stderr,
     })
 }
 
