@@ -266,6 +266,24 @@ impl PipeBase {
         }
     }
 
+    /// `false` for a write after the end (`close`, `write_eof`, an
+    /// error), which is dropped: counted, with asyncio's warning from the
+    /// fifth on.
+    pub fn accepts_write(&self) -> bool {
+        if self.conn_lost.get() > 0 || self.closing.get() {
+            let lost = self.conn_lost.get();
+            if lost >= lifecycle::LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                log::log(
+                    Level::Warning,
+                    "pipe closed by peer or os.write(pipe, data) raised exception.",
+                );
+            }
+            self.conn_lost.set(lost + 1);
+            return false;
+        }
+        true
+    }
+
     /// True once `connection_lost` is scheduled.
     pub fn ended(&self) -> bool {
         self.ended.get()

@@ -41,10 +41,8 @@ use crate::base_events::BaseLoop;
 use crate::events::{RawFd, Step};
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
-use crate::log::{self, Level};
 use crate::protocols::Protocol;
 use crate::transports::flow_control::FlowControl;
-use crate::transports::lifecycle::LOG_THRESHOLD_FOR_CONNLOST_WRITES;
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// What a completion backend supplies to [`ProactorPipeTransport`].
@@ -381,28 +379,12 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
         }
     }
 
-    /// Drops writes after the end, with asyncio's warning from the fifth.
-    fn accepts_write(&self) -> bool {
-        if self.base.conn_lost.get() > 0 || self.base.closing.get() {
-            let lost = self.base.conn_lost.get();
-            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                log::log(
-                    Level::Warning,
-                    "pipe closed by peer or os.write(pipe, data) raised exception.",
-                );
-            }
-            self.base.conn_lost.set(lost + 1);
-            return false;
-        }
-        true
-    }
-
     fn write_parts(&self, parts: &[&[u8]]) -> Result<()> {
         if self.mode == Mode::Read {
             return Err(cannot_write());
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total == 0 || !self.accepts_write() {
+        if total == 0 || !self.base.accepts_write() {
             return Ok(());
         }
         let mut sent = 0;

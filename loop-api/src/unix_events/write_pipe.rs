@@ -32,10 +32,8 @@ use crate::base_events::sockets::is_retry;
 use crate::base_events::BaseLoop;
 use crate::exceptions::{Error, Result};
 use crate::futures::Future;
-use crate::log::{self, Level};
 use crate::protocols::Protocol;
 use crate::transports::flow_control::FlowControl;
-use crate::transports::lifecycle::LOG_THRESHOLD_FOR_CONNLOST_WRITES;
 use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, WriteTransport};
 
 /// Buffered outgoing bytes, in one ring that is reused: writes are
@@ -239,25 +237,9 @@ impl WritePipeTransport {
         }
     }
 
-    /// The checks both writes share: `false` drops the data.
-    fn accepts_write(&self) -> bool {
-        if self.base.conn_lost.get() > 0 || self.base.closing.get() {
-            let lost = self.base.conn_lost.get();
-            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                log::log(
-                    Level::Warning,
-                    "pipe closed by peer or os.write(pipe, data) raised exception.",
-                );
-            }
-            self.base.conn_lost.set(lost + 1);
-            return false;
-        }
-        true
-    }
-
     fn write_parts(&self, parts: &[&[u8]]) {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total == 0 || !self.accepts_write() {
+        if total == 0 || !self.base.accepts_write() {
             return;
         }
         let mut sent = 0;
