@@ -47,8 +47,6 @@ pub(crate) struct UringPipe {
     write_op: Cell<Option<OpId>>,
     /// A read buffer between reads.
     spare: RefCell<Option<Vec<u8>>>,
-    /// Reads are only the watch for the reader going away (a write pipe).
-    watch_only: bool,
 }
 
 /// True for what the kernel reads and writes asynchronously: FIFOs and
@@ -61,13 +59,12 @@ pub(crate) fn takes_requests(file: &File) -> bool {
         .unwrap_or(false)
 }
 
-fn io(lp: &Rc<UringEventLoop>, watch_only: bool) -> UringPipe {
+fn io(lp: &Rc<UringEventLoop>) -> UringPipe {
     UringPipe {
         lp: lp.clone(),
         read_op: Cell::new(None),
         write_op: Cell::new(None),
         spare: RefCell::new(None),
-        watch_only,
     }
 }
 
@@ -78,7 +75,7 @@ pub(crate) fn create_read(
     protocol: Rc<dyn Protocol>,
     waiter: Option<Future<()>>,
 ) -> Result<Rc<dyn Transport>> {
-    ProactorPipeTransport::create_read(lp.clone(), pipe, protocol, waiter, io(lp, false))
+    ProactorPipeTransport::create_read(lp.clone(), pipe, protocol, waiter, io(lp))
 }
 
 /// `connect_write_pipe`'s transport for a FIFO or a socket.
@@ -88,7 +85,7 @@ pub(crate) fn create_write(
     protocol: Rc<dyn Protocol>,
     waiter: Option<Future<()>>,
 ) -> Result<Rc<dyn Transport>> {
-    ProactorPipeTransport::create_write(lp.clone(), pipe, protocol, waiter, io(lp, true))
+    ProactorPipeTransport::create_write(lp.clone(), pipe, protocol, waiter, io(lp))
 }
 
 /// The completion handler: record, for the transport's step.
@@ -110,7 +107,7 @@ impl PipeIo for UringPipe {
         let io = t.io();
         let fd = fd(t)?;
         let owner: Rc<dyn Owner<Completion>> = t.clone();
-        let id = if io.watch_only {
+        let id = if t.is_write_end() {
             let entry = opcode::PollAdd::new(fd, libc::POLLIN as u32).build();
             // SAFETY: a poll points at no memory of ours.
             io.lp

@@ -128,7 +128,7 @@ fn to_std(f: Option<File>) -> std::process::Stdio {
 }
 
 /// The loop's ends of a child's pipes, each `None` unless that stream is
-/// a pipe.
+/// a pipe (what the OS's `spawn` returns beside the child).
 pub(crate) struct LoopEnds {
     pub stdin: Option<File>,
     pub stdout: Option<File>,
@@ -629,12 +629,12 @@ fn start(
         }
         lp._check_pipes()?;
         let protocol = protocol_factory();
-        let spawned = os::spawn(&argv, &options)?;
+        let (child, pipes) = os::spawn(&argv, &options)?;
         let transport = Rc::new_cyclic(|this| BaseSubprocessTransport {
             lp: lp.clone(),
             this: this.clone(),
             protocol: RefCell::new(Some(protocol.clone())),
-            child: spawned.child,
+            child,
             closed: Cell::new(false),
             returncode: Cell::new(None),
             pipes: Default::default(),
@@ -655,10 +655,9 @@ fn start(
         // still hears how it all ended.
         let waiter = lp.create_future::<()>();
         let w = waiter.clone();
-        let connect =
-            transport
-                .clone()
-                .connect_pipes(spawned.stdin, spawned.stdout, spawned.stderr);
+        let connect = transport
+            .clone()
+            .connect_pipes(pipes.stdin, pipes.stdout, pipes.stderr);
         lp.create_task(async move {
             let r = connect.await;
             if !w.cancelled() {

@@ -45,17 +45,14 @@ pub(crate) struct IocpPipe {
     write_op: Cell<Option<OpId>>,
     /// A read buffer between reads.
     spare: RefCell<Option<Vec<u8>>>,
-    /// Reads are only the watch for the reader going away.
-    watch_only: bool,
 }
 
-fn io(lp: &Rc<IocpEventLoop>, watch_only: bool) -> IocpPipe {
+fn io(lp: &Rc<IocpEventLoop>) -> IocpPipe {
     IocpPipe {
         lp: lp.clone(),
         read_op: Cell::new(None),
         write_op: Cell::new(None),
         spare: RefCell::new(None),
-        watch_only,
     }
 }
 
@@ -66,7 +63,7 @@ pub(crate) fn create_read(
     protocol: Rc<dyn Protocol>,
     waiter: Option<Future<()>>,
 ) -> Result<Rc<dyn Transport>> {
-    ProactorPipeTransport::create_read(lp.clone(), pipe, protocol, waiter, io(lp, false))
+    ProactorPipeTransport::create_read(lp.clone(), pipe, protocol, waiter, io(lp))
 }
 
 /// `connect_write_pipe`'s transport.
@@ -76,7 +73,7 @@ pub(crate) fn create_write(
     protocol: Rc<dyn Protocol>,
     waiter: Option<Future<()>>,
 ) -> Result<Rc<dyn Transport>> {
-    ProactorPipeTransport::create_write(lp.clone(), pipe, protocol, waiter, io(lp, true))
+    ProactorPipeTransport::create_write(lp.clone(), pipe, protocol, waiter, io(lp))
 }
 
 /// The completion handler: record, for the transport's step.
@@ -117,7 +114,7 @@ impl PipeIo for IocpPipe {
 
     fn start_read(t: &Rc<IocpPipeTransport>) -> Result<()> {
         let io = t.io();
-        let len = if io.watch_only {
+        let len = if t.is_write_end() {
             WATCH_BUFFER
         } else {
             READ_BUFFER

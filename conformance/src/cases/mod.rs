@@ -1,5 +1,25 @@
 //! The cases, one module per CPython test module they come from.
 
+/// Stand-ins, off Unix, for cases whose check is written with Unix calls:
+/// each requires `$feature` (a declared skip where the backend lacks it),
+/// then is `NotSupported` with `$reason`, which the suite declares
+/// (`UNIX_ONLY_CHECKS`).
+#[cfg(not(unix))]
+macro_rules! unix_only {
+    ($feature:expr, $what:literal, $reason:literal: $($name:ident),* $(,)?) => {
+        $(
+            /// Unix-only: see the Unix build.
+            pub fn $name(ctx: &$crate::Ctx) -> loop_api::Result<()> {
+                ctx.require($feature)?;
+                Err(loop_api::Error::NotSupported {
+                    feature: $what,
+                    reason: $reason.into(),
+                })
+            }
+        )*
+    };
+}
+
 pub mod test_base_events;
 pub mod test_context;
 pub mod test_datagram;

@@ -169,14 +169,6 @@ fn fd_of(t: &Rc<dyn Transport>) -> loop_api::events::RawFd {
     }
 }
 
-#[cfg(not(unix))]
-fn unix_only() -> Error {
-    Error::NotSupported {
-        feature: "pipes",
-        reason: "the case drives the other end with Unix calls".into(),
-    }
-}
-
 // ----- read pipes ----------------------------------------------------------------------
 
 /// Data in order, then `eof_received`, then `connection_lost(None)`.
@@ -263,12 +255,6 @@ pub fn test_read_pipe_sets_nonblocking(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-#[cfg(not(unix))]
-pub fn test_read_pipe_sets_nonblocking(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
-}
-
 /// A socket is accepted as a read pipe (asyncio's subprocess stdin on AIX).
 #[cfg(unix)]
 pub fn test_read_pipe_socket(ctx: &Ctx) -> Result<()> {
@@ -285,12 +271,6 @@ pub fn test_read_pipe_socket(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-#[cfg(not(unix))]
-pub fn test_read_pipe_socket(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
-}
-
 /// A character device is accepted: `/dev/null` reads as EOF at once.
 #[cfg(unix)]
 pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
@@ -303,12 +283,6 @@ pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
     assert_eq!(rec.count(|e| matches!(e, Ev::Eof)), 1);
     assert!(rec.lost()[0].is_none());
     lp.close()
-}
-
-#[cfg(not(unix))]
-pub fn test_read_pipe_char_device(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
 }
 
 /// Paused, nothing is delivered; resumed, what waited arrives.
@@ -428,12 +402,6 @@ pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-#[cfg(not(unix))]
-pub fn test_read_pipe_fd_owned_by_transport(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
-}
-
 /// Cancelling `connect_read_pipe` before `connection_made` closes the
 /// pipe it was handed.
 pub fn test_read_pipe_cancelled_connect(ctx: &Ctx) -> Result<()> {
@@ -501,12 +469,6 @@ pub fn test_read_pty_output(ctx: &Ctx) -> Result<()> {
     wait_lost(&lp, &rec)?;
     assert!(errors.is_empty(), "an EIO is not a bug: {:?}", errors.get());
     lp.close()
-}
-
-#[cfg(not(unix))]
-pub fn test_read_pty_output(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
 }
 
 /// 10 MB from a writer thread arrive whole and in order.
@@ -580,12 +542,6 @@ pub fn test_write_pipe_char_device(ctx: &Ctx) -> Result<()> {
     wait_lost(&lp, &rec)?;
     assert!(rec.lost()[0].is_none());
     lp.close()
-}
-
-#[cfg(not(unix))]
-pub fn test_write_pipe_char_device(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
 }
 
 /// The reader going away with nothing buffered ends the transport cleanly
@@ -905,12 +861,6 @@ pub fn test_write_pty(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-#[cfg(not(unix))]
-pub fn test_write_pty(ctx: &Ctx) -> Result<()> {
-    ctx.require(Feature::Pipes)?;
-    Err(unix_only())
-}
-
 /// Both transports on one loop, on two pipes: what the write transport
 /// sends, the read transport gets, then EOF once the writer closes.
 pub fn test_pipe_round_trip(ctx: &Ctx) -> Result<()> {
@@ -1034,3 +984,15 @@ fn raw_mode(f: &File) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(not(unix))]
+unix_only!(
+    Feature::Pipes, "pipes", "the case drives the other end with Unix calls":
+    test_read_pipe_sets_nonblocking,
+    test_read_pipe_socket,
+    test_read_pipe_char_device,
+    test_read_pipe_fd_owned_by_transport,
+    test_read_pty_output,
+    test_write_pipe_char_device,
+    test_write_pty,
+);

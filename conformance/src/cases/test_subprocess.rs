@@ -1972,26 +1972,12 @@ fn inheritable_lock() -> std::sync::MutexGuard<'static, ()> {
 
 // ----- the Unix-only cases, on other systems ---------------------------------------------
 
-/// Cases whose child or check uses Unix signals, descriptors, sessions or
-/// `/bin/sh`.
-#[cfg(not(unix))]
-macro_rules! unix_only {
-    ($($name:ident),* $(,)?) => {
-        $(
-            /// Unix-only: see the Unix build.
-            pub fn $name(ctx: &Ctx) -> Result<()> {
-                ctx.require(Feature::Subprocesses)?;
-                Err(Error::NotSupported {
-                    feature: "subprocesses",
-                    reason: "the case's child or check is written for Unix".into(),
-                })
-            }
-        )*
-    };
-}
+// Cases whose child or check uses Unix signals, descriptors, sessions or
+// `/bin/sh`.
 
 #[cfg(not(unix))]
 unix_only!(
+    Feature::Subprocesses, "subprocesses", "the case's child or check is written for Unix":
     test_terminate_ignored_then_kill,
     test_killed_by_own_signal,
     test_close_fds,

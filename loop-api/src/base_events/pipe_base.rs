@@ -44,6 +44,11 @@ fn not_a_pipe(end: PipeEnd) -> Error {
     })
 }
 
+/// What the write methods of a read pipe transport return.
+pub(crate) fn cannot_write() -> Error {
+    Error::runtime("a read pipe transport cannot write")
+}
+
 /// The descriptor's number: on Windows the handle's value.
 #[cfg(unix)]
 fn raw(file: &File) -> RawFd {

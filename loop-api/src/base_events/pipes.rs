@@ -8,18 +8,12 @@
 use std::fs::File;
 use std::rc::Rc;
 
+use super::pipe_base::PipeEnd;
 use super::BaseLoop;
 use crate::events::{EventLoopExt, LocalBoxFuture, StreamPair};
 use crate::exceptions::Result;
 use crate::protocols::ProtocolFactory;
 use crate::transports::lifecycle::CloseOnDrop;
-
-/// Which end of a pipe.
-#[derive(Clone, Copy)]
-enum End {
-    Read,
-    Write,
-}
 
 /// `loop.connect_read_pipe`.
 pub fn connect_read_pipe(
@@ -27,7 +21,7 @@ pub fn connect_read_pipe(
     protocol_factory: ProtocolFactory,
     pipe: File,
 ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-    connect(lp, protocol_factory, pipe, End::Read)
+    connect(lp, protocol_factory, pipe, PipeEnd::Read)
 }
 
 /// `loop.connect_write_pipe`.
@@ -36,21 +30,23 @@ pub fn connect_write_pipe(
     protocol_factory: ProtocolFactory,
     pipe: File,
 ) -> LocalBoxFuture<'static, Result<StreamPair>> {
-    connect(lp, protocol_factory, pipe, End::Write)
+    connect(lp, protocol_factory, pipe, PipeEnd::Write)
 }
 
 fn connect(
     lp: Rc<dyn BaseLoop>,
     protocol_factory: ProtocolFactory,
     pipe: File,
-    end: End,
+    end: PipeEnd,
 ) -> LocalBoxFuture<'static, Result<StreamPair>> {
     Box::pin(async move {
         let protocol = protocol_factory();
         let waiter = lp.create_future::<()>();
         let transport = match end {
-            End::Read => lp._make_read_pipe_transport(pipe, protocol.clone(), Some(waiter.clone())),
-            End::Write => {
+            PipeEnd::Read => {
+                lp._make_read_pipe_transport(pipe, protocol.clone(), Some(waiter.clone()))
+            }
+            PipeEnd::Write => {
                 lp._make_write_pipe_transport(pipe, protocol.clone(), Some(waiter.clone()))
             }
         }?;

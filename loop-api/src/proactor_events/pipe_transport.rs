@@ -36,7 +36,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
 use super::{Inbox, RecvEvent};
-use crate::base_events::pipe_base::{PipeBase, PipeEnd};
+use crate::base_events::pipe_base::{cannot_write, PipeBase, PipeEnd};
 use crate::base_events::BaseLoop;
 use crate::events::{RawFd, Step};
 use crate::exceptions::{Error, Result};
@@ -50,7 +50,9 @@ pub trait PipeIo: Sized + 'static {
     /// One completion, as the backend's completion handler records it.
     type Completion;
 
-    /// Starts one read on the transport's handle. Its completion comes
+    /// Starts one read on the transport's handle (on a write pipe, a watch
+    /// for the reader going away: see
+    /// [`ProactorPipeTransport::is_write_end`]). Its completion comes
     /// back through [`PipeIo::complete`] as [`ProactorPipeTransport::on_read`].
     /// `Err` means no completion will come.
     fn start_read(transport: &Rc<ProactorPipeTransport<Self>>) -> Result<()>;
@@ -174,6 +176,12 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
     /// The backend's half.
     pub fn io(&self) -> &I {
         &self.io
+    }
+
+    /// True for a write pipe: its reads ([`PipeIo::start_read`]) only
+    /// watch for the reader going away.
+    pub fn is_write_end(&self) -> bool {
+        self.mode == Mode::Write
     }
 
     /// The handle's value, kept after close.
@@ -442,10 +450,6 @@ impl<I: PipeIo> ProactorPipeTransport<I> {
         self.base
             .schedule_connection_lost(move || me.base.connection_lost(exc));
     }
-}
-
-fn cannot_write() -> Error {
-    Error::runtime("a read pipe transport cannot write")
 }
 
 impl<I: PipeIo> Step for ProactorPipeTransport<I> {

@@ -39,18 +39,10 @@ use std::process::Command;
 use std::rc::Rc;
 
 use crate::base_events::BaseLoop;
-use crate::base_subprocess::{prepare_command, spawn_error, Argv, Streams};
+use crate::base_subprocess::{prepare_command, spawn_error, Argv, LoopEnds, Streams};
 use crate::events::options::SubprocessOptions;
 use crate::exceptions::{Error, Result};
 use crate::log::{self, Level};
-
-/// A started child and the parent's ends of its pipes.
-pub(crate) struct Spawned {
-    pub child: Child,
-    pub stdin: Option<File>,
-    pub stdout: Option<File>,
-    pub stderr: Option<File>,
-}
 
 /// A child process: its pid, and its pidfd where there is one.
 #[derive(Clone)]
@@ -147,7 +139,7 @@ fn fd_limit() -> libc::c_int {
 }
 
 /// Starts `argv` with `options` (asyncio's `subprocess.Popen(...)` call).
-pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned> {
+pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<(Child, LoopEnds)> {
     let mut cmd = match argv {
         Argv::Exec(program, args) => {
             let mut c = Command::new(program);
@@ -204,16 +196,14 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
     let child = spawned.map_err(|e| spawn_error(&e, argv, options))?;
     let pid = child.id();
     drop(child); // the pid is ours to reap; std's handle holds nothing else
-    Ok(Spawned {
-        child: Child(Rc::new(Inner {
+    Ok((
+        Child(Rc::new(Inner {
             pid,
             pidfd: RefCell::new(pidfd_open(pid)),
             reaped: Cell::new(false),
         })),
-        stdin: ends.stdin,
-        stdout: ends.stdout,
-        stderr: ends.stderr,
-    })
+        ends,
+    ))
 }
 
 /// The most descriptors [`has_inheritable_fds`] looks at before it

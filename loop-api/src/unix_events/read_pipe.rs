@@ -31,7 +31,7 @@ use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
-use crate::base_events::pipe_base::{PipeBase, PipeEnd};
+use crate::base_events::pipe_base::{cannot_write, PipeBase, PipeEnd};
 use crate::base_events::sockets::is_retry;
 use crate::base_events::BaseLoop;
 use crate::exceptions::{Error, Result};
@@ -192,10 +192,6 @@ impl ReadPipeTransport {
         self.base
             .schedule_connection_lost(move || me.base.connection_lost(exc));
     }
-
-    fn cannot_write() -> Error {
-        Error::runtime("a read pipe transport cannot write")
-    }
 }
 
 impl BaseTransport for ReadPipeTransport {
@@ -240,7 +236,7 @@ impl ReadTransport for ReadPipeTransport {
 
 impl WriteTransport for ReadPipeTransport {
     fn set_write_buffer_limits(&self, _high: Option<usize>, _low: Option<usize>) -> Result<()> {
-        Err(Self::cannot_write())
+        Err(cannot_write())
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
@@ -252,11 +248,11 @@ impl WriteTransport for ReadPipeTransport {
     }
 
     fn write(&self, _data: &[u8]) -> Result<()> {
-        Err(Self::cannot_write())
+        Err(cannot_write())
     }
 
     fn write_eof(&self) -> Result<()> {
-        Err(Self::cannot_write())
+        Err(cannot_write())
     }
 
     fn can_write_eof(&self) -> bool {

@@ -41,21 +41,13 @@ use windows_sys::Win32::System::Threading::{
 };
 
 use crate::base_events::BaseLoop;
-use crate::base_subprocess::{prepare_command, spawn_error, Argv, Streams};
+use crate::base_subprocess::{prepare_command, spawn_error, Argv, LoopEnds, Streams};
 use crate::events::options::SubprocessOptions;
 use crate::exceptions::{Error, Result};
 use crate::windows_utils::{pipe, Overlapped};
 
 /// `signal.SIGTERM` as Python numbers it on Windows: terminates.
 pub const SIGTERM: i32 = 15;
-
-/// A started child and the loop's ends of its pipes.
-pub(crate) struct Spawned {
-    pub child: Child,
-    pub stdin: Option<File>,
-    pub stdout: Option<File>,
-    pub stderr: Option<File>,
-}
 
 /// A child process: its id and its process handle.
 #[derive(Clone)]
@@ -160,7 +152,7 @@ impl Streams for WindowsStreams {
 }
 
 /// Starts `argv` with `options` (asyncio's `windows_utils.Popen(...)`).
-pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned> {
+pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<(Child, LoopEnds)> {
     if !options.pass_fds.is_empty() {
         return Err(Error::value("pass_fds is not supported on Windows"));
     }
@@ -190,16 +182,14 @@ pub(crate) fn spawn(argv: &Argv, options: &SubprocessOptions) -> Result<Spawned>
     drop(cmd);
     let child = spawned.map_err(|e| spawn_error(&e, argv, options))?;
     let pid = child.id();
-    Ok(Spawned {
-        child: Child(Rc::new(Inner {
+    Ok((
+        Child(Rc::new(Inner {
             pid,
             handle: OwnedHandle::from(child),
             exited: Cell::new(false),
         })),
-        stdin: ends.stdin,
-        stdout: ends.stdout,
-        stderr: ends.stderr,
-    })
+        ends,
+    ))
 }
 
 // ----- the exit -----------------------------------------------------------------------
