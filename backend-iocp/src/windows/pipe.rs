@@ -6,7 +6,9 @@
 //!
 //! The handle must have been opened for overlapped I/O (a named pipe made
 //! by [`loop_api::windows_utils::pipe`], as asyncio's `windows_utils.pipe`);
-//! an anonymous pipe cannot be, and the port refuses it.
+//! one opened for synchronous I/O (an anonymous pipe, say) is refused with
+//! a `ValueError` (`pipe_base`'s check), since a read on it would block
+//! the loop.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;

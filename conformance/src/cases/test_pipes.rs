@@ -221,7 +221,9 @@ pub fn test_read_pipe_extra_info(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
-/// A regular file is refused with asyncio's `ValueError`.
+/// A regular file is refused with asyncio's `ValueError`. On Windows, so
+/// is a pipe not opened for overlapped I/O (a read on it would block the
+/// loop's thread), and the loop goes on.
 pub fn test_read_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
     ctx.require(Feature::Pipes)?;
     let lp = ctx.new_loop();
@@ -237,6 +239,24 @@ pub fn test_read_pipe_regular_file_refused(ctx: &Ctx) -> Result<()> {
         "no callbacks: {:?}",
         rec.events.get()
     );
+    #[cfg(windows)]
+    {
+        let plain = loop_api::windows_utils::Overlapped {
+            read: false,
+            write: false,
+        };
+        let (r, _w) = loop_api::windows_utils::pipe(false, plain)?;
+        let refused = connect_read(&lp, &rec, r);
+        assert!(
+            matches!(&refused, Err(Error::Value(m)) if m.contains("overlapped")),
+            "{:?}",
+            refused.err()
+        );
+        let (r, mut w) = loop_pipe(LoopEnd::Read)?;
+        let _t = connect_read(&lp, &rec, r)?;
+        w.write_all(b"still fine")?;
+        run_until(&lp, "data", || rec.data() == b"still fine")?;
+    }
     lp.close()
 }
 

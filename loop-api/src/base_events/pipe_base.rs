@@ -75,6 +75,41 @@ pub(crate) fn check_pipe(file: &File, end: PipeEnd) -> Result<FileKind> {
     }
 }
 
+#[cfg(windows)]
+/// On Windows, where every pipe transport is completion-based: `ValueError`
+/// unless `pipe` was opened for overlapped I/O: on a handle
+/// opened for synchronous I/O, `ReadFile` blocks the calling thread (the
+/// loop's) until it completes, `OVERLAPPED` or not. A handle whose mode
+/// cannot be read is let through.
+fn check_overlapped(pipe: &File) -> Result<()> {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Wdk::Storage::FileSystem::{
+        FileModeInformation, NtQueryInformationFile, FILE_MODE_INFORMATION,
+        FILE_SYNCHRONOUS_IO_ALERT, FILE_SYNCHRONOUS_IO_NONALERT,
+    };
+    use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
+    let mut iosb = IO_STATUS_BLOCK::default();
+    let mut info = FILE_MODE_INFORMATION { Mode: 0 };
+    // SAFETY: the handle is open for the borrow; `iosb` and `info` are
+    // valid for writes of their sizes.
+    let status = unsafe {
+        NtQueryInformationFile(
+            pipe.as_raw_handle(),
+            &mut iosb,
+            (&raw mut info).cast(),
+            std::mem::size_of::<FILE_MODE_INFORMATION>() as u32,
+            FileModeInformation,
+        )
+    };
+    if status >= 0 && info.Mode & (FILE_SYNCHRONOUS_IO_ALERT | FILE_SYNCHRONOUS_IO_NONALERT) != 0 {
+        return Err(Error::value(
+            "the pipe must be opened for overlapped I/O (FILE_FLAG_OVERLAPPED), \
+             as loop_api::windows_utils::pipe opens the loop's end",
+        ));
+    }
+    Ok(())
+}
+
 /// asyncio's check: pipes, sockets and character devices only, with
 /// asyncio's `ValueError` text for anything else.
 #[cfg(unix)]
@@ -138,9 +173,8 @@ pub(crate) struct Prepared {
 
 impl PipeBase {
     /// asyncio's constructor preamble: the loop must be open, `file` a
-    /// pipe, socket or character device; on Unix it is made non-blocking
-    /// (a completion backend's handle must have been opened for
-    /// overlapped I/O instead).
+    /// pipe, socket or character device; on Unix it is made non-blocking,
+    /// on Windows it must have been opened for overlapped I/O.
     pub fn prepare(lp: Rc<dyn BaseLoop>, file: File, end: PipeEnd) -> Result<Prepared> {
         if lp.is_closed() {
             return Err(Error::loop_closed());
@@ -148,6 +182,8 @@ impl PipeBase {
         let kind = check_pipe(&file, end)?;
         #[cfg(unix)]
         set_nonblocking(file.as_raw_fd())?;
+        #[cfg(windows)]
+        check_overlapped(&file)?;
         Ok(Prepared { lp, file, kind })
     }
 
