@@ -64,6 +64,22 @@ pub enum Error {
         /// The errors, in the order they happened.
         exceptions: Vec<Error>,
     },
+    /// `asyncio.IncompleteReadError`: EOF came before a stream read was
+    /// complete (`readexactly`, `readuntil`).
+    IncompleteRead {
+        /// The bytes read before EOF.
+        partial: Vec<u8>,
+        /// How many were asked for; `None` for `readuntil`.
+        expected: Option<usize>,
+    },
+    /// `asyncio.LimitOverrunError`: a stream's separator was not found
+    /// within its limit. The data stays in the stream's buffer.
+    LimitOverrun {
+        /// asyncio's message.
+        message: String,
+        /// How many bytes to consume to get past what was looked at.
+        consumed: usize,
+    },
     /// Any other error a user callback or coroutine wants to raise.
     Other(Arc<dyn std::error::Error + Send + Sync>),
 }
@@ -92,6 +108,15 @@ impl Error {
     /// "Event loop is closed".
     pub fn loop_closed() -> Self {
         Error::runtime("Event loop is closed")
+    }
+
+    /// asyncio's `ConnectionResetError('Connection lost')`, which a stream
+    /// raises once its connection is gone.
+    pub fn connection_lost() -> Self {
+        Error::from(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "Connection lost",
+        ))
     }
 
     /// True for [`Error::Cancelled`].
@@ -191,6 +216,8 @@ impl Error {
             Error::Ssl(_) => "SSLError",
             Error::SslCertVerification(_) => "SSLCertVerificationError",
             Error::ExceptionGroup { .. } => "ExceptionGroup",
+            Error::IncompleteRead { .. } => "IncompleteReadError",
+            Error::LimitOverrun { .. } => "LimitOverrunError",
             Error::Other(_) => "Exception",
         }
     }
@@ -229,6 +256,26 @@ impl PartialEq for Error {
                     exceptions: e2,
                 },
             ) => m1 == m2 && e1 == e2,
+            (
+                Error::IncompleteRead {
+                    partial: p1,
+                    expected: x1,
+                },
+                Error::IncompleteRead {
+                    partial: p2,
+                    expected: x2,
+                },
+            ) => p1 == p2 && x1 == x2,
+            (
+                Error::LimitOverrun {
+                    message: m1,
+                    consumed: c1,
+                },
+                Error::LimitOverrun {
+                    message: m2,
+                    consumed: c2,
+                },
+            ) => m1 == m2 && c1 == c2,
             _ => {
                 std::mem::discriminant(self) == std::mem::discriminant(other)
                     && self.to_string() == other.to_string()
@@ -270,6 +317,23 @@ impl fmt::Display for Error {
                 let s = if n == 1 { "" } else { "s" };
                 write!(f, "ExceptionGroup: {message} ({n} sub-exception{s})")
             }
+            Error::IncompleteRead {
+                partial,
+                expected: Some(n),
+            } => write!(
+                f,
+                "IncompleteReadError: {} bytes read on a total of {n} expected bytes",
+                partial.len()
+            ),
+            Error::IncompleteRead {
+                partial,
+                expected: None,
+            } => write!(
+                f,
+                "IncompleteReadError: {} bytes read on a total of undefined expected bytes",
+                partial.len()
+            ),
+            Error::LimitOverrun { message, .. } => write!(f, "LimitOverrunError: {message}"),
             Error::Other(e) => write!(f, "{e}"),
         }
     }

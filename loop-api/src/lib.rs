@@ -22,6 +22,7 @@
 
 pub mod base_events;
 pub mod base_subprocess;
+mod cancel_scope;
 pub mod concurrent;
 pub mod contextvars;
 pub mod driver;
@@ -36,8 +37,11 @@ pub mod selector_events;
 pub mod ssl;
 pub mod sslproto;
 pub mod staggered;
+pub mod streams;
+pub mod taskgroups;
 pub mod tasks;
 pub mod test_utils;
+pub mod timeouts;
 pub mod transports;
 #[cfg(unix)]
 pub mod unix_events;

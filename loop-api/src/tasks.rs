@@ -30,6 +30,12 @@ use std::task::{Context as TaskContext, Poll, RawWaker, RawWakerVTable, Wake, Wa
 
 use slab::Slab;
 
+mod gather;
+mod shield;
+
+pub use gather::{gather, Gathering};
+pub use shield::shield;
+
 use crate::contextvars::{copy_context, Context};
 use crate::events::{self, AbstractEventLoop, Loop, RemoteLoop, Step};
 use crate::exceptions::{Error, Result};
@@ -71,6 +77,13 @@ pub trait TaskObj: FutureObj + Step {
     fn set_fut_waiter(&self, fut: Option<Rc<dyn FutureObj>>);
     #[doc(hidden)]
     fn drop_coroutine(&self);
+    /// Cancels the loop future the task awaits now, if it awaits one, as
+    /// [`cancel`](FutureObj::cancel) does first, counting the request in
+    /// [`cancelling`](TaskObj::cancelling); `false` if it awaits none (then
+    /// nothing changes). What `timeout` and `TaskGroup` cancel their body
+    /// with: the coroutine sees `Err(Cancelled)` at that await.
+    #[doc(hidden)]
+    fn cancel_waiter(&self, msg: Option<String>) -> bool;
     /// Schedules a step unless one is already scheduled (a wakeup).
     #[doc(hidden)]
     fn wake_step(&self) -> Result<()>;
@@ -568,6 +581,20 @@ impl<T: 'static, F: std::future::Future<Output = Result<T>> + 'static> TaskObj f
     fn drop_coroutine(&self) {
         self.set_coro_none();
         self.fut_waiter.borrow_mut().take();
+    }
+    fn cancel_waiter(&self, msg: Option<String>) -> bool {
+        if self.st.done() {
+            return false;
+        }
+        let waiter = self.fut_waiter.borrow().clone();
+        match waiter {
+            Some(w) if w.cancel(msg) => {
+                self.num_cancels_requested
+                    .set(self.num_cancels_requested.get() + 1);
+                true
+            }
+            _ => false,
+        }
     }
     fn wake_step(&self) -> Result<()> {
         self.schedule()

@@ -34,9 +34,13 @@ pub mod test_server;
 pub mod test_sock_lowlevel;
 pub mod test_sslproto;
 pub mod test_staggered;
+pub mod test_streams;
 pub mod test_subprocess;
+pub mod test_taskgroups;
 pub mod test_tasks;
+pub mod test_timeouts;
 pub mod test_unix_events;
+pub mod test_waitfor;
 
 /// Each case module's source, for the check that `__cases!` lists every case.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -60,4 +64,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("test_sslproto", include_str!("test_sslproto.rs")),
     ("test_pipes", include_str!("test_pipes.rs")),
     ("test_subprocess", include_str!("test_subprocess.rs")),
+    ("test_streams", include_str!("test_streams.rs")),
+    ("test_waitfor", include_str!("test_waitfor.rs")),
+    ("test_timeouts", include_str!("test_timeouts.rs")),
+    ("test_taskgroups", include_str!("test_taskgroups.rs")),
 ];

@@ -1009,3 +1009,170 @@ pub fn test_task_waker_cloned_on_other_thread(ctx: &Ctx) -> Result<()> {
     assert_eq!(t.result()?, 7);
     lp.close()
 }
+
+// ----- gather and shield ------------------------------------------------------------
+
+/// `test_gather` (`GatherTests`): results in the order given, whatever
+/// order the children finish in.
+pub fn test_gather_results_in_order(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::gather;
+    let lp = ctx.new_loop();
+    let v = run_on(&lp, async {
+        let aws = [(3u64, "a"), (1, "b"), (2, "c")].map(|(k, name)| async move {
+            for _ in 0..k {
+                yield_now().await;
+            }
+            Ok(name)
+        });
+        gather(aws, false)?.values().await
+    })?;
+    assert_eq!(v, vec!["a", "b", "c"]);
+    lp.close()
+}
+
+/// `test_return_exceptions`: every outcome, errors included, in order.
+pub fn test_gather_return_exceptions(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::gather;
+    let lp = ctx.new_loop();
+    let v = run_on(&lp, async {
+        let aws: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32>>>>> = vec![
+            Box::pin(async { Ok(1) }),
+            Box::pin(async { Err(Error::value("two")) }),
+            Box::pin(async { Ok(3) }),
+        ];
+        gather(aws, true)?.await
+    })?;
+    assert_eq!(v, vec![Ok(1), Err(Error::value("two")), Ok(3)]);
+    lp.close()
+}
+
+/// `test_one_exception`: without `return_exceptions`, the first error is
+/// the result, and the other children go on (asyncio does not cancel
+/// them).
+pub fn test_gather_first_exception(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::gather;
+    let lp = ctx.new_loop();
+    let finished = Rc::new(Cell::new(false));
+    let f2 = finished.clone();
+    let (r, other_cancelled) = run_on(&lp, async move {
+        let aws: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>> = vec![
+            Box::pin(async { Err(Error::value("first")) }),
+            Box::pin(async move {
+                sleep(0.01).await?;
+                f2.set(true);
+                Ok(())
+            }),
+        ];
+        let g = gather(aws, false)?;
+        let other = g.children()[1].clone();
+        let r = g.await;
+        Ok((r, other))
+    })?;
+    assert_eq!(r.err(), Some(Error::value("first")));
+    run_until_done(&lp, &*other_cancelled.as_obj(), 5.0)?;
+    assert!(!other_cancelled.cancelled());
+    assert!(finished.get(), "the other child ran to its end");
+    lp.close()
+}
+
+/// `test_cancel`-style: cancelling the gathering cancels every child not
+/// done; awaiting it is then `Err(Cancelled)`.
+pub fn test_gather_cancel_cancels_children(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::gather;
+    let lp = ctx.new_loop();
+    let (r, kids) = run_on(&lp, async {
+        let g = gather([sleep(30.0), sleep(30.0)], true)?;
+        let kids: Vec<_> = g.children().to_vec();
+        yield_now().await;
+        assert!(g.cancel(None));
+        Ok((g.await, kids))
+    })?;
+    assert!(matches!(r, Err(Error::Cancelled(_))), "{r:?}");
+    assert!(kids.iter().all(|k| k.cancelled()));
+    lp.close()
+}
+
+/// Cancelling the task that awaits a gathering cancels the children too.
+pub fn test_gather_outer_task_cancel(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::gather;
+    let lp = ctx.new_loop();
+    let kids = Rc::new(RefCell::new(Vec::new()));
+    let k2 = kids.clone();
+    let t = lp.create_task(async move {
+        let g = gather([sleep(30.0), sleep(30.0)], false)?;
+        k2.borrow_mut().extend(g.children().iter().cloned());
+        g.await
+    })?;
+    run_once(&lp)?;
+    run_once(&lp)?;
+    t.cancel(None);
+    run_until_done(&lp, &*t.as_obj(), 5.0)?;
+    for _ in 0..3 {
+        run_once(&lp)?;
+    }
+    assert!(t.cancelled());
+    assert!(kids.borrow().iter().all(|k| k.cancelled()));
+    lp.close()
+}
+
+/// `test_constructor_empty_sequence`: nothing to gather is an empty result.
+pub fn test_gather_empty(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::gather;
+    let lp = ctx.new_loop();
+    let none: Vec<std::future::Ready<Result<()>>> = Vec::new();
+    let v = run_on(&lp, async move { gather(none, false)?.await })?;
+    assert!(v.is_empty());
+    lp.close()
+}
+
+/// `test_shield_result`: a shielded awaitable's result comes through.
+pub fn test_shield_result(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::shield;
+    let lp = ctx.new_loop();
+    let v = run_on(&lp, async {
+        shield(async {
+            sleep(0.0).await?;
+            Ok(5)
+        })?
+        .await
+    })?;
+    assert_eq!(v, 5);
+    let e = run_on(&lp, async {
+        Ok(shield(async { Err::<(), _>(Error::value("inner")) })?.await)
+    })?;
+    assert_eq!(e, Err(Error::value("inner")));
+    lp.close()
+}
+
+/// `test_shield_effect`: cancelling the task that awaits a shield cancels
+/// only the wait; the shielded task runs to its end.
+pub fn test_shield_outer_cancel(ctx: &Ctx) -> Result<()> {
+    use loop_api::tasks::shield;
+    let lp = ctx.new_loop();
+    let inner = lp.create_task(async {
+        sleep(0.02).await?;
+        Ok("inner finished")
+    })?;
+    let i2 = inner.clone();
+    // `&task`: awaiting clones the result, so the task keeps it.
+    let outer = lp.create_task(async move { shield(&i2)?.await })?;
+    run_once(&lp)?;
+    run_once(&lp)?;
+    outer.cancel(None);
+    run_until_done(&lp, &*outer.as_obj(), 5.0)?;
+    assert!(outer.cancelled());
+    assert!(!inner.done());
+    run_until_done(&lp, &*inner.as_obj(), 5.0)?;
+    assert_eq!(inner.take_result(), Ok("inner finished"));
+    lp.close()
+}
+
+/// Runs `fut` as a task on `lp` to its end.
+fn run_on<T: 'static>(
+    lp: &Loop,
+    fut: impl std::future::Future<Output = Result<T>> + 'static,
+) -> Result<T> {
+    let t = lp.create_task(fut)?;
+    run_until_done(lp, &*t.as_obj(), 10.0)?;
+    t.take_result()
+}
