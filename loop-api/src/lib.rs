@@ -38,6 +38,7 @@ pub mod ssl;
 pub mod sslproto;
 pub mod staggered;
 pub mod streams;
+pub mod subprocess;
 pub mod taskgroups;
 pub mod tasks;
 pub mod test_utils;

@@ -29,7 +29,7 @@
 //! the loop.
 
 mod io;
-mod protocol;
+pub(crate) mod protocol;
 mod reader;
 mod writer;
 

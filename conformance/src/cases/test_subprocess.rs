@@ -2017,3 +2017,281 @@ pub fn test_child_exits_before_watch(ctx: &Ctx) -> Result<()> {
     s.check_clean();
     Ok(())
 }
+
+// ----- the stream API: create_subprocess_exec and Process ------------------------------
+
+/// `create_subprocess_exec` with the child's helper environment.
+fn process(
+    role: &str,
+    args: &[&str],
+    options: SubprocessOptions,
+) -> impl std::future::Future<Output = Result<loop_api::subprocess::Process>> + 'static {
+    let (exe, argv) = child::command(role, args);
+    loop_api::subprocess::create_subprocess_exec(exe, argv, child_options(options))
+}
+
+/// `test_stdin_stdout` (stream API): write, drain, read the echo line by
+/// line; close stdin; the child exits 0.
+pub fn test_process_stdin_stdout(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let (line, rest, code) = run(&lp, async {
+        let mut p = process("cat", &[], opts()).await?;
+        assert_eq!(p.returncode(), None);
+        let stdin = p.stdin.take().expect("stdin is a pipe");
+        stdin.write(b"line one\nline two\n")?;
+        stdin.drain().await?;
+        let out = p.stdout.as_mut().expect("stdout is a pipe");
+        let line = out.readline().await?;
+        stdin.close();
+        stdin.wait_closed().await?;
+        let rest = out.read(-1).await?;
+        Ok((line, rest, p.wait().await?))
+    })?;
+    assert_eq!(line, b"line one\n");
+    assert_eq!(rest, b"line two\n");
+    assert_eq!(code, 0);
+    lp.close()
+}
+
+/// `test_communicate`: input in, output out, exit status set.
+pub fn test_process_communicate(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let (out, err, code) = run(&lp, async {
+        let mut p = process("cat", &[], opts()).await?;
+        let (out, err) = p.communicate(Some(b"some data")).await?;
+        Ok((out, err, p.returncode()))
+    })?;
+    assert_eq!(out.as_deref(), Some(&b"some data"[..]));
+    assert_eq!(err.as_deref(), Some(&b""[..]));
+    assert_eq!(code, Some(0));
+    lp.close()
+}
+
+/// 4 MB through `communicate`: both pipes at once, no deadlock.
+pub fn test_process_communicate_large(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let d2 = data.clone();
+    let out = run(&lp, async move {
+        let mut p = process("cat", &[], opts()).await?;
+        let (out, _) = p.communicate(Some(&d2)).await?;
+        Ok(out)
+    })?;
+    assert!(out.as_deref() == Some(&data[..]), "byte-exact");
+    lp.close()
+}
+
+/// `test_communicate_ignore_broken_pipe`: a child that exits without
+/// reading its input is not an error.
+pub fn test_process_communicate_ignore_broken_pipe(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let errors = capture_exceptions(&lp);
+    let (out, code) = run(&lp, async {
+        let mut p = process("exit", &["0"], opts()).await?;
+        p.wait().await?;
+        let big = vec![b'x'; 1024 * 1024];
+        let (out, _) = p.communicate(Some(&big)).await?;
+        Ok((out, p.returncode()))
+    })?;
+    assert_eq!(out.as_deref(), Some(&b""[..]));
+    assert_eq!(code, Some(0));
+    assert!(errors.is_empty(), "{:?}", errors.get());
+    lp.close()
+}
+
+/// `communicate` with no pipes: `(None, None)`, and the exit status.
+pub fn test_process_communicate_no_pipes(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let got = run(&lp, async {
+        let mut p = process(
+            "exit",
+            &["3"],
+            SubprocessOptions {
+                stdin: Stdio::DevNull,
+                stdout: Stdio::DevNull,
+                stderr: Stdio::DevNull,
+                ..opts()
+            },
+        )
+        .await?;
+        assert!(p.stdin.is_none() && p.stdout.is_none() && p.stderr.is_none());
+        let r = p.communicate(None).await?;
+        Ok((r, p.returncode()))
+    })?;
+    assert_eq!(got.0, (None, None));
+    assert_eq!(got.1, Some(3));
+    lp.close()
+}
+
+/// `test_stdout_stderr`: each output stream has its own reader.
+pub fn test_process_stdout_stderr(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let (out, err) = run(&lp, async {
+        let mut p = process("both", &["to out", "to err"], opts()).await?;
+        p.communicate(None).await
+    })?;
+    assert_eq!(out.as_deref(), Some(&b"to out"[..]));
+    assert_eq!(err.as_deref(), Some(&b"to err"[..]));
+    lp.close()
+}
+
+/// `test_read_stdout_after_process_exit`: output written before the exit
+/// is there to read afterwards.
+pub fn test_process_read_stdout_after_exit(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let (code, n) = run(&lp, async {
+        let mut p = process("produce", &["1000"], opts()).await?;
+        let code = p.wait().await?;
+        let out = p.stdout.as_mut().unwrap().read(-1).await?;
+        Ok((code, out.len()))
+    })?;
+    assert_eq!((code, n), (0, 1000));
+    lp.close()
+}
+
+/// `test_shell`: `create_subprocess_shell` runs the command through the
+/// shell; its exit status is the command's.
+pub fn test_process_shell(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let code = run(&lp, async {
+        let p = loop_api::subprocess::create_subprocess_shell("exit 7", opts()).await?;
+        p.wait().await
+    })?;
+    assert_eq!(code, 7);
+    lp.close()
+}
+
+/// `test_kill` / `test_terminate`: the return code says how it ended.
+pub fn test_process_kill_terminate(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let (killed, terminated) = run(&lp, async {
+        let p = process("sleep", &["60"], opts()).await?;
+        p.kill()?;
+        let killed = p.wait().await?;
+        let p = process("sleep", &["60"], opts()).await?;
+        p.terminate()?;
+        Ok((killed, p.wait().await?))
+    })?;
+    assert_eq!(killed, KILLED);
+    assert_eq!(terminated, TERMINATED);
+    lp.close()
+}
+
+/// `test_send_signal`: the signal reaches the child.
+pub fn test_process_send_signal(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let code = run(&lp, async {
+        let p = process("sleep", &["60"], opts()).await?;
+        assert!(p.pid() > 0);
+        p.send_signal(OTHER_SIGNAL.0)?;
+        p.wait().await
+    })?;
+    assert_eq!(code, OTHER_SIGNAL.1);
+    lp.close()
+}
+
+/// `drain` on the child's stdin waits while the child reads slowly, and
+/// every byte arrives (the child counts them).
+pub fn test_process_stdin_drain(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let total = 8 * 1024 * 1024;
+    let counted = run(&lp, async move {
+        let mut p = process("count", &[], opts()).await?;
+        let stdin = p.stdin.take().unwrap();
+        let chunk = vec![b'z'; 256 * 1024];
+        for _ in 0..total / chunk.len() {
+            stdin.write(&chunk)?;
+            stdin.drain().await?;
+            assert!(
+                stdin.transport().get_write_buffer_size() <= 64 * 1024,
+                "drain returned below the high-water mark"
+            );
+        }
+        stdin.close();
+        let out = p.stdout.as_mut().unwrap().read(-1).await?;
+        p.wait().await?;
+        Ok(String::from_utf8(out).unwrap())
+    })?;
+    assert_eq!(counted, total.to_string());
+    lp.close()
+}
+
+/// A small limit pauses the child's stdout pipe above twice the limit;
+/// reading resumes it and every byte arrives.
+pub fn test_process_stdout_limit_pauses(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let n = 1024 * 1024;
+    let (exe, argv) = child::command("produce", &[&n.to_string()]);
+    let got = run(&lp, async move {
+        let mut p = loop_api::subprocess::create_subprocess_exec_limit(
+            exe,
+            argv,
+            4096,
+            child_options(opts()),
+        )
+        .await?;
+        let out = p.stdout.as_mut().unwrap();
+        let mut data = Vec::new();
+        let mut max_buffered = 0;
+        loop {
+            max_buffered = max_buffered.max(out.buffered());
+            let chunk = out.read(1000).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            data.extend_from_slice(&chunk);
+        }
+        p.wait().await?;
+        Ok((data, max_buffered))
+    })?;
+    let expect: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+    assert!(got.0 == expect, "byte-exact");
+    // Paused above 2 x 4096; one delivery may overshoot by its own size.
+    assert!(got.1 <= 2 * 4096 + 256 * 1024, "{} bytes held", got.1);
+    lp.close()
+}
+
+/// A program that does not exist is the OS's error, and nothing is left
+/// behind.
+pub fn test_process_exec_missing_program(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let r = run(&lp, async {
+        Ok(loop_api::subprocess::create_subprocess_exec(
+            "/nonexistent/program-that-is-not-there",
+            ["x"],
+            opts(),
+        )
+        .await
+        .map(|_| ()))
+    })?;
+    assert_eq!(r.unwrap_err().kind(), Some(std::io::ErrorKind::NotFound));
+    lp.close()
+}
+
+/// `returncode` is `None` while the child runs; `wait` twice gives the
+/// same status.
+pub fn test_process_wait_twice(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Subprocesses)?;
+    let lp = ctx.new_loop();
+    let got = run(&lp, async {
+        let p = process("exit", &["5"], opts()).await?;
+        let a = p.wait().await?;
+        let b = p.wait().await?;
+        Ok((a, b, p.returncode()))
+    })?;
+    assert_eq!(got, (5, 5, Some(5)));
+    lp.close()
+}
