@@ -30,6 +30,8 @@ pub mod events;
 pub mod exceptions;
 pub mod executor;
 pub mod futures;
+#[cfg(feature = "hyper")]
+pub mod hyper_rt;
 pub mod log;
 pub mod proactor_events;
 pub mod protocols;
