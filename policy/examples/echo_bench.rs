@@ -6,7 +6,10 @@
 //! (`-- --quick` for a smoke run; `-- --backends select,uring` for a subset
 //! of ours, `none` for tokio alone; `-- --baselines` for the bare servers;
 //! `-- --secs S` for the measured window, `-- --warmup S`, `-- --reps R`;
-//! `-- --conns 1,10` and `-- --sizes 1024` to pick points).
+//! `-- --conns 1,10` and `-- --sizes 1024` to pick points; `-- --streams`
+//! serves with asyncio's streams instead: `start_server` and a handler that
+//! reads up to 64 KiB, writes it back and drains, the program tokio's
+//! server is).
 //!
 //! What is measured, for each point (connections x message size) and each
 //! server in turn (the order rotates from one rep to the next):
@@ -253,9 +256,12 @@ mod bench {
             backlog: BACKLOG,
             ..Default::default()
         };
-        let server = lp
-            .create_server(|| Rc::new(EchoProtocol::default()), "127.0.0.1", 0, options)
-            .await?;
+        let server = if STREAMS.load(std::sync::atomic::Ordering::Relaxed) {
+            loop_api::streams::start_server(stream_echo, "127.0.0.1", 0u16, options.into()).await?
+        } else {
+            lp.create_server(|| Rc::new(EchoProtocol::default()), "127.0.0.1", 0, options)
+                .await?
+        };
         let sock = server
             .sockets()
             .first()
@@ -275,6 +281,24 @@ mod bench {
         match serving.await {
             Ok(()) | Err(Error::Cancelled(_)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Serve with streams (`--streams`).
+    static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// The stream echo handler: tokio's `echo_conn`, in asyncio's API.
+    async fn stream_echo(
+        mut reader: loop_api::streams::StreamReader,
+        writer: loop_api::streams::StreamWriter,
+    ) -> loop_api::Result<()> {
+        loop {
+            let data = reader.read(64 * 1024).await?;
+            if data.is_empty() {
+                return Ok(());
+            }
+            writer.write(&data)?;
+            writer.drain().await?;
         }
     }
 
@@ -599,6 +623,8 @@ mod bench {
                 .and_then(|i| args.get(i + 1).cloned())
         };
         let quick = args.iter().any(|a| a == "--quick");
+        let streams = args.iter().any(|a| a == "--streams");
+        STREAMS.store(streams, std::sync::atomic::Ordering::Relaxed);
         let secs_arg = |name: &str, default: f64| {
             Duration::from_secs_f64(arg(name).map_or(default, |s| {
                 s.parse().unwrap_or_else(|_| panic!("{name} S"))
@@ -677,9 +703,14 @@ mod bench {
                 .join(", ")
         };
         println!(
-            "servers: {} (EchoProtocol on create_server){} and tokio (current-thread, accept \
+            "servers: {} ({}){} and tokio (current-thread, accept \
              loop, a task per connection, 64 KiB buffer)",
             names(false),
+            if streams {
+                "streams: start_server, read(65536), write, drain"
+            } else {
+                "EchoProtocol on create_server"
+            },
             match names(true) {
                 raw if raw.is_empty() => String::new(),
                 raw => format!(", {raw} (bare, no event loop)"),

@@ -1005,7 +1005,10 @@ pub fn test_drain_slow_reader(ctx: &Ctx) -> Result<()> {
         1,
         "a peer that reads nothing backs the transport up"
     );
-    if stage.get() == 1 {
+    // Under Wine an overlapped send completes once Wine has copied it,
+    // whether or not the peer reads, so there drain may return at once.
+    #[cfg(target_os = "linux")]
+    {
         for _ in 0..5 {
             run_once(&lp)?;
         }
