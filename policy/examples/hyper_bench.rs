@@ -10,9 +10,9 @@
 //! The server thread is pinned to one CPU and the load generator (a tokio
 //! current-thread runtime, `GET /` on each of N keep-alive connections,
 //! the next request once the whole response is read) to another. The
-//! table gives requests per second and the server thread's CPU time (user
-//! + sys, `getrusage(RUSAGE_THREAD)`) per request over the window, median
-//! of the reps, servers alternating.
+//! table gives requests per second and the server thread's CPU time
+//! (user and sys, `getrusage(RUSAGE_THREAD)`) per request over the
+//! window, median of the reps, servers alternating.
 
 #[cfg(target_os = "linux")]
 #[path = "shared/cpu.rs"]
@@ -49,7 +49,9 @@ mod bench {
     use crate::cpu::{allowed_cpus, pin_to, thread_cpu, Cpu};
 
     async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        Ok(Response::new(Full::new(Bytes::from_static(b"Hello, World!"))))
+        Ok(Response::new(Full::new(Bytes::from_static(
+            b"Hello, World!",
+        ))))
     }
 
     /// Asks a server thread for its CPU time, or to stop.
@@ -152,8 +154,14 @@ mod bench {
     const BODY: &[u8] = b"Hello, World!";
 
     /// One keep-alive connection of the closed loop; counts responses.
-    async fn client(addr: SocketAddr, count: Rc<Cell<u64>>, stop: Rc<Cell<bool>>) -> Result<(), String> {
-        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    async fn client(
+        addr: SocketAddr,
+        count: Rc<Cell<u64>>,
+        stop: Rc<Cell<bool>>,
+    ) -> Result<(), String> {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 4096];
         while !stop.get() {
@@ -170,7 +178,10 @@ mod bench {
                 }
             }
             if !buf.starts_with(b"HTTP/1.1 200 OK\r\n") {
-                return Err(format!("bad response {:?}", String::from_utf8_lossy(&buf[..have])));
+                return Err(format!(
+                    "bad response {:?}",
+                    String::from_utf8_lossy(&buf[..have])
+                ));
             }
             count.set(count.get() + 1);
         }
@@ -193,7 +204,11 @@ mod bench {
             let stop = Rc::new(Cell::new(false));
             let mut tasks = Vec::new();
             for _ in 0..conns {
-                tasks.push(tokio::task::spawn_local(client(addr, count.clone(), stop.clone())));
+                tasks.push(tokio::task::spawn_local(client(
+                    addr,
+                    count.clone(),
+                    stop.clone(),
+                )));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             let sample = || {
@@ -239,7 +254,11 @@ mod bench {
 
     pub fn main() {
         let args: Vec<String> = std::env::args().collect();
-        let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned());
+        let arg = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1).cloned())
+        };
         let quick = args.iter().any(|a| a == "--quick");
         let secs: f64 = arg("--secs").map_or(if quick { 0.3 } else { 1.5 }, |s| s.parse().unwrap());
         let reps: usize = arg("--reps").map_or(if quick { 1 } else { 3 }, |s| s.parse().unwrap());
@@ -247,11 +266,20 @@ mod bench {
             s.split(',').map(|x| x.trim().parse().unwrap()).collect()
         });
         let names: Vec<String> = arg("--backends").map_or_else(
-            || policy::available_backends().iter().map(|s| s.to_string()).collect(),
+            || {
+                policy::available_backends()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            },
             |s| s.split(',').map(|x| x.trim().to_string()).collect(),
         );
         let cpus = allowed_cpus();
-        let (server_cpu, load_cpu) = if cpus.len() >= 2 { (Some(cpus[0]), Some(cpus[1])) } else { (None, None) };
+        let (server_cpu, load_cpu) = if cpus.len() >= 2 {
+            (Some(cpus[0]), Some(cpus[1]))
+        } else {
+            (None, None)
+        };
         if let Some(c) = load_cpu {
             pin_to(c);
         }
@@ -294,7 +322,10 @@ mod bench {
                 let r = &results[si * conns.len() + ci];
                 let rps = median(r.iter().map(|x| x.0).collect());
                 let us = median(r.iter().map(|x| x.1).collect());
-                println!("| {n} | {name} | {rps:.0} | {us:.2} | {:.2} |", us / tokio_us);
+                println!(
+                    "| {n} | {name} | {rps:.0} | {us:.2} | {:.2} |",
+                    us / tokio_us
+                );
             }
         }
     }

@@ -8,7 +8,10 @@ use policy::prelude::*;
 async fn handle_echo(mut reader: StreamReader, writer: StreamWriter) -> Result<()> {
     let data = reader.read(100).await?;
     let addr = writer.get_extra_info("peername").and_then(|a| a.as_addr());
-    println!("Received {:?} from {addr:?}", String::from_utf8_lossy(&data));
+    println!(
+        "Received {:?} from {addr:?}",
+        String::from_utf8_lossy(&data)
+    );
     writer.write(&data)?;
     writer.drain().await?;
     println!("Close the connection");
