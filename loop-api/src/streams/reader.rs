@@ -190,6 +190,13 @@ impl StreamReader {
 
     /// Takes `n` unread bytes.
     fn take(&mut self, n: usize) -> Vec<u8> {
+        if self.pos == 0 && n == self.buf.len() {
+            // All of it: hand the buffer itself over instead of a copy.
+            let v = std::mem::take(&mut self.buf);
+            self.p.held.set(0);
+            self.p.maybe_resume_transport();
+            return v;
+        }
         let v = self.buf[self.pos..self.pos + n].to_vec();
         self.consume(n);
         v
