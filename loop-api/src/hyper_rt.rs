@@ -173,22 +173,11 @@ impl hyper::rt::Read for Stream {
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         let room = buf.remaining();
-        if room == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        let n = match this.reader.poll_fill_buf(cx) {
-            Poll::Ready(Ok(data)) => {
-                let n = data.len().min(room);
-                buf.put_slice(&data[..n]);
-                n
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        this.reader.consume(n);
-        Poll::Ready(Ok(()))
+        self.get_mut()
+            .reader
+            .poll_read_with(cx, room, |d| buf.put_slice(d))
+            .map_ok(|_| ())
     }
 }
 

@@ -39,7 +39,7 @@ use crate::events::options::{
     CreateConnectionOptions, CreateServerOptions, CreateUnixConnectionOptions,
     CreateUnixServerOptions, IntoHost, IntoHosts, IntoUnixPath,
 };
-use crate::events::{AbstractServer, Loop};
+use crate::events::{get_running_loop, AbstractServer, Loop};
 use crate::exceptions::Result;
 use crate::protocols::{Protocol, ProtocolFactory};
 use crate::tasks::{Task, TaskOptions};
@@ -48,7 +48,7 @@ pub use io::Stream;
 pub use reader::{Separator, StreamFeeder, StreamReader};
 pub use writer::StreamWriter;
 
-use protocol::{check_limit, running_loop, ClientConnected, StreamProtocol};
+use protocol::{check_limit, ClientConnected, StreamProtocol};
 
 /// asyncio's `_DEFAULT_LIMIT`: 64 KiB.
 pub const DEFAULT_LIMIT: usize = 64 * 1024;
@@ -115,7 +115,7 @@ pub fn open_connection(
     let host = host.into_host();
     let port = port.into();
     async move {
-        let lp = running_loop()?;
+        let lp = get_running_loop()?;
         check_limit(options.limit)?;
         let (p, factory) = client_protocol(&lp, options.limit);
         lp.create_connection_dyn(factory, host, port, options.options)
@@ -140,7 +140,7 @@ where
     let hosts = host.into_hosts();
     let port = port.into();
     async move {
-        let lp = running_loop()?;
+        let lp = get_running_loop()?;
         check_limit(options.limit)?;
         let factory = server_factory(&lp, options.limit, handler);
         lp.create_server_dyn(factory, hosts, port, options.options)
@@ -155,7 +155,7 @@ pub fn open_unix_connection(
 ) -> impl std::future::Future<Output = Result<(StreamReader, StreamWriter)>> + 'static {
     let path = path.into_unix_path();
     async move {
-        let lp = running_loop()?;
+        let lp = get_running_loop()?;
         check_limit(options.limit)?;
         let (p, factory) = client_protocol(&lp, options.limit);
         lp.create_unix_connection_dyn(factory, path, options.options)
@@ -176,7 +176,7 @@ where
 {
     let path = path.into_unix_path();
     async move {
-        let lp = running_loop()?;
+        let lp = get_running_loop()?;
         check_limit(options.limit)?;
         let factory = server_factory(&lp, options.limit, handler);
         lp.create_unix_server_dyn(factory, path, options.options)

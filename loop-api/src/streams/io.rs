@@ -55,15 +55,21 @@ impl StreamReader {
         Poll::Pending
     }
 
-    /// Copies what is buffered into `buf`, as much as fits.
-    fn poll_read_into(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+    /// Hands up to `room` buffered bytes to `put`, and marks them read:
+    /// what every trait's `poll_read` does, whatever its buffer type.
+    pub(crate) fn poll_read_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        room: usize,
+        put: impl FnOnce(&[u8]),
+    ) -> Poll<io::Result<usize>> {
+        if room == 0 {
             return Poll::Ready(Ok(0));
         }
         let n = match self.poll_fill_buf(cx) {
             Poll::Ready(Ok(data)) => {
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
+                let n = data.len().min(room);
+                put(&data[..n]);
                 n
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -71,6 +77,20 @@ impl StreamReader {
         };
         self.consume(n);
         Poll::Ready(Ok(n))
+    }
+
+    fn poll_read_slice(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_read_with(cx, buf.len(), |d| buf[..d.len()].copy_from_slice(d))
+    }
+
+    fn poll_read_tokio(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
+        self.poll_read_with(cx, room, |d| buf.put_slice(d))
+            .map_ok(|_| ())
     }
 }
 
@@ -98,6 +118,22 @@ impl StreamWriter {
             return Poll::Pending;
         }
         Poll::Ready(write(&*t).map(|()| len).map_err(to_io))
+    }
+
+    fn poll_write_bytes(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, buf.len(), |t| t.write(buf))
+    }
+
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.poll_write_with(cx, len, |t| {
+            let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+            t.writelines(&slices)
+        })
     }
 
     /// Pending while the transport is over its high-water mark.
@@ -147,20 +183,7 @@ impl tokio::io::AsyncRead for StreamReader {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        match this.poll_fill_buf(cx) {
-            Poll::Ready(Ok(data)) => {
-                let n = data.len().min(buf.remaining());
-                buf.put_slice(&data[..n]);
-                this.consume(n);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        self.get_mut().poll_read_tokio(cx, buf)
     }
 }
 
@@ -179,19 +202,14 @@ impl tokio::io::AsyncWrite for StreamWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, buf.len(), |t| t.write(buf))
+        self.get_mut().poll_write_bytes(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        self.get_mut().poll_write_with(cx, len, |t| {
-            let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-            t.writelines(&slices)
-        })
+        self.get_mut().poll_write_slices(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         true
@@ -212,7 +230,7 @@ impl futures_io::AsyncRead for StreamReader {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_read_into(cx, buf)
+        self.get_mut().poll_read_slice(cx, buf)
     }
 }
 
@@ -231,19 +249,14 @@ impl futures_io::AsyncWrite for StreamWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, buf.len(), |t| t.write(buf))
+        self.get_mut().poll_write_bytes(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        self.get_mut().poll_write_with(cx, len, |t| {
-            let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-            t.writelines(&slices)
-        })
+        self.get_mut().poll_write_slices(cx, bufs)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_drained(cx)
@@ -289,7 +302,7 @@ impl tokio::io::AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().reader).poll_read(cx, buf)
+        self.get_mut().reader.poll_read_tokio(cx, buf)
     }
 }
 
@@ -308,14 +321,14 @@ impl tokio::io::AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.get_mut().writer), cx, buf)
+        self.get_mut().writer.poll_write_bytes(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        tokio::io::AsyncWrite::poll_write_vectored(Pin::new(&mut self.get_mut().writer), cx, bufs)
+        self.get_mut().writer.poll_write_slices(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         true
@@ -334,7 +347,7 @@ impl futures_io::AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().reader.poll_read_into(cx, buf)
+        self.get_mut().reader.poll_read_slice(cx, buf)
     }
 }
 
@@ -353,7 +366,7 @@ impl futures_io::AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        futures_io::AsyncWrite::poll_write(Pin::new(&mut self.get_mut().writer), cx, buf)
+        self.get_mut().writer.poll_write_bytes(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().writer.poll_drained(cx)

@@ -324,8 +324,3 @@ pub(crate) fn check_limit(limit: usize) -> Result<()> {
     }
     Ok(())
 }
-
-/// The loop a stream function runs on: the running one.
-pub(crate) fn running_loop() -> Result<Loop> {
-    crate::events::get_running_loop()
-}
