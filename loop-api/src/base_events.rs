@@ -56,6 +56,17 @@ use socket2::{SockAddr, Socket};
 
 pub use base_loop::BaseLoop;
 
+/// What an embedding runs around the loop's wait for the OS: the Python
+/// front releases the interpreter lock for the wait and runs Python's
+/// signal handlers after it. Set with [`BaseLoop::set_poll_hook`].
+pub trait PollHook {
+    /// Called before the driver waits; `timeout` is what it will wait at
+    /// most (`Some(Duration::ZERO)`: it only looks, `None`: until an event).
+    fn before_poll(&self, timeout: Option<Duration>);
+    /// Called after the wait, before the events are dispatched.
+    fn after_poll(&self);
+}
+
 use crate::contextvars::Context;
 use crate::driver::{Driver, IoEvent, IoModel, Notify, VirtualClock};
 use crate::events::options::{
@@ -276,6 +287,7 @@ pub struct BaseEventLoop<D: Driver> {
     signal_handlers: RefCell<HashMap<i32, Handle>>,
     #[cfg(unix)]
     interrupt: RefCell<Option<Handle>>,
+    poll_hook: RefCell<Option<Rc<dyn PollHook>>>,
 }
 
 impl<D: Driver> BaseEventLoop<D> {
@@ -324,6 +336,7 @@ impl<D: Driver> BaseEventLoop<D> {
             signal_handlers: RefCell::new(HashMap::new()),
             #[cfg(unix)]
             interrupt: RefCell::new(None),
+            poll_hook: RefCell::new(None),
         })
     }
 
@@ -419,7 +432,14 @@ impl<D: Driver> BaseEventLoop<D> {
             // borrowed while the events are turned into ready callbacks.
             let mut events = self.events.borrow_mut();
             events.clear();
+            let hook = self.poll_hook.borrow().clone();
+            if let Some(h) = &hook {
+                h.before_poll(timeout);
+            }
             let polled = self.driver.borrow_mut().poll(timeout, &mut events);
+            if let Some(h) = &hook {
+                h.after_poll();
+            }
             match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

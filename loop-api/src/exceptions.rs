@@ -222,8 +222,15 @@ impl Error {
         }
     }
 
-    /// Builds a [`Error::Panic`] from a `catch_unwind` payload.
+    /// Builds a [`Error::Panic`] from a `catch_unwind` payload; a payload
+    /// that is an `Error` (`std::panic::resume_unwind(Box::new(err))`) is
+    /// that error: how a callback with no `Result` to return (a protocol
+    /// method) reports one, as the Python front does with Python exceptions.
     pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let payload = match payload.downcast::<Error>() {
+            Ok(err) => return *err,
+            Err(other) => other,
+        };
         let msg = if let Some(s) = payload.downcast_ref::<&'static str>() {
             (*s).to_string()
         } else if let Some(s) = payload.downcast_ref::<String>() {

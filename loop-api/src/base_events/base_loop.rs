@@ -37,6 +37,9 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
     /// This loop, as the generic code keeps it.
     fn as_base(&self) -> Rc<dyn BaseLoop>;
 
+    /// Sets (or with `None` clears) what runs around each wait for the OS.
+    fn set_poll_hook(&self, hook: Option<Rc<dyn super::PollHook>>);
+
     /// `add_reader` without the check that no transport owns `fd`: what
     /// transports and `sock_*` methods use on their own descriptors.
     fn _add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()>;
@@ -116,6 +119,10 @@ pub trait BaseLoop: AbstractEventLoop + sealed::Sealed {
 impl<D: Driver> BaseLoop for BaseEventLoop<D> {
     fn as_base(&self) -> Rc<dyn BaseLoop> {
         self.me()
+    }
+
+    fn set_poll_hook(&self, hook: Option<Rc<dyn super::PollHook>>) {
+        *self.poll_hook.borrow_mut() = hook;
     }
 
     fn _add_reader(&self, fd: RawFd, callback: RepeatCallback) -> Result<()> {

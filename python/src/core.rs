@@ -1,0 +1,450 @@
+//! `Core`: the Rust half of `rust_asyncio.EventLoop`.
+//!
+//! One of this project's loops (`BaseEventLoop` over a backend's driver)
+//! with the methods asyncio's Python code calls most: scheduling, running,
+//! readiness callbacks, signals, and the private hooks through which
+//! asyncio's own `create_connection`, `create_server`, `sock_*` and
+//! `sslproto` reach the loop's transports (`_make_socket_transport`,
+//! `_add_reader`, ...). The Python class puts asyncio's orchestration on
+//! top; Python and Rust callbacks share this loop's one ready queue.
+//!
+//! Ground rules:
+//! - The interpreter lock is held while callbacks run, and released while
+//!   the loop waits for the OS ([`GilRelease`]).
+//! - After each wait, Python's signal handlers run (`PyErr_CheckSignals`),
+//!   so Ctrl-C reaches `asyncio.Runner` while the loop is idle; an
+//!   exception they raise, like `SystemExit`/`KeyboardInterrupt` from a
+//!   callback, stops the loop and comes out of `run_forever`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use loop_api::base_events::{BaseLoop, PollHook};
+use loop_api::events::{ExceptionContext, Loop, RemoteLoop};
+use loop_api::Error;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple, PyWeakrefReference};
+use slab::Slab;
+
+use crate::errors::{check, to_py};
+use crate::handles::{self, Handle, TimerHandle};
+
+/// The backends this build has, best first.
+pub fn available() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(target_os = "linux")]
+    v.push("uring");
+    v.push("select");
+    v
+}
+
+fn make_loop(name: &str) -> loop_api::Result<(Rc<dyn BaseLoop>, &'static str)> {
+    match name {
+        "select" => Ok((backend_select::new_event_loop()?, "select")),
+        #[cfg(target_os = "linux")]
+        "uring" => Ok((backend_uring::new_event_loop()?, "uring")),
+        "auto" => {
+            #[cfg(target_os = "linux")]
+            if let Ok(lp) = backend_uring::new_event_loop() {
+                return Ok((lp, "uring"));
+            }
+            make_loop("select")
+        }
+        other => Err(Error::value(format!(
+            "unknown event loop backend {other:?}; this build has: {}",
+            available().join(", ")
+        ))),
+    }
+}
+
+type Pending = Rc<RefCell<Option<PyErr>>>;
+
+/// Releases the interpreter lock while the loop waits for the OS.
+struct GilRelease {
+    saved: Cell<*mut ffi::PyThreadState>,
+    pending: Pending,
+    lp: Weak<dyn BaseLoop>,
+}
+
+impl PollHook for GilRelease {
+    fn before_poll(&self, timeout: Option<Duration>) {
+        // A poll that only looks is not worth two lock hand-overs.
+        if timeout != Some(Duration::ZERO) {
+            // SAFETY: the loop runs from `run_forever`, a Python method: this
+            // thread holds the GIL here, and `after_poll` restores it before
+            // any Python object is touched again.
+            self.saved.set(unsafe { ffi::PyEval_SaveThread() });
+        }
+    }
+
+    fn after_poll(&self) {
+        let saved = self.saved.replace(std::ptr::null_mut());
+        if !saved.is_null() {
+            // SAFETY: `saved` came from `PyEval_SaveThread` on this thread.
+            unsafe { ffi::PyEval_RestoreThread(saved) };
+        }
+        // SAFETY: the GIL is held (restored above, or never released).
+        if unsafe { ffi::PyErr_CheckSignals() } < 0 {
+            Python::attach(|py| {
+                let err = PyErr::fetch(py);
+                stop_with(&self.pending, &self.lp, err);
+            });
+        }
+    }
+}
+
+fn stop_with(pending: &Pending, lp: &Weak<dyn BaseLoop>, err: PyErr) {
+    let mut p = pending.borrow_mut();
+    if p.is_none() {
+        *p = Some(err);
+    }
+    if let Some(lp) = lp.upgrade() {
+        lp.stop();
+    }
+}
+
+/// The Rust half of the loop; `rust_asyncio.EventLoop` subclasses it.
+#[pyclass(module = "rust_asyncio._core", subclass, unsendable)]
+pub struct Core {
+    pub(crate) base: Rc<dyn BaseLoop>,
+    pub(crate) lp: Loop,
+    backend: &'static str,
+    pending: Pending,
+    /// The loop's timers behind Python `TimerHandle`s, by key.
+    timers: RefCell<Slab<loop_api::TimerHandle>>,
+    remote: Py<Remote>,
+}
+
+impl Core {
+    /// Stops the loop and makes `run_forever` raise `err`.
+    pub(crate) fn raise_out_of_run(&self, err: PyErr) {
+        stop_with(&self.pending, &Rc::downgrade(&self.base), err);
+    }
+
+    pub(crate) fn cancel_timer(&self, key: usize) {
+        if let Some(t) = self.timers.borrow_mut().try_remove(key) {
+            t.cancel();
+        }
+    }
+
+    fn handle(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        repeat: bool,
+    ) -> PyResult<Handle> {
+        Handle::new(
+            slf.py(),
+            slf.clone().into_any().unbind(),
+            callback.unbind(),
+            args.unbind(),
+            context.map(Bound::unbind),
+            repeat,
+        )
+    }
+}
+
+fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let fd: i32 = match obj.extract::<i32>() {
+        Ok(fd) => fd,
+        Err(_) => obj
+            .call_method0("fileno")
+            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {obj}")))?
+            .extract()?,
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
+    }
+    Ok(fd)
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (backend = "auto", *_args, **_kwargs))]
+    fn new(
+        py: Python<'_>,
+        backend: &str,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let name = backend.trim().to_ascii_lowercase();
+        let (base, backend) = check(py, make_loop(&name))?;
+        let lp = base.as_loop();
+        let remote = Py::new(py, Remote { remote: lp.remote() })?;
+        Ok(Core {
+            base,
+            lp,
+            backend,
+            pending: Rc::new(RefCell::new(None)),
+            timers: RefCell::new(Slab::new()),
+            remote,
+        })
+    }
+
+    /// The backend this loop runs on: `"select"` or `"uring"`.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    #[getter]
+    fn _rs_remote(&self, py: Python<'_>) -> Py<Remote> {
+        self.remote.clone_ref(py)
+    }
+
+    fn time(&self) -> f64 {
+        self.lp.time()
+    }
+
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let h = Py::new(py, Self::handle(slf, callback, args, context, false)?)?;
+        let run = h.clone_ref(py);
+        let me = slf.borrow();
+        let r = me.lp.call_soon_dyn(
+            Box::new(move || Python::attach(|py| handles::run(py, run.bind(py)))),
+            None,
+        );
+        check(py, r)?;
+        Ok(h)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context = None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = slf.borrow().lp.time() + delay;
+        Self::call_at(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context = None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let base = Self::handle(slf, callback, args, context, false)?;
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle { when, key: None });
+        let h: Py<TimerHandle> = Py::new(py, init)?;
+        let me = slf.borrow();
+        let fire = h.clone_ref(py);
+        let lp_obj = slf.clone().unbind();
+        let timer = me.lp.call_at_dyn(
+            when,
+            Box::new(move || {
+                Python::attach(|py| {
+                    let th = fire.bind(py);
+                    if let Some(key) = th.borrow_mut().key.take() {
+                        lp_obj.borrow(py).timers.borrow_mut().try_remove(key);
+                    }
+                    handles::run(py, th.as_super());
+                })
+            }),
+            None,
+        );
+        let timer = check(py, timer)?;
+        let key = me.timers.borrow_mut().insert(timer);
+        h.borrow_mut(py).key = Some(key);
+        Ok(h)
+    }
+
+    /// Runs the loop until `stop()`; the Python class wraps it in asyncio's
+    /// set-up and clean-up (running loop, async generator hooks).
+    fn _rs_run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.borrow();
+        let weak = PyWeakrefReference::new(slf)?.unbind();
+        me.lp
+            .set_exception_handler(Some(Rc::new(move |_lp, ctx: &ExceptionContext| {
+                Python::attach(|py| {
+                    if let Some(obj) = weak.bind(py).upgrade() {
+                        report_rust_context(py, &obj, ctx);
+                    }
+                })
+            })));
+        me.base.set_poll_hook(Some(Rc::new(GilRelease {
+            saved: Cell::new(std::ptr::null_mut()),
+            pending: me.pending.clone(),
+            lp: Rc::downgrade(&me.base),
+        })));
+        let r = me.lp.run_forever();
+        me.base.set_poll_hook(None);
+        if let Some(err) = me.pending.borrow_mut().take() {
+            return Err(err);
+        }
+        check(py, r)
+    }
+
+    fn stop(&self) {
+        self.lp.stop();
+    }
+
+    fn _rs_close(&self, py: Python<'_>) -> PyResult<()> {
+        self.timers.borrow_mut().clear();
+        check(py, self.lp.close())
+    }
+
+    fn _rs_is_running(&self) -> bool {
+        self.lp.is_running()
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_fd(slf, fd, callback, args, true)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_fd(slf, fd, callback, args, false)
+    }
+
+    fn _remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if self.lp.is_closed() {
+            return Ok(false);
+        }
+        let fd = fd_of(fd)?;
+        check(py, self.base._remove_reader(fd))
+    }
+
+    fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if self.lp.is_closed() {
+            return Ok(false);
+        }
+        let fd = fd_of(fd)?;
+        check(py, self.base._remove_writer(fd))
+    }
+
+    fn _rs_add_signal_handler(
+        slf: &Bound<'_, Self>,
+        sig: i32,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let h = Py::new(py, Self::handle(slf, callback, args, None, true)?)?;
+        let r = slf.borrow().lp.add_signal_handler_dyn(
+            sig,
+            Box::new(move || Python::attach(|py| handles::run(py, h.bind(py)))),
+        );
+        check(py, r)
+    }
+
+    #[pyo3(signature = (sock, protocol, waiter = None, *, extra = None, server = None))]
+    fn _make_socket_transport(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        waiter: Option<Py<PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+        server: Option<Py<PyAny>>,
+    ) -> PyResult<Py<crate::transport::SocketTransport>> {
+        crate::transport::make_socket_transport(slf, sock, protocol, waiter, extra, server)
+    }
+
+    fn _rs_remove_signal_handler(&self, py: Python<'_>, sig: i32) -> PyResult<bool> {
+        check(py, self.lp.remove_signal_handler(sig))
+    }
+}
+
+impl Core {
+    fn add_fd(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        reader: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let fd = fd_of(fd)?;
+        let me = slf.borrow();
+        if me.lp.is_closed() {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        let h = Py::new(py, Self::handle(slf, callback, args, None, true)?)?;
+        let run = h.clone_ref(py);
+        let cb = Box::new(move || Python::attach(|py| handles::run(py, run.bind(py))));
+        let r = if reader {
+            me.base._add_reader(fd, cb)
+        } else {
+            me.base._add_writer(fd, cb)
+        };
+        check(py, r)?;
+        Ok(h)
+    }
+}
+
+/// An error the Rust side of the loop reports (a transport's fatal error,
+/// an exception in a protocol method), handed to the Python loop's
+/// `call_exception_handler` with the exception asyncio would raise.
+fn report_rust_context(py: Python<'_>, lp: &Bound<'_, PyAny>, ctx: &ExceptionContext) {
+    let dict = PyDict::new(py);
+    let mut r = dict.set_item("message", &ctx.message);
+    if let Some(e) = &ctx.exception {
+        r = r.and_then(|_| dict.set_item("exception", to_py(py, e).value(py)));
+    }
+    if let Some(fd) = ctx.socket {
+        r = r.and_then(|_| dict.set_item("socket", fd));
+    }
+    let r = r.and_then(|_| lp.call_method1("call_exception_handler", (dict,)));
+    if let Err(e) = r {
+        e.write_unraisable(py, Some(lp));
+    }
+}
+
+/// The thread-safe side of a loop: `call_soon_threadsafe` from any thread.
+#[pyclass(module = "rust_asyncio._core", frozen)]
+pub struct Remote {
+    remote: RemoteLoop,
+}
+
+#[pymethods]
+impl Remote {
+    /// Schedules `callback(*args)` on the loop `lp` and wakes it.
+    #[pyo3(signature = (lp, callback, args, context = None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        lp: Py<PyAny>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let h = Py::new(py, Handle::new(py, lp, callback, args, context, false)?)?;
+        let run = h.clone_ref(py);
+        let r = self
+            .remote
+            .call_soon_threadsafe(move || Python::attach(|py| handles::run(py, run.bind(py))));
+        check(py, r)?;
+        Ok(h)
+    }
+}

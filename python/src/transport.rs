@@ -1,0 +1,471 @@
+//! Our stream transports with Python protocols.
+//!
+//! asyncio's `create_connection`, `create_server`, `start_tls` and the
+//! streams API run as asyncio wrote them; where they make a transport
+//! (`loop._make_socket_transport(sock, protocol, waiter)`), the transport
+//! is this project's (select or uring), and the Python protocol is called
+//! from it through [`PyProtocol`]: `data_received` with `bytes`, or a
+//! `BufferedProtocol`'s `get_buffer`/`buffer_updated`.
+//!
+//! The socket: the transport uses the Python socket's descriptor and
+//! closes it; the Python socket object (the `socket` extra, as asyncio
+//! gives it) is detached just before, so it never closes a number that
+//! may already be reused.
+
+use std::cell::RefCell;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+
+use loop_api::protocols::{BaseProtocol, BufferedProtocol, Protocol};
+use loop_api::transports::Transport;
+use loop_api::{Error, Future};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use socket2::Socket;
+
+use crate::core::Core;
+use crate::errors::{check, from_py, raise_through_rust, to_py};
+
+/// An asyncio class, looked up once.
+pub(crate) fn asyncio_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || py.import(module)?.getattr(name).map(Bound::unbind))
+        .map(|o| o.bind(py))
+}
+
+/// The Python socket's descriptor, handed to a Rust transport; `sock`
+/// stays the `socket` extra.
+pub(crate) fn socket_of(sock: &Bound<'_, PyAny>) -> PyResult<Rc<Socket>> {
+    let fd: i32 = sock.call_method0("fileno")?.extract()?;
+    if fd < 0 {
+        return Err(pyo3::exceptions::PyOSError::new_err((9, "Bad file descriptor")));
+    }
+    // SAFETY: `fd` is the open descriptor of a live Python socket; the
+    // transport takes it over, and the Python socket is detached before
+    // the transport closes it (`SocketTransport::detach_socket`), or the
+    // descriptor is given back (`give_back`) if no transport was made.
+    Ok(Rc::new(unsafe { Socket::from_raw_fd(fd) }))
+}
+
+/// Gives back a descriptor no transport took, so the Python socket keeps it.
+pub(crate) fn give_back(sock: Rc<Socket>) {
+    if let Ok(s) = Rc::try_unwrap(sock) {
+        let _ = s.into_raw_fd();
+    }
+}
+
+/// Forwards a Rust waiter's outcome to asyncio's waiter future.
+pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future<()>> {
+    let waiter = waiter?;
+    let fut = Future::new(lp.lp.clone());
+    fut.add_done_callback(
+        move |f: &Future<()>| {
+            Python::attach(|py| {
+                let w = waiter.bind(py);
+                if w.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(true) {
+                    return;
+                }
+                let r = match f.result() {
+                    Ok(()) => w.call_method1("set_result", (py.None(),)),
+                    Err(e) => w.call_method1("set_exception", (to_py(py, &e).value(py),)),
+                };
+                if let Err(e) = r {
+                    e.write_unraisable(py, Some(w));
+                }
+            })
+        },
+        None,
+    );
+    Some(fut)
+}
+
+/// A stream transport of ours, as Python sees it (asyncio's
+/// `transports.Transport` interface).
+#[pyclass(module = "rust_asyncio._core", unsendable, weakref)]
+pub struct SocketTransport {
+    inner: RefCell<Option<Rc<dyn Transport>>>,
+    extra: Py<PyDict>,
+    protocol: RefCell<Py<PyAny>>,
+    sock: RefCell<Option<Py<PyAny>>>,
+    server: RefCell<Option<Py<PyAny>>>,
+}
+
+impl SocketTransport {
+    fn inner(&self) -> PyResult<Rc<dyn Transport>> {
+        self.inner
+            .borrow()
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err("transport is not connected"))
+    }
+
+    /// Called by the protocol adapter as the connection is lost: the
+    /// Python socket lets go of the descriptor the transport is closing,
+    /// and a server learns one connection fewer.
+    fn lost(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let me = slf.borrow();
+        if let Some(sock) = me.sock.borrow_mut().take() {
+            let _ = sock.bind(py).call_method0("detach");
+        }
+        let server = me.server.borrow_mut().take();
+        drop(me);
+        if let Some(server) = server {
+            if let Err(e) = server.bind(py).call_method1("_detach", (slf,)) {
+                e.write_unraisable(py, Some(server.bind(py)));
+            }
+        }
+    }
+}
+
+fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(b) = data.cast::<PyByteArray>() {
+        return Ok(b.to_vec());
+    }
+    if data.cast::<PyMemoryView>().is_ok() {
+        return Ok(data.call_method0("tobytes")?.cast::<PyBytes>()?.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not '{}'",
+        data.get_type().name()?
+    )))
+}
+
+#[pymethods]
+impl SocketTransport {
+    #[classattr]
+    fn _start_tls_compatible() -> bool {
+        true
+    }
+
+    #[classattr]
+    fn _sendfile_compatible(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        static MODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let m = asyncio_attr(py, &MODE, "asyncio.constants", "_SendfileMode")?;
+        Ok(m.getattr("FALLBACK")?.unbind())
+    }
+
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = data.py();
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return check(py, self.inner()?.write(b.as_bytes()));
+        }
+        let v = bytes_like(data)?;
+        check(py, self.inner()?.write(&v))
+    }
+
+    fn writelines(&self, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = list_of_data.py();
+        let mut parts = Vec::new();
+        for item in list_of_data.try_iter()? {
+            parts.push(bytes_like(&item?)?);
+        }
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        check(py, self.inner()?.writelines(&slices))
+    }
+
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        check(py, self.inner()?.write_eof())
+    }
+
+    fn can_write_eof(&self) -> PyResult<bool> {
+        Ok(self.inner()?.can_write_eof())
+    }
+
+    fn close(&self) {
+        if let Some(t) = self.inner.borrow().clone() {
+            t.close();
+        }
+    }
+
+    fn abort(&self) {
+        if let Some(t) = self.inner.borrow().clone() {
+            t.abort();
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.inner.borrow().as_ref().is_none_or(|t| t.is_closing())
+    }
+
+    fn is_reading(&self) -> bool {
+        self.inner.borrow().as_ref().is_some_and(|t| t.is_reading())
+    }
+
+    fn pause_reading(&self) -> PyResult<()> {
+        self.inner()?.pause_reading();
+        Ok(())
+    }
+
+    fn resume_reading(&self) -> PyResult<()> {
+        self.inner()?.resume_reading();
+        Ok(())
+    }
+
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<usize>,
+        low: Option<usize>,
+    ) -> PyResult<()> {
+        check(py, self.inner()?.set_write_buffer_limits(high, low))
+    }
+
+    fn get_write_buffer_limits(&self) -> PyResult<(usize, usize)> {
+        let (high, low) = self.inner()?.get_write_buffer_limits();
+        Ok((low, high))
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.inner
+            .borrow()
+            .as_ref()
+            .map_or(0, |t| t.get_write_buffer_size())
+    }
+
+    #[pyo3(signature = (name, default = None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if let Some(v) = self.extra.bind(py).get_item(name)? {
+            return Ok(v.unbind());
+        }
+        Ok(default.unwrap_or_else(|| py.None()))
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
+        self.protocol.borrow().clone_ref(py)
+    }
+
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let adapter = PyProtocol::new(slf, &protocol)?;
+        let me = slf.borrow();
+        *me.protocol.borrow_mut() = protocol.unbind();
+        if let Some(t) = me.inner.borrow().as_ref() {
+            t.set_protocol(Rc::new(adapter));
+        }
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = if self.is_closing() { "closing" } else { "open" };
+        let fd = self
+            .sock
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.bind(py).call_method0("fileno").ok())
+            .and_then(|f| f.extract::<i64>().ok())
+            .unwrap_or(-1);
+        format!("<rust_asyncio.SocketTransport fd={fd} {state}>")
+    }
+}
+
+/// A Python protocol called from a Rust transport.
+pub(crate) struct PyProtocol {
+    protocol: Py<PyAny>,
+    transport: RefCell<Option<Py<SocketTransport>>>,
+    buffered: bool,
+    /// The buffer the last `get_buffer` returned, until `buffer_updated`.
+    lent: RefCell<Option<Py<PyAny>>>,
+}
+
+impl PyProtocol {
+    fn new(transport: &Bound<'_, SocketTransport>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let py = protocol.py();
+        let cls = asyncio_attr(py, &BUFFERED, "asyncio", "BufferedProtocol")?;
+        Ok(PyProtocol {
+            protocol: protocol.clone().unbind(),
+            transport: RefCell::new(Some(transport.clone().unbind())),
+            buffered: protocol.is_instance(cls)?,
+            lent: RefCell::new(None),
+        })
+    }
+
+    fn call0(&self, name: &str) {
+        Python::attach(|py| {
+            if let Err(e) = self.protocol.bind(py).call_method0(name) {
+                raise_through_rust(e);
+            }
+        })
+    }
+}
+
+impl BaseProtocol for PyProtocol {
+    fn connection_lost(&self, exc: Option<Error>) {
+        Python::attach(|py| {
+            if let Some(t) = self.transport.borrow_mut().take() {
+                SocketTransport::lost(t.bind(py));
+            }
+            let exc = match exc {
+                Some(e) => to_py(py, &e).into_value(py).into_any(),
+                None => py.None(),
+            };
+            if let Err(e) = self.protocol.bind(py).call_method1("connection_lost", (exc,)) {
+                raise_through_rust(e);
+            }
+        })
+    }
+
+    fn pause_writing(&self) {
+        self.call0("pause_writing")
+    }
+
+    fn resume_writing(&self) {
+        self.call0("resume_writing")
+    }
+}
+
+impl Protocol for PyProtocol {
+    fn connection_made(&self, _transport: Rc<dyn Transport>) {
+        Python::attach(|py| {
+            let Some(t) = self.transport.borrow().as_ref().map(|t| t.clone_ref(py)) else {
+                return;
+            };
+            if let Err(e) = self.protocol.bind(py).call_method1("connection_made", (t,)) {
+                raise_through_rust(e);
+            }
+        })
+    }
+
+    fn data_received(&self, data: &[u8]) {
+        Python::attach(|py| {
+            let bytes = PyBytes::new(py, data);
+            if let Err(e) = self.protocol.bind(py).call_method1("data_received", (bytes,)) {
+                raise_through_rust(e);
+            }
+        })
+    }
+
+    fn eof_received(&self) -> bool {
+        Python::attach(|py| match self.protocol.bind(py).call_method0("eof_received") {
+            Ok(r) => r.is_truthy().unwrap_or(false),
+            Err(e) => raise_through_rust(e),
+        })
+    }
+
+    fn as_buffered(&self) -> Option<&dyn BufferedProtocol> {
+        if self.buffered {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+impl BufferedProtocol for PyProtocol {
+    /// The Python protocol's buffer, as a Rust buffer of the same length
+    /// for the transport to fill; `buffer_updated` copies it over.
+    fn get_buffer(&self, sizehint: usize) -> Result<Vec<u8>, Error> {
+        Python::attach(|py| {
+            let buf = self
+                .protocol
+                .bind(py)
+                .call_method1("get_buffer", (sizehint,))
+                .map_err(from_py)?;
+            let len = buf.len().map_err(from_py)?;
+            if len == 0 {
+                return Err(Error::runtime("get_buffer() returned an empty buffer"));
+            }
+            *self.lent.borrow_mut() = Some(buf.unbind());
+            Ok(vec![0; len])
+        })
+    }
+
+    fn buffer_updated(&self, buf: Vec<u8>, nbytes: usize) -> Result<(), Error> {
+        Python::attach(|py| {
+            let lent = self.lent.borrow_mut().take();
+            if let Some(target) = lent {
+                let target = target.bind(py);
+                let view = PyMemoryView::from(target).map_err(from_py)?;
+                let src = PyBytes::new(py, &buf[..nbytes]);
+                view.set_item(
+                    pyo3::types::PySlice::new(py, 0, nbytes as isize, 1),
+                    src,
+                )
+                .map_err(from_py)?;
+            }
+            self.protocol
+                .bind(py)
+                .call_method1("buffer_updated", (nbytes,))
+                .map(drop)
+                .map_err(from_py)
+        })
+    }
+
+    fn eof_received(&self) -> bool {
+        Protocol::eof_received(self)
+    }
+}
+
+/// `loop._make_socket_transport(sock, protocol, waiter, extra, server)`.
+pub(crate) fn make_socket_transport(
+    lp: &Bound<'_, Core>,
+    sock: &Bound<'_, PyAny>,
+    protocol: &Bound<'_, PyAny>,
+    waiter: Option<Py<PyAny>>,
+    extra: Option<&Bound<'_, PyDict>>,
+    server: Option<Py<PyAny>>,
+) -> PyResult<Py<SocketTransport>> {
+    static TRSOCK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = lp.py();
+    let info = PyDict::new(py);
+    if let Some(extra) = extra {
+        info.update(extra.as_mapping())?;
+    }
+    let wrap = asyncio_attr(py, &TRSOCK, "asyncio.trsock", "TransportSocket")?;
+    info.set_item("socket", wrap.call1((sock,))?)?;
+    if let Ok(name) = sock.call_method0("getsockname") {
+        info.set_item("sockname", name)?;
+    }
+    if !info.contains("peername")? {
+        if let Ok(name) = sock.call_method0("getpeername") {
+            info.set_item("peername", name)?;
+        }
+    }
+    let obj = Py::new(
+        py,
+        SocketTransport {
+            inner: RefCell::new(None),
+            extra: info.unbind(),
+            protocol: RefCell::new(protocol.clone().unbind()),
+            sock: RefCell::new(Some(sock.clone().unbind())),
+            server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
+        },
+    )?;
+    let bound = obj.bind(py);
+    let adapter = Rc::new(PyProtocol::new(bound, protocol)?);
+    let core = lp.borrow();
+    let rsock = socket_of(sock)?;
+    let waiter = rust_waiter(&core, waiter);
+    let made = core
+        .base
+        ._make_socket_transport(rsock.clone(), adapter, waiter, None);
+    match made {
+        Ok(t) => {
+            drop(rsock);
+            *bound.borrow().inner.borrow_mut() = Some(t);
+        }
+        Err(e) => {
+            give_back(rsock);
+            return Err(to_py(py, &e));
+        }
+    }
+    if let Some(server) = server {
+        server.bind(py).call_method1("_attach", (bound,))?;
+    }
+    Ok(obj)
+}
+
