@@ -750,6 +750,13 @@ impl Driver for UringDriver {
         let old = self.watches.remove(&fd);
         if let Some(t) = old.as_ref().and_then(|w| w.armed) {
             self.disarm(t)?;
+            if !readable && !writable {
+                // An armed poll holds the file: hand the kernel its removal
+                // now, so that `remove_reader(fd); close(fd)` closes the
+                // socket at once (a listener refuses connections), as it
+                // does on a selector.
+                self.submit_now()?;
+            }
         }
         if readable || writable {
             self.watches.insert(

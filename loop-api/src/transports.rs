@@ -13,7 +13,7 @@ use std::rc::Rc;
 use socket2::SockAddr;
 
 use crate::events::{LocalBoxFuture, RawFd};
-use crate::exceptions::Result;
+use crate::exceptions::{Error, Result};
 use crate::futures::Future;
 use crate::protocols::{DatagramProtocol, Protocol, SubprocessProtocol};
 
@@ -211,6 +211,14 @@ pub trait Transport: ReadTransport + WriteTransport {
     fn set_protocol(&self, protocol: Rc<dyn Protocol>);
     /// The current protocol.
     fn get_protocol(&self) -> Rc<dyn Protocol>;
+    /// asyncio's `_force_close(exc)`: drops what is buffered and closes
+    /// now; the protocol's `connection_lost` gets `exc`. `sslproto` uses it
+    /// to fail a handshake with its own error. Defaults to `abort()`
+    /// (`connection_lost(None)`).
+    fn _force_close(&self, exc: Option<Error>) {
+        let _ = exc;
+        self.abort();
+    }
 }
 
 /// `asyncio.DatagramTransport`.

@@ -17,6 +17,7 @@
 //!   callback, stops the loop and comes out of `run_forever`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -116,6 +117,13 @@ pub struct Core {
     /// The loop's timers behind Python `TimerHandle`s, by key.
     timers: RefCell<Slab<loop_api::TimerHandle>>,
     remote: Py<Remote>,
+    /// asyncio's debug mode, mirrored by the Python class's `set_debug`.
+    debug: Cell<bool>,
+    /// The Python handle watching each descriptor: replaced or removed,
+    /// it is cancelled, as the selector loop does (asyncio's `sock_*`
+    /// rely on it).
+    readers: RefCell<HashMap<i32, Py<Handle>>>,
+    writers: RefCell<HashMap<i32, Py<Handle>>>,
 }
 
 impl Core {
@@ -145,6 +153,22 @@ impl Core {
             context.map(Bound::unbind),
             repeat,
         )
+    }
+
+    /// asyncio's debug-mode checks of a scheduling call (`method`): the
+    /// loop's thread, a callback that is not a coroutine; and where the
+    /// call came from, for the handle.
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        if !slf.borrow().debug.get() {
+            return Ok(None);
+        }
+        slf.call_method0("_check_thread")?;
+        slf.call_method1("_check_callback", (callback, method))?;
+        handles::source_traceback(slf.py(), 0).map(Some)
     }
 }
 
@@ -177,7 +201,12 @@ impl Core {
         let name = backend.trim().to_ascii_lowercase();
         let (base, backend) = check(py, make_loop(&name))?;
         let lp = base.as_loop();
-        let remote = Py::new(py, Remote { remote: lp.remote() })?;
+        let remote = Py::new(
+            py,
+            Remote {
+                remote: lp.remote(),
+            },
+        )?;
         Ok(Core {
             base,
             lp,
@@ -185,6 +214,9 @@ impl Core {
             pending: Rc::new(RefCell::new(None)),
             timers: RefCell::new(Slab::new()),
             remote,
+            debug: Cell::new(false),
+            readers: RefCell::new(HashMap::new()),
+            writers: RefCell::new(HashMap::new()),
         })
     }
 
@@ -211,7 +243,10 @@ impl Core {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let h = Py::new(py, Self::handle(slf, callback, args, context, false)?)?;
+        let tb = Self::debug_checks(slf, &callback, "call_soon")?;
+        let mut handle = Self::handle(slf, callback, args, context, false)?;
+        handle.source_traceback = tb;
+        let h = Py::new(py, handle)?;
         let run = h.clone_ref(py);
         let me = slf.borrow();
         let r = me.lp.call_soon_dyn(
@@ -243,7 +278,9 @@ impl Core {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
-        let base = Self::handle(slf, callback, args, context, false)?;
+        let tb = Self::debug_checks(slf, &callback, "call_at")?;
+        let mut base = Self::handle(slf, callback, args, context, false)?;
+        base.source_traceback = tb;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle { when, key: None });
         let h: Py<TimerHandle> = Py::new(py, init)?;
         let me = slf.borrow();
@@ -299,8 +336,14 @@ impl Core {
         self.lp.stop();
     }
 
+    fn _rs_set_debug(&self, enabled: bool) {
+        self.debug.set(enabled);
+    }
+
     fn _rs_close(&self, py: Python<'_>) -> PyResult<()> {
         self.timers.borrow_mut().clear();
+        self.readers.borrow_mut().clear();
+        self.writers.borrow_mut().clear();
         check(py, self.lp.close())
     }
 
@@ -329,19 +372,11 @@ impl Core {
     }
 
     fn _remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if self.lp.is_closed() {
-            return Ok(false);
-        }
-        let fd = fd_of(fd)?;
-        check(py, self.base._remove_reader(fd))
+        self.remove_fd(py, fd, true)
     }
 
     fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if self.lp.is_closed() {
-            return Ok(false);
-        }
-        let fd = fd_of(fd)?;
-        check(py, self.base._remove_writer(fd))
+        self.remove_fd(py, fd, false)
     }
 
     fn _rs_add_signal_handler(
@@ -359,16 +394,50 @@ impl Core {
         check(py, r)
     }
 
-    #[pyo3(signature = (sock, protocol, waiter = None, *, extra = None, server = None))]
-    fn _make_socket_transport(
+    /// asyncio's `_make_socket_transport`; `face` makes the Python object
+    /// protocols see from the Rust transport and the loop.
+    #[pyo3(signature = (sock, protocol, waiter, extra, server, face))]
+    fn _rs_make_socket_transport(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         waiter: Option<Py<PyAny>>,
         extra: Option<&Bound<'_, PyDict>>,
         server: Option<Py<PyAny>>,
-    ) -> PyResult<Py<crate::transport::SocketTransport>> {
-        crate::transport::make_socket_transport(slf, sock, protocol, waiter, extra, server)
+        face: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        crate::transport::make_socket_transport(slf, sock, protocol, waiter, extra, server, face)
+    }
+
+    /// The transport's zero-copy sendfile (asyncio's `_sendfile_native`),
+    /// as an asyncio future of the bytes sent.
+    fn _rs_sendfile_native(
+        slf: &Bound<'_, Self>,
+        transport: &Bound<'_, crate::transport::SocketTransport>,
+        file: &Bound<'_, PyAny>,
+        offset: u64,
+        count: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let fd: i32 = file.call_method0("fileno")?.extract()?;
+        // SAFETY: `fd` is the open descriptor of a live Python file; the
+        // duplicate is ours to own and close.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return Err(PyErr::from(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `dup` was just returned by dup(2) and nothing else owns it.
+        let file = Rc::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(dup) });
+        let t = transport.borrow().inner()?;
+        let Some(fut) = t._sendfile_native(file, offset, count) else {
+            return Err(to_py(
+                py,
+                &Error::SendfileNotAvailable("the transport has no zero-copy sendfile".into()),
+            ));
+        };
+        crate::bridge::future_to_py(slf, fut, |py, n| {
+            Ok(n.into_pyobject(py)?.into_any().unbind())
+        })
     }
 
     fn _rs_remove_signal_handler(&self, py: Python<'_>, sig: i32) -> PyResult<bool> {
@@ -392,14 +461,58 @@ impl Core {
         }
         let h = Py::new(py, Self::handle(slf, callback, args, None, true)?)?;
         let run = h.clone_ref(py);
-        let cb = Box::new(move || Python::attach(|py| handles::run(py, run.bind(py))));
+        let lp_obj = slf.clone().unbind();
+        let cb = Box::new(move || {
+            Python::attach(|py| {
+                if run.borrow(py).cancelled {
+                    // Cancelled through the handle: stop watching, as the
+                    // selector loop does when the event comes.
+                    let core = lp_obj.borrow(py);
+                    let map = if reader { &core.readers } else { &core.writers };
+                    let current = map.borrow().get(&fd).is_some_and(|h| h.is(&run));
+                    if current {
+                        map.borrow_mut().remove(&fd);
+                        let _ = if reader {
+                            core.base._remove_reader(fd)
+                        } else {
+                            core.base._remove_writer(fd)
+                        };
+                    }
+                    return;
+                }
+                handles::run(py, run.bind(py))
+            })
+        });
         let r = if reader {
             me.base._add_reader(fd, cb)
         } else {
             me.base._add_writer(fd, cb)
         };
         check(py, r)?;
+        let map = if reader { &me.readers } else { &me.writers };
+        let old = map.borrow_mut().insert(fd, h.clone_ref(py));
+        if let Some(old) = old {
+            Handle::cancel_now(py, &old);
+        }
         Ok(h)
+    }
+
+    fn remove_fd(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, reader: bool) -> PyResult<bool> {
+        if self.lp.is_closed() {
+            return Ok(false);
+        }
+        let fd = fd_of(fd)?;
+        let map = if reader { &self.readers } else { &self.writers };
+        let old = map.borrow_mut().remove(&fd);
+        if let Some(old) = old {
+            Handle::cancel_now(py, &old);
+        }
+        let r = if reader {
+            self.base._remove_reader(fd)
+        } else {
+            self.base._remove_writer(fd)
+        };
+        check(py, r)
     }
 }
 
@@ -430,7 +543,9 @@ pub struct Remote {
 #[pymethods]
 impl Remote {
     /// Schedules `callback(*args)` on the loop `lp` and wakes it.
-    #[pyo3(signature = (lp, callback, args, context = None))]
+    /// With `debug`, the handle records where the caller of the caller
+    /// (the Python `call_soon_threadsafe`) was.
+    #[pyo3(signature = (lp, callback, args, context = None, debug = false))]
     fn call_soon_threadsafe(
         &self,
         py: Python<'_>,
@@ -438,8 +553,13 @@ impl Remote {
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         context: Option<Py<PyAny>>,
+        debug: bool,
     ) -> PyResult<Py<Handle>> {
-        let h = Py::new(py, Handle::new(py, lp, callback, args, context, false)?)?;
+        let mut handle = Handle::new(py, lp, callback, args, context, false)?;
+        if debug {
+            handle.source_traceback = Some(handles::source_traceback(py, 1)?);
+        }
+        let h = Py::new(py, handle)?;
         let run = h.clone_ref(py);
         let r = self
             .remote

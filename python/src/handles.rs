@@ -25,6 +25,8 @@ pub struct Handle {
     pub(crate) cancelled: bool,
     /// Readers, writers and signal handlers run more than once.
     pub(crate) repeat: bool,
+    /// Where it was scheduled from, in debug mode.
+    pub(crate) source_traceback: Option<Py<PyAny>>,
 }
 
 impl Handle {
@@ -49,12 +51,33 @@ impl Handle {
             loop_,
             cancelled: false,
             repeat,
+            source_traceback: None,
         })
     }
 }
 
 #[pymethods]
 impl Handle {
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.callback)?;
+        visit.call(&self.args)?;
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)?;
+        visit.call(&self.loop_)
+    }
+
+    fn __clear__(&mut self) {
+        self.callback = None;
+        self.args = None;
+        self.context = None;
+        self.source_traceback = None;
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
     /// Cancels the callback; it will not run. Idempotent.
     fn cancel(&mut self) {
         self.mark_cancelled();
@@ -100,6 +123,13 @@ impl Handle {
 }
 
 impl Handle {
+    /// Cancels from Rust (a replaced or removed reader or writer).
+    pub(crate) fn cancel_now(py: Python<'_>, h: &Py<Handle>) {
+        if let Ok(mut h) = h.bind(py).try_borrow_mut() {
+            h.mark_cancelled();
+        }
+    }
+
     fn mark_cancelled(&mut self) {
         if !self.cancelled {
             self.cancelled = true;
@@ -174,6 +204,19 @@ impl TimerHandle {
     }
 }
 
+/// Where a handle is being made from, as asyncio records it in debug
+/// mode: the stack of the Python caller `depth` frames above the call.
+pub(crate) fn source_traceback(py: Python<'_>, depth: u32) -> PyResult<Py<PyAny>> {
+    static EXTRACT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let extract = EXTRACT.get_or_try_init(py, || {
+        py.import("asyncio.format_helpers")?
+            .getattr("extract_stack")
+            .map(Bound::unbind)
+    })?;
+    let frame = py.import("sys")?.call_method1("_getframe", (depth,))?;
+    Ok(extract.bind(py).call1((frame,))?.unbind())
+}
+
 /// asyncio's own text for a callback and its arguments.
 fn format_callback(py: Python<'_>, cb: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<String> {
     static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -182,9 +225,7 @@ fn format_callback(py: Python<'_>, cb: &Py<PyAny>, args: &Py<PyTuple>) -> PyResu
             .getattr("_format_callback_source")
             .map(Bound::unbind)
     })?;
-    f.bind(py)
-        .call1((cb, args, false))?
-        .extract::<String>()
+    f.bind(py).call1((cb, args, false))?.extract::<String>()
 }
 
 /// Runs the handle's callback in its context, as asyncio's `Handle._run`:
@@ -264,8 +305,15 @@ fn report(
     let filled = context
         .set_item("message", format!("Exception in callback {text}"))
         .and_then(|_| context.set_item("exception", err.value(py)))
-        .and_then(|_| context.set_item("handle", handle));
-    let called = filled.and_then(|_| lp.bind(py).call_method1("call_exception_handler", (context,)));
+        .and_then(|_| context.set_item("handle", handle))
+        .and_then(|_| match &handle.borrow().source_traceback {
+            Some(tb) => context.set_item("source_traceback", tb),
+            None => Ok(()),
+        });
+    let called = filled.and_then(|_| {
+        lp.bind(py)
+            .call_method1("call_exception_handler", (context,))
+    });
     if let Err(e) = called {
         e.write_unraisable(py, Some(handle.as_any()));
     }

@@ -9,6 +9,7 @@
 //! its futures and tasks are asyncio's own C ones and every asyncio
 //! library runs unchanged.
 
+mod bridge;
 mod core;
 mod errors;
 mod handles;

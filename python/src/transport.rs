@@ -44,7 +44,10 @@ pub(crate) fn asyncio_attr<'py>(
 pub(crate) fn socket_of(sock: &Bound<'_, PyAny>) -> PyResult<Rc<Socket>> {
     let fd: i32 = sock.call_method0("fileno")?.extract()?;
     if fd < 0 {
-        return Err(pyo3::exceptions::PyOSError::new_err((9, "Bad file descriptor")));
+        return Err(pyo3::exceptions::PyOSError::new_err((
+            9,
+            "Bad file descriptor",
+        )));
     }
     // SAFETY: `fd` is the open descriptor of a live Python socket; the
     // transport takes it over, and the Python socket is detached before
@@ -68,7 +71,10 @@ pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future
         move |f: &Future<()>| {
             Python::attach(|py| {
                 let w = waiter.bind(py);
-                if w.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(true) {
+                if w.call_method0("cancelled")
+                    .and_then(|c| c.is_truthy())
+                    .unwrap_or(true)
+                {
                     return;
                 }
                 let r = match f.result() {
@@ -94,10 +100,24 @@ pub struct SocketTransport {
     protocol: RefCell<Py<PyAny>>,
     sock: RefCell<Option<Py<PyAny>>>,
     server: RefCell<Option<Py<PyAny>>>,
+    /// What protocols, servers and `loop._transports` see: the package's
+    /// `asyncio.Transport` subclass whose methods are this object's.
+    face: RefCell<Option<Py<PyAny>>>,
+    /// Between the protocol's `pause_writing` and `resume_writing`
+    /// (asyncio's `_protocol_paused`, which its sendfile fallback reads).
+    protocol_paused: std::cell::Cell<bool>,
 }
 
 impl SocketTransport {
-    fn inner(&self) -> PyResult<Rc<dyn Transport>> {
+    pub(crate) fn face(&self, py: Python<'_>) -> Py<PyAny> {
+        self.face
+            .borrow()
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+            .unwrap_or_else(|| py.None())
+    }
+
+    pub(crate) fn inner(&self) -> PyResult<Rc<dyn Transport>> {
         self.inner
             .borrow()
             .clone()
@@ -114,9 +134,10 @@ impl SocketTransport {
             let _ = sock.bind(py).call_method0("detach");
         }
         let server = me.server.borrow_mut().take();
+        let face = me.face(py);
         drop(me);
         if let Some(server) = server {
-            if let Err(e) = server.bind(py).call_method1("_detach", (slf,)) {
+            if let Err(e) = server.bind(py).call_method1("_detach", (face,)) {
                 e.write_unraisable(py, Some(server.bind(py)));
             }
         }
@@ -131,7 +152,11 @@ fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Vec<u8>> {
         return Ok(b.to_vec());
     }
     if data.cast::<PyMemoryView>().is_ok() {
-        return Ok(data.call_method0("tobytes")?.cast::<PyBytes>()?.as_bytes().to_vec());
+        return Ok(data
+            .call_method0("tobytes")?
+            .cast::<PyBytes>()?
+            .as_bytes()
+            .to_vec());
     }
     Err(PyTypeError::new_err(format!(
         "data argument must be a bytes-like object, not '{}'",
@@ -141,6 +166,25 @@ fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Vec<u8>> {
 
 #[pymethods]
 impl SocketTransport {
+    // The garbage collector sees what this object holds, so a cycle
+    // through it (transport -> protocol -> transport) is collected.
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&*self.protocol.borrow())?;
+        visit.call(&self.extra)?;
+        for cell in [&self.sock, &self.server, &self.face] {
+            if let Some(obj) = cell.borrow().as_ref() {
+                visit.call(obj)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        self.face.borrow_mut().take();
+        self.sock.borrow_mut().take();
+        self.server.borrow_mut().take();
+    }
+
     #[classattr]
     fn _start_tls_compatible() -> bool {
         true
@@ -150,7 +194,7 @@ impl SocketTransport {
     fn _sendfile_compatible(py: Python<'_>) -> PyResult<Py<PyAny>> {
         static MODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let m = asyncio_attr(py, &MODE, "asyncio.constants", "_SendfileMode")?;
-        Ok(m.getattr("FALLBACK")?.unbind())
+        Ok(m.getattr("TRY_NATIVE")?.unbind())
     }
 
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -245,6 +289,21 @@ impl SocketTransport {
         Ok(default.unwrap_or_else(|| py.None()))
     }
 
+    #[pyo3(signature = (exc = None))]
+    fn _force_close(&self, exc: Option<Bound<'_, PyAny>>) {
+        let exc = exc
+            .filter(|e| !e.is_none())
+            .map(|e| from_py(PyErr::from_value(e)));
+        if let Some(t) = self.inner.borrow().clone() {
+            t._force_close(exc);
+        }
+    }
+
+    #[getter]
+    fn _protocol_paused(&self) -> bool {
+        self.protocol_paused.get()
+    }
+
     fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
         self.protocol.borrow().clone_ref(py)
     }
@@ -294,6 +353,14 @@ impl PyProtocol {
         })
     }
 
+    fn set_paused(&self, paused: bool) {
+        Python::attach(|py| {
+            if let Some(t) = self.transport.borrow().as_ref() {
+                t.borrow(py).protocol_paused.set(paused);
+            }
+        })
+    }
+
     fn call0(&self, name: &str) {
         Python::attach(|py| {
             if let Err(e) = self.protocol.bind(py).call_method0(name) {
@@ -313,17 +380,23 @@ impl BaseProtocol for PyProtocol {
                 Some(e) => to_py(py, &e).into_value(py).into_any(),
                 None => py.None(),
             };
-            if let Err(e) = self.protocol.bind(py).call_method1("connection_lost", (exc,)) {
+            if let Err(e) = self
+                .protocol
+                .bind(py)
+                .call_method1("connection_lost", (exc,))
+            {
                 raise_through_rust(e);
             }
         })
     }
 
     fn pause_writing(&self) {
+        self.set_paused(true);
         self.call0("pause_writing")
     }
 
     fn resume_writing(&self) {
+        self.set_paused(false);
         self.call0("resume_writing")
     }
 }
@@ -331,10 +404,19 @@ impl BaseProtocol for PyProtocol {
 impl Protocol for PyProtocol {
     fn connection_made(&self, _transport: Rc<dyn Transport>) {
         Python::attach(|py| {
-            let Some(t) = self.transport.borrow().as_ref().map(|t| t.clone_ref(py)) else {
+            let Some(face) = self
+                .transport
+                .borrow()
+                .as_ref()
+                .map(|t| t.borrow(py).face(py))
+            else {
                 return;
             };
-            if let Err(e) = self.protocol.bind(py).call_method1("connection_made", (t,)) {
+            if let Err(e) = self
+                .protocol
+                .bind(py)
+                .call_method1("connection_made", (face,))
+            {
                 raise_through_rust(e);
             }
         })
@@ -343,17 +425,23 @@ impl Protocol for PyProtocol {
     fn data_received(&self, data: &[u8]) {
         Python::attach(|py| {
             let bytes = PyBytes::new(py, data);
-            if let Err(e) = self.protocol.bind(py).call_method1("data_received", (bytes,)) {
+            if let Err(e) = self
+                .protocol
+                .bind(py)
+                .call_method1("data_received", (bytes,))
+            {
                 raise_through_rust(e);
             }
         })
     }
 
     fn eof_received(&self) -> bool {
-        Python::attach(|py| match self.protocol.bind(py).call_method0("eof_received") {
-            Ok(r) => r.is_truthy().unwrap_or(false),
-            Err(e) => raise_through_rust(e),
-        })
+        Python::attach(
+            |py| match self.protocol.bind(py).call_method0("eof_received") {
+                Ok(r) => r.is_truthy().unwrap_or(false),
+                Err(e) => raise_through_rust(e),
+            },
+        )
     }
 
     fn as_buffered(&self) -> Option<&dyn BufferedProtocol> {
@@ -391,11 +479,8 @@ impl BufferedProtocol for PyProtocol {
                 let target = target.bind(py);
                 let view = PyMemoryView::from(target).map_err(from_py)?;
                 let src = PyBytes::new(py, &buf[..nbytes]);
-                view.set_item(
-                    pyo3::types::PySlice::new(py, 0, nbytes as isize, 1),
-                    src,
-                )
-                .map_err(from_py)?;
+                view.set_item(pyo3::types::PySlice::new(py, 0, nbytes as isize, 1), src)
+                    .map_err(from_py)?;
             }
             self.protocol
                 .bind(py)
@@ -418,7 +503,8 @@ pub(crate) fn make_socket_transport(
     waiter: Option<Py<PyAny>>,
     extra: Option<&Bound<'_, PyDict>>,
     server: Option<Py<PyAny>>,
-) -> PyResult<Py<SocketTransport>> {
+    face: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
     static TRSOCK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = lp.py();
     let info = PyDict::new(py);
@@ -443,9 +529,13 @@ pub(crate) fn make_socket_transport(
             protocol: RefCell::new(protocol.clone().unbind()),
             sock: RefCell::new(Some(sock.clone().unbind())),
             server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
+            face: RefCell::new(None),
+            protocol_paused: std::cell::Cell::new(false),
         },
     )?;
     let bound = obj.bind(py);
+    let face = face.call1((bound, lp))?.unbind();
+    *bound.borrow().face.borrow_mut() = Some(face.clone_ref(py));
     let adapter = Rc::new(PyProtocol::new(bound, protocol)?);
     let core = lp.borrow();
     let rsock = socket_of(sock)?;
@@ -464,8 +554,7 @@ pub(crate) fn make_socket_transport(
         }
     }
     if let Some(server) = server {
-        server.bind(py).call_method1("_attach", (bound,))?;
+        server.bind(py).call_method1("_attach", (&face,))?;
     }
-    Ok(obj)
+    Ok(face)
 }
-

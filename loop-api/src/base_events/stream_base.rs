@@ -60,6 +60,10 @@ pub struct StreamBase {
     /// `pause_reading` was called (and not resumed).
     pub paused: Cell<bool>,
     empty_waiters: RefCell<Vec<Future<()>>>,
+    /// Set while a native sendfile owns the socket: `write` is refused
+    /// meanwhile (asyncio's `_empty_waiter` check). Made by the first
+    /// sendfile, so a connection that never sends a file pays nothing.
+    sendfile_in_progress: RefCell<Option<Rc<Cell<bool>>>>,
     info: SocketInfo,
 }
 
@@ -116,6 +120,7 @@ impl StreamBase {
             eof: Cell::new(false),
             paused: Cell::new(false),
             empty_waiters: RefCell::new(Vec::new()),
+            sendfile_in_progress: RefCell::new(None),
             info: SocketInfo::new(fd, sockname, peername),
         }
     }
@@ -225,6 +230,14 @@ impl StreamBase {
                 "Cannot call {method}() after write_eof()"
             )));
         }
+        if self
+            .sendfile_in_progress
+            .borrow()
+            .as_ref()
+            .is_some_and(|f| f.get())
+        {
+            return Err(Error::runtime("unable to write; sendfile is in progress"));
+        }
         if empty {
             return Ok(false);
         }
@@ -305,8 +318,14 @@ impl StreamBase {
         let sock = self.socket()?;
         let transport = self.me();
         let lp = self.lp.clone();
+        let in_progress = self
+            .sendfile_in_progress
+            .borrow_mut()
+            .get_or_insert_with(Default::default)
+            .clone();
         Some(Box::pin(async move {
             let _paused = crate::base_events::sendfile::ReadingPaused::new(transport.clone());
+            let _writes_refused = InProgress::new(in_progress);
             let empty = transport
                 ._make_empty_waiter()
                 .expect("socket transports can tell");
@@ -402,4 +421,20 @@ pub fn start<T: StreamTransport>(
         }
     };
     lifecycle::schedule_start(&*base.lp, made, start_reading, waiter)
+}
+
+/// Sets a flag for as long as it lives.
+struct InProgress(Rc<Cell<bool>>);
+
+impl InProgress {
+    fn new(flag: Rc<Cell<bool>>) -> Self {
+        flag.set(true);
+        InProgress(flag)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }

@@ -616,6 +616,10 @@ impl<I: StreamIo> Transport for ProactorSocketTransport<I> {
     fn get_protocol(&self) -> Rc<dyn Protocol> {
         self.base.protocol()
     }
+
+    fn _force_close(&self, exc: Option<Error>) {
+        self.force_close(exc);
+    }
 }
 
 /// Drops the first `n` bytes of `parts`.

@@ -531,4 +531,8 @@ impl Transport for SocketTransport {
     fn get_protocol(&self) -> Rc<dyn Protocol> {
         self.base.protocol()
     }
+
+    fn _force_close(&self, exc: Option<Error>) {
+        self.force_close(exc);
+    }
 }

@@ -12,10 +12,10 @@ are asyncio's own.
 """
 
 import asyncio
-import signal
 import threading
 import weakref
-from asyncio import base_events, coroutines, sslproto, unix_events
+from asyncio import (base_events, constants, coroutines, exceptions, sslproto,
+                     transports, unix_events)
 
 from . import _core
 
@@ -62,16 +62,21 @@ class EventLoop(_core.Core, unix_events._UnixSelectorEventLoop):
     def call_soon_threadsafe(self, callback, *args, context=None):
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        return self._remote.call_soon_threadsafe(self, callback, args, context)
+        return self._remote.call_soon_threadsafe(self, callback, args, context,
+                                                 self._debug)
 
     def _write_to_self(self):
         self._remote.call_soon_threadsafe(self, _nothing, ())
+
+    def set_debug(self, enabled):
+        super().set_debug(enabled)
+        self._rs_set_debug(enabled)
 
     # ----- signals ----------------------------------------------------------
 
     def add_signal_handler(self, sig, callback, *args):
         if (coroutines.iscoroutine(callback)
-                or coroutines._iscoroutinefunction(callback)):
+                or coroutines.iscoroutinefunction(callback)):
             raise TypeError("coroutines cannot be used "
                             "with add_signal_handler()")
         self._check_signal(sig)
@@ -96,10 +101,17 @@ class EventLoop(_core.Core, unix_events._UnixSelectorEventLoop):
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
         fd = sock.fileno()
-        transport = _core.Core._make_socket_transport(
-            self, sock, protocol, waiter, extra=extra, server=server)
+        transport = self._rs_make_socket_transport(
+            sock, protocol, waiter, extra, server, SocketTransport)
         self._transports[fd] = transport
         return transport
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        rs = getattr(transp, "_rs", None)
+        if rs is None:
+            raise exceptions.SendfileNotAvailableError(
+                f"{transp!r} has no zero-copy sendfile")
+        return await self._rs_sendfile_native(rs, file, offset, count)
 
     def _make_ssl_transport(
             self, rawsock, protocol, sslcontext, waiter=None,
@@ -121,6 +133,40 @@ class EventLoop(_core.Core, unix_events._UnixSelectorEventLoop):
 
 def _nothing():
     pass
+
+
+# The methods a SocketTransport takes from the Rust transport it fronts.
+_FORWARDED = (
+    "write", "writelines", "write_eof", "can_write_eof", "close", "abort",
+    "is_closing", "is_reading", "pause_reading", "resume_reading",
+    "set_write_buffer_limits", "get_write_buffer_limits",
+    "get_write_buffer_size", "get_extra_info", "get_protocol",
+    "set_protocol", "_force_close",
+)
+
+
+class SocketTransport(transports._FlowControlMixin):
+    """An ``asyncio.Transport`` over one of our stream transports.
+
+    Each method is the Rust transport's own, bound on the instance: a call
+    runs no Python frame of ours.
+    """
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, rs, loop):
+        self._rs = rs
+        self._loop = loop
+        for name in _FORWARDED:
+            setattr(self, name, getattr(rs, name))
+
+    @property
+    def _protocol_paused(self):
+        return self._rs._protocol_paused
+
+    def __repr__(self):
+        return repr(self._rs)
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
