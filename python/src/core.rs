@@ -409,6 +409,20 @@ impl Core {
         crate::transport::make_socket_transport(slf, sock, protocol, waiter, extra, server, face)
     }
 
+    /// asyncio's `_make_datagram_transport`, with the front's class.
+    #[pyo3(signature = (sock, protocol, address, waiter, extra, face))]
+    fn _rs_make_datagram_transport(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        address: Option<&Bound<'_, PyAny>>,
+        waiter: Option<Py<PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+        face: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        crate::datagram::make_datagram_transport(slf, sock, protocol, address, waiter, extra, face)
+    }
+
     /// The transport's zero-copy sendfile (asyncio's `_sendfile_native`),
     /// as an asyncio future of the bytes sent.
     fn _rs_sendfile_native(

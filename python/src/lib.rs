@@ -11,6 +11,7 @@
 
 mod bridge;
 mod core;
+mod datagram;
 mod errors;
 mod handles;
 mod transport;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::SocketTransport>()?;
+    m.add_class::<datagram::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(available_backends, m)?)?;
     Ok(())
 }

@@ -97,7 +97,7 @@ pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future
 pub struct SocketTransport {
     inner: RefCell<Option<Rc<dyn Transport>>>,
     extra: Py<PyDict>,
-    protocol: RefCell<Py<PyAny>>,
+    protocol: RefCell<Option<Py<PyAny>>>,
     sock: RefCell<Option<Py<PyAny>>>,
     server: RefCell<Option<Py<PyAny>>>,
     /// What protocols, servers and `loop._transports` see: the package's
@@ -135,6 +135,10 @@ impl SocketTransport {
         }
         let server = me.server.borrow_mut().take();
         let face = me.face(py);
+        // What asyncio's `_call_connection_lost` lets go of: the protocol,
+        // and (here) the front, which refers back to this object.
+        me.protocol.borrow_mut().take();
+        me.face.borrow_mut().take();
         drop(me);
         if let Some(server) = server {
             if let Err(e) = server.bind(py).call_method1("_detach", (face,)) {
@@ -144,7 +148,7 @@ impl SocketTransport {
     }
 }
 
-fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Vec<u8>> {
+pub(crate) fn bytes_like(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return Ok(b.as_bytes().to_vec());
     }
@@ -169,9 +173,8 @@ impl SocketTransport {
     // The garbage collector sees what this object holds, so a cycle
     // through it (transport -> protocol -> transport) is collected.
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&*self.protocol.borrow())?;
         visit.call(&self.extra)?;
-        for cell in [&self.sock, &self.server, &self.face] {
+        for cell in [&self.protocol, &self.sock, &self.server, &self.face] {
             if let Some(obj) = cell.borrow().as_ref() {
                 visit.call(obj)?;
             }
@@ -180,6 +183,7 @@ impl SocketTransport {
     }
 
     fn __clear__(&self) {
+        self.protocol.borrow_mut().take();
         self.face.borrow_mut().take();
         self.sock.borrow_mut().take();
         self.server.borrow_mut().take();
@@ -304,14 +308,14 @@ impl SocketTransport {
         self.protocol_paused.get()
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
-        self.protocol.borrow().clone_ref(py)
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol.borrow().as_ref().map(|p| p.clone_ref(py))
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let adapter = PyProtocol::new(slf, &protocol)?;
         let me = slf.borrow();
-        *me.protocol.borrow_mut() = protocol.unbind();
+        *me.protocol.borrow_mut() = Some(protocol.unbind());
         if let Some(t) = me.inner.borrow().as_ref() {
             t.set_protocol(Rc::new(adapter));
         }
@@ -373,18 +377,19 @@ impl PyProtocol {
 impl BaseProtocol for PyProtocol {
     fn connection_lost(&self, exc: Option<Error>) {
         Python::attach(|py| {
-            if let Some(t) = self.transport.borrow_mut().take() {
-                SocketTransport::lost(t.bind(py));
-            }
             let exc = match exc {
                 Some(e) => to_py(py, &e).into_value(py).into_any(),
                 None => py.None(),
             };
-            if let Err(e) = self
+            let called = self
                 .protocol
                 .bind(py)
-                .call_method1("connection_lost", (exc,))
-            {
+                .call_method1("connection_lost", (exc,));
+            // The transport closes the descriptor when this returns.
+            if let Some(t) = self.transport.borrow_mut().take() {
+                SocketTransport::lost(t.bind(py));
+            }
+            if let Err(e) = called {
                 raise_through_rust(e);
             }
         })
@@ -526,7 +531,7 @@ pub(crate) fn make_socket_transport(
         SocketTransport {
             inner: RefCell::new(None),
             extra: info.unbind(),
-            protocol: RefCell::new(protocol.clone().unbind()),
+            protocol: RefCell::new(Some(protocol.clone().unbind())),
             sock: RefCell::new(Some(sock.clone().unbind())),
             server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
             face: RefCell::new(None),

@@ -106,6 +106,14 @@ class EventLoop(_core.Core, unix_events._UnixSelectorEventLoop):
         self._transports[fd] = transport
         return transport
 
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        fd = sock.fileno()
+        transport = self._rs_make_datagram_transport(
+            sock, protocol, address, waiter, extra, DatagramTransport)
+        self._transports[fd] = transport
+        return transport
+
     async def _sendfile_native(self, transp, file, offset, count):
         rs = getattr(transp, "_rs", None)
         if rs is None:
@@ -189,3 +197,19 @@ def run(main, *, backend="auto", debug=None):
     """``asyncio.run(main)`` on a new ``EventLoop(backend)``."""
     return asyncio.run(main, debug=debug,
                        loop_factory=lambda: EventLoop(backend))
+
+
+class DatagramTransport(transports._FlowControlMixin,
+                        transports.DatagramTransport):
+    """An ``asyncio.DatagramTransport`` over one of our datagram transports."""
+
+    def __init__(self, rs, loop):
+        super().__init__(None, loop)
+        self._rs = rs
+        for name in ("sendto", "close", "abort", "is_closing",
+                     "get_write_buffer_size", "get_extra_info",
+                     "get_protocol", "set_protocol"):
+            setattr(self, name, getattr(rs, name))
+
+    def __repr__(self):
+        return repr(self._rs)
