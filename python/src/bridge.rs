@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 use crate::core::Core;
 use crate::errors::{check, to_py};
+use crate::thread_bound::ThreadBound;
 
 /// Runs `fut` on the loop; returns an asyncio future of `convert(value)`.
 pub(crate) fn future_to_py<T: 'static>(
@@ -42,22 +43,25 @@ pub(crate) fn future_to_py<T: 'static>(
         Ok(())
     });
     let task = check(py, task)?;
-    target
-        .bind(py)
-        .call_method1("add_done_callback", (CancelTask { task: Some(task) },))?;
+    target.bind(py).call_method1(
+        "add_done_callback",
+        (CancelTask {
+            task: ThreadBound::new(std::cell::RefCell::new(Some(task))),
+        },),
+    )?;
     Ok(target)
 }
 
 /// The asyncio future's done callback: a cancelled future cancels the task.
-#[pyclass(unsendable)]
+#[pyclass]
 struct CancelTask {
-    task: Option<Task<()>>,
+    task: ThreadBound<std::cell::RefCell<Option<Task<()>>>>,
 }
 
 #[pymethods]
 impl CancelTask {
-    fn __call__(&mut self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        let task = self.task.take();
+    fn __call__(&self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let task = self.task.borrow_mut().take();
         if fut.call_method0("cancelled")?.is_truthy()? {
             if let Some(t) = task {
                 t.cancel(None);

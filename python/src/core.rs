@@ -32,6 +32,7 @@ use slab::Slab;
 
 use crate::errors::{check, to_py};
 use crate::handles::{self, Handle, TimerHandle};
+use crate::thread_bound::ThreadBound;
 
 /// The backends this build has, best first.
 pub fn available() -> Vec<&'static str> {
@@ -55,7 +56,7 @@ fn make_loop(name: &str) -> loop_api::Result<(Rc<dyn BaseLoop>, &'static str)> {
             make_loop("select")
         }
         other => Err(Error::value(format!(
-            "unknown event loop backend {other:?}; this build has: {}",
+            "unknown event loop backend '{other}'; this build has: {}",
             available().join(", ")
         ))),
     }
@@ -108,15 +109,20 @@ fn stop_with(pending: &Pending, lp: &Weak<dyn BaseLoop>, err: PyErr) {
 }
 
 /// The Rust half of the loop; `rust_asyncio.EventLoop` subclasses it.
-#[pyclass(module = "rust_asyncio._core", subclass, unsendable)]
+#[pyclass(module = "rust_asyncio._core", subclass)]
 pub struct Core {
+    st: ThreadBound<CoreState>,
+    backend: &'static str,
+    remote: Py<Remote>,
+}
+
+/// What only the loop's thread touches.
+pub struct CoreState {
     pub(crate) base: Rc<dyn BaseLoop>,
     pub(crate) lp: Loop,
-    backend: &'static str,
     pending: Pending,
     /// The loop's timers behind Python `TimerHandle`s, by key.
     timers: RefCell<Slab<loop_api::TimerHandle>>,
-    remote: Py<Remote>,
     /// asyncio's debug mode, mirrored by the Python class's `set_debug`.
     debug: Cell<bool>,
     /// The Python handle watching each descriptor: replaced or removed,
@@ -126,7 +132,15 @@ pub struct Core {
     writers: RefCell<HashMap<i32, Py<Handle>>>,
 }
 
-impl Core {
+impl std::ops::Deref for Core {
+    type Target = CoreState;
+
+    fn deref(&self) -> &CoreState {
+        &self.st
+    }
+}
+
+impl CoreState {
     /// Stops the loop and makes `run_forever` raise `err`.
     pub(crate) fn raise_out_of_run(&self, err: PyErr) {
         stop_with(&self.pending, &Rc::downgrade(&self.base), err);
@@ -136,6 +150,13 @@ impl Core {
         if let Some(t) = self.timers.borrow_mut().try_remove(key) {
             t.cancel();
         }
+    }
+}
+
+impl Core {
+    /// True on the loop's own thread.
+    pub(crate) fn owned_here(&self) -> bool {
+        self.st.on_owner_thread()
     }
 
     fn handle(
@@ -201,6 +222,7 @@ impl Core {
         let name = backend.trim().to_ascii_lowercase();
         let (base, backend) = check(py, make_loop(&name))?;
         let lp = base.as_loop();
+        crate::thread_bound::bury_own();
         let remote = Py::new(
             py,
             Remote {
@@ -208,15 +230,17 @@ impl Core {
             },
         )?;
         Ok(Core {
-            base,
-            lp,
+            st: ThreadBound::new(CoreState {
+                base,
+                lp,
+                pending: Rc::new(RefCell::new(None)),
+                timers: RefCell::new(Slab::new()),
+                debug: Cell::new(false),
+                readers: RefCell::new(HashMap::new()),
+                writers: RefCell::new(HashMap::new()),
+            }),
             backend,
-            pending: Rc::new(RefCell::new(None)),
-            timers: RefCell::new(Slab::new()),
             remote,
-            debug: Cell::new(false),
-            readers: RefCell::new(HashMap::new()),
-            writers: RefCell::new(HashMap::new()),
         })
     }
 
@@ -309,6 +333,7 @@ impl Core {
     /// set-up and clean-up (running loop, async generator hooks).
     fn _rs_run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        crate::thread_bound::bury_own();
         let me = slf.borrow();
         let weak = PyWeakrefReference::new(slf)?.unbind();
         me.lp

@@ -18,17 +18,31 @@ use socket2::SockAddr;
 
 use crate::core::Core;
 use crate::errors::{check, raise_through_rust, to_py};
+use crate::thread_bound::ThreadBound;
 use crate::transport::{asyncio_attr, give_back, rust_waiter, socket_of};
 
 /// A datagram transport of ours, as Python sees it.
-#[pyclass(module = "rust_asyncio._core", unsendable, weakref)]
+#[pyclass(module = "rust_asyncio._core", weakref)]
 pub struct DatagramTransport {
+    st: ThreadBound<DatagramState>,
+}
+
+/// What only the loop's thread touches.
+pub struct DatagramState {
     inner: RefCell<Option<Rc<dyn loop_api::transports::DatagramTransport>>>,
     extra: Py<PyDict>,
     protocol: RefCell<Option<Py<PyAny>>>,
     sock: RefCell<Option<Py<PyAny>>>,
     face: RefCell<Option<Py<PyAny>>>,
     family: i32,
+}
+
+impl std::ops::Deref for DatagramTransport {
+    type Target = DatagramState;
+
+    fn deref(&self) -> &DatagramState {
+        &self.st
+    }
 }
 
 impl DatagramTransport {
@@ -110,19 +124,28 @@ fn py_addr<'py>(py: Python<'py>, addr: &SockAddr) -> PyResult<Bound<'py, PyAny>>
 #[pymethods]
 impl DatagramTransport {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.extra)?;
-        for cell in [&self.protocol, &self.sock, &self.face] {
-            if let Some(obj) = cell.borrow().as_ref() {
-                visit.call(obj)?;
+        let Some(st) = self.st.try_get() else {
+            return Ok(());
+        };
+        visit.call(&st.extra)?;
+        for cell in [&st.protocol, &st.sock, &st.face] {
+            if let Ok(obj) = cell.try_borrow() {
+                if let Some(obj) = obj.as_ref() {
+                    visit.call(obj)?;
+                }
             }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        self.protocol.borrow_mut().take();
-        self.face.borrow_mut().take();
-        self.sock.borrow_mut().take();
+        if let Some(st) = self.st.try_get() {
+            for cell in [&st.protocol, &st.face, &st.sock] {
+                if let Ok(mut obj) = cell.try_borrow_mut() {
+                    obj.take();
+                }
+            }
+        }
     }
 
     #[pyo3(signature = (data, addr = None))]
@@ -321,12 +344,14 @@ pub(crate) fn make_datagram_transport(
     let obj = Py::new(
         py,
         DatagramTransport {
-            inner: RefCell::new(None),
-            extra: info.unbind(),
-            protocol: RefCell::new(Some(protocol.clone().unbind())),
-            sock: RefCell::new(Some(sock.clone().unbind())),
-            face: RefCell::new(None),
-            family,
+            st: ThreadBound::new(DatagramState {
+                inner: RefCell::new(None),
+                extra: info.unbind(),
+                protocol: RefCell::new(Some(protocol.clone().unbind())),
+                sock: RefCell::new(Some(sock.clone().unbind())),
+                face: RefCell::new(None),
+                family,
+            }),
         },
     )?;
     let bound = obj.bind(py);

@@ -163,8 +163,12 @@ impl TimerHandle {
             let lp = slf.as_super().loop_.clone_ref(py);
             drop(slf);
             if let Ok(core) = lp.bind(py).cast::<Core>() {
+                // From another thread (not thread-safe in asyncio either)
+                // the timer stays queued; marked cancelled, it will not run.
                 if let Ok(core) = core.try_borrow() {
-                    core.cancel_timer(key);
+                    if core.owned_here() {
+                        core.cancel_timer(key);
+                    }
                 }
             }
         }

@@ -14,6 +14,7 @@ mod core;
 mod datagram;
 mod errors;
 mod handles;
+mod thread_bound;
 mod transport;
 
 use pyo3::prelude::*;

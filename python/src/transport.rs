@@ -27,6 +27,7 @@ use socket2::Socket;
 
 use crate::core::Core;
 use crate::errors::{check, from_py, raise_through_rust, to_py};
+use crate::thread_bound::ThreadBound;
 
 /// An asyncio class, looked up once.
 pub(crate) fn asyncio_attr<'py>(
@@ -93,8 +94,13 @@ pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future
 
 /// A stream transport of ours, as Python sees it (asyncio's
 /// `transports.Transport` interface).
-#[pyclass(module = "rust_asyncio._core", unsendable, weakref)]
+#[pyclass(module = "rust_asyncio._core", weakref)]
 pub struct SocketTransport {
+    st: ThreadBound<TransportState>,
+}
+
+/// What only the loop's thread touches.
+pub struct TransportState {
     inner: RefCell<Option<Rc<dyn Transport>>>,
     extra: Py<PyDict>,
     protocol: RefCell<Option<Py<PyAny>>>,
@@ -106,6 +112,14 @@ pub struct SocketTransport {
     /// Between the protocol's `pause_writing` and `resume_writing`
     /// (asyncio's `_protocol_paused`, which its sendfile fallback reads).
     protocol_paused: std::cell::Cell<bool>,
+}
+
+impl std::ops::Deref for SocketTransport {
+    type Target = TransportState;
+
+    fn deref(&self) -> &TransportState {
+        &self.st
+    }
 }
 
 impl SocketTransport {
@@ -173,20 +187,28 @@ impl SocketTransport {
     // The garbage collector sees what this object holds, so a cycle
     // through it (transport -> protocol -> transport) is collected.
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.extra)?;
-        for cell in [&self.protocol, &self.sock, &self.server, &self.face] {
-            if let Some(obj) = cell.borrow().as_ref() {
-                visit.call(obj)?;
+        let Some(st) = self.st.try_get() else {
+            return Ok(());
+        };
+        visit.call(&st.extra)?;
+        for cell in [&st.protocol, &st.sock, &st.server, &st.face] {
+            if let Ok(obj) = cell.try_borrow() {
+                if let Some(obj) = obj.as_ref() {
+                    visit.call(obj)?;
+                }
             }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        self.protocol.borrow_mut().take();
-        self.face.borrow_mut().take();
-        self.sock.borrow_mut().take();
-        self.server.borrow_mut().take();
+        if let Some(st) = self.st.try_get() {
+            for cell in [&st.protocol, &st.face, &st.sock, &st.server] {
+                if let Ok(mut obj) = cell.try_borrow_mut() {
+                    obj.take();
+                }
+            }
+        }
     }
 
     #[classattr]
@@ -529,13 +551,15 @@ pub(crate) fn make_socket_transport(
     let obj = Py::new(
         py,
         SocketTransport {
-            inner: RefCell::new(None),
-            extra: info.unbind(),
-            protocol: RefCell::new(Some(protocol.clone().unbind())),
-            sock: RefCell::new(Some(sock.clone().unbind())),
-            server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
-            face: RefCell::new(None),
-            protocol_paused: std::cell::Cell::new(false),
+            st: ThreadBound::new(TransportState {
+                inner: RefCell::new(None),
+                extra: info.unbind(),
+                protocol: RefCell::new(Some(protocol.clone().unbind())),
+                sock: RefCell::new(Some(sock.clone().unbind())),
+                server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
+                face: RefCell::new(None),
+                protocol_paused: std::cell::Cell::new(false),
+            }),
         },
     )?;
     let bound = obj.bind(py);
