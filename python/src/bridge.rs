@@ -53,7 +53,7 @@ pub(crate) fn future_to_py<T: 'static>(
 }
 
 /// The asyncio future's done callback: a cancelled future cancels the task.
-#[pyclass]
+#[pyclass(frozen)]
 struct CancelTask {
     task: ThreadBound<std::cell::RefCell<Option<Task<()>>>>,
 }

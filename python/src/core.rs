@@ -109,7 +109,7 @@ fn stop_with(pending: &Pending, lp: &Weak<dyn BaseLoop>, err: PyErr) {
 }
 
 /// The Rust half of the loop; `rust_asyncio.EventLoop` subclasses it.
-#[pyclass(module = "rust_asyncio._core", subclass)]
+#[pyclass(module = "rust_asyncio._core", subclass, frozen)]
 pub struct Core {
     st: ThreadBound<CoreState>,
     backend: &'static str,
@@ -184,7 +184,7 @@ impl Core {
         callback: &Bound<'_, PyAny>,
         method: &str,
     ) -> PyResult<Option<Py<PyAny>>> {
-        if !slf.borrow().debug.get() {
+        if !slf.get().debug.get() {
             return Ok(None);
         }
         slf.call_method0("_check_thread")?;
@@ -268,11 +268,11 @@ impl Core {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let tb = Self::debug_checks(slf, &callback, "call_soon")?;
-        let mut handle = Self::handle(slf, callback, args, context, false)?;
-        handle.source_traceback = tb;
+        let handle = Self::handle(slf, callback, args, context, false)?;
+        handle.set_source_traceback(py, tb);
         let h = Py::new(py, handle)?;
         let run = h.clone_ref(py);
-        let me = slf.borrow();
+        let me = slf.get();
         let r = me.lp.call_soon_dyn(
             Box::new(move || Python::attach(|py| handles::run(py, run.bind(py)))),
             None,
@@ -289,7 +289,7 @@ impl Core {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let when = slf.borrow().lp.time() + delay;
+        let when = slf.get().lp.time() + delay;
         Self::call_at(slf, when, callback, args, context)
     }
 
@@ -303,11 +303,14 @@ impl Core {
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let tb = Self::debug_checks(slf, &callback, "call_at")?;
-        let mut base = Self::handle(slf, callback, args, context, false)?;
-        base.source_traceback = tb;
-        let init = PyClassInitializer::from(base).add_subclass(TimerHandle { when, key: None });
+        let base = Self::handle(slf, callback, args, context, false)?;
+        base.set_source_traceback(py, tb);
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle {
+            when,
+            key: handles::GilCell::new(None),
+        });
         let h: Py<TimerHandle> = Py::new(py, init)?;
-        let me = slf.borrow();
+        let me = slf.get();
         let fire = h.clone_ref(py);
         let lp_obj = slf.clone().unbind();
         let timer = me.lp.call_at_dyn(
@@ -315,8 +318,8 @@ impl Core {
             Box::new(move || {
                 Python::attach(|py| {
                     let th = fire.bind(py);
-                    if let Some(key) = th.borrow_mut().key.take() {
-                        lp_obj.borrow(py).timers.borrow_mut().try_remove(key);
+                    if let Some(key) = th.get().key.with(py, Option::take) {
+                        lp_obj.get().timers.borrow_mut().try_remove(key);
                     }
                     handles::run(py, th.as_super());
                 })
@@ -325,7 +328,7 @@ impl Core {
         );
         let timer = check(py, timer)?;
         let key = me.timers.borrow_mut().insert(timer);
-        h.borrow_mut(py).key = Some(key);
+        h.get().key.with(py, |k| *k = Some(key));
         Ok(h)
     }
 
@@ -334,7 +337,7 @@ impl Core {
     fn _rs_run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         crate::thread_bound::bury_own();
-        let me = slf.borrow();
+        let me = slf.get();
         let weak = PyWeakrefReference::new(slf)?.unbind();
         me.lp
             .set_exception_handler(Some(Rc::new(move |_lp, ctx: &ExceptionContext| {
@@ -412,7 +415,7 @@ impl Core {
     ) -> PyResult<()> {
         let py = slf.py();
         let h = Py::new(py, Self::handle(slf, callback, args, None, true)?)?;
-        let r = slf.borrow().lp.add_signal_handler_dyn(
+        let r = slf.get().lp.add_signal_handler_dyn(
             sig,
             Box::new(move || Python::attach(|py| handles::run(py, h.bind(py)))),
         );
@@ -446,6 +449,20 @@ impl Core {
         face: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         crate::datagram::make_datagram_transport(slf, sock, protocol, address, waiter, extra, face)
+    }
+
+    /// asyncio's `_make_read_pipe_transport` / `_make_write_pipe_transport`.
+    #[pyo3(signature = (pipe, protocol, waiter, extra, face, write))]
+    fn _rs_make_pipe_transport(
+        slf: &Bound<'_, Self>,
+        pipe: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        waiter: Option<Py<PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+        face: &Bound<'_, PyAny>,
+        write: bool,
+    ) -> PyResult<Py<PyAny>> {
+        crate::transport::make_pipe_transport(slf, pipe, protocol, waiter, extra, face, write)
     }
 
     /// The transport's zero-copy sendfile (asyncio's `_sendfile_native`),
@@ -494,7 +511,7 @@ impl Core {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let fd = fd_of(fd)?;
-        let me = slf.borrow();
+        let me = slf.get();
         if me.lp.is_closed() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
@@ -503,10 +520,10 @@ impl Core {
         let lp_obj = slf.clone().unbind();
         let cb = Box::new(move || {
             Python::attach(|py| {
-                if run.borrow(py).cancelled {
+                if run.get().is_cancelled(py) {
                     // Cancelled through the handle: stop watching, as the
                     // selector loop does when the event comes.
-                    let core = lp_obj.borrow(py);
+                    let core = lp_obj.get();
                     let map = if reader { &core.readers } else { &core.writers };
                     let current = map.borrow().get(&fd).is_some_and(|h| h.is(&run));
                     if current {
@@ -594,9 +611,9 @@ impl Remote {
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Py<Handle>> {
-        let mut handle = Handle::new(py, lp, callback, args, context, false)?;
+        let handle = Handle::new(py, lp, callback, args, context, false)?;
         if debug {
-            handle.source_traceback = Some(handles::source_traceback(py, 1)?);
+            handle.set_source_traceback(py, Some(handles::source_traceback(py, 1)?));
         }
         let h = Py::new(py, handle)?;
         let run = h.clone_ref(py);

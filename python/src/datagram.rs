@@ -22,7 +22,7 @@ use crate::thread_bound::ThreadBound;
 use crate::transport::{asyncio_attr, give_back, rust_waiter, socket_of};
 
 /// A datagram transport of ours, as Python sees it.
-#[pyclass(module = "rust_asyncio._core", weakref)]
+#[pyclass(module = "rust_asyncio._core", frozen, weakref)]
 pub struct DatagramTransport {
     st: ThreadBound<DatagramState>,
 }

@@ -8,6 +8,8 @@
 //! also tells the loop, which purges cancelled timers.
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use std::cell::UnsafeCell;
+
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -15,18 +17,55 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::core::Core;
 
-/// A scheduled callback (asyncio's `events.Handle`).
-#[pyclass(module = "rust_asyncio._core", subclass, weakref)]
-pub struct Handle {
+/// A cell read and written only with the interpreter lock held, by one
+/// thread at a time: what a handle needs, without pyo3's borrow checks on
+/// the hot path (`call_soon`, running a callback, the GC's traversal).
+pub(crate) struct GilCell<T>(UnsafeCell<T>);
+
+// SAFETY: every access goes through `with`, which takes a `Python` token
+// (the GIL is held) and runs no Python code while the `&mut T` lives; this
+// extension is built for the GIL-enabled interpreter (it does not declare
+// free-threading support), where the GIL excludes other threads.
+unsafe impl<T: Send> Sync for GilCell<T> {}
+
+impl<T> GilCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        GilCell(UnsafeCell::new(value))
+    }
+
+    /// Runs `f` on the value. `f` must not call into Python.
+    pub(crate) fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: see the `Sync` impl; `f` runs no Python code, so nothing
+        // re-enters this cell while the reference lives.
+        f(unsafe { &mut *self.0.get() })
+    }
+
+    /// For `__traverse__`, which runs inside the GC with the GIL held and
+    /// calls no Python code.
+    fn during_gc(&self) -> &T {
+        // SAFETY: the GC runs with the GIL held and no `with` is active
+        // then (a `with` closure never calls into Python).
+        unsafe { &*self.0.get() }
+    }
+}
+
+/// What running or cancelling a handle changes.
+pub(crate) struct HandleState {
     pub(crate) callback: Option<Py<PyAny>>,
     pub(crate) args: Option<Py<PyTuple>>,
     pub(crate) context: Option<Py<PyAny>>,
-    pub(crate) loop_: Py<PyAny>,
     pub(crate) cancelled: bool,
-    /// Readers, writers and signal handlers run more than once.
-    pub(crate) repeat: bool,
     /// Where it was scheduled from, in debug mode.
     pub(crate) source_traceback: Option<Py<PyAny>>,
+}
+
+/// A scheduled callback (asyncio's `events.Handle`).
+#[pyclass(module = "rust_asyncio._core", subclass, frozen, weakref)]
+pub struct Handle {
+    pub(crate) st: GilCell<HandleState>,
+    pub(crate) loop_: Py<PyAny>,
+    /// Readers, writers and signal handlers run more than once.
+    pub(crate) repeat: bool,
 }
 
 impl Handle {
@@ -45,60 +84,125 @@ impl Handle {
             _ => unsafe { Py::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? },
         };
         Ok(Handle {
-            callback: Some(callback),
-            args: Some(args),
-            context: Some(context),
+            st: GilCell::new(HandleState {
+                callback: Some(callback),
+                args: Some(args),
+                context: Some(context),
+                cancelled: false,
+                source_traceback: None,
+            }),
             loop_,
-            cancelled: false,
             repeat,
-            source_traceback: None,
         })
+    }
+
+    pub(crate) fn set_source_traceback(&self, py: Python<'_>, tb: Option<Py<PyAny>>) {
+        self.st.with(py, |s| s.source_traceback = tb);
+    }
+
+    pub(crate) fn is_cancelled(&self, py: Python<'_>) -> bool {
+        self.st.with(py, |s| s.cancelled)
+    }
+
+    /// Cancels from Rust (a replaced or removed reader or writer).
+    pub(crate) fn cancel_now(py: Python<'_>, h: &Py<Handle>) {
+        h.get().mark_cancelled(py);
+    }
+
+    /// Marks the handle cancelled and drops its callback (returned, to be
+    /// released after the cell is left). False if it was cancelled already.
+    fn mark_cancelled(&self, py: Python<'_>) -> bool {
+        let dropped = self.st.with(py, |s| {
+            if s.cancelled {
+                return None;
+            }
+            s.cancelled = true;
+            Some((s.callback.take(), s.args.take()))
+        });
+        dropped.is_some()
+    }
+
+    fn describe(slf: &Bound<'_, Self>, extra: &str) -> PyResult<String> {
+        let py = slf.py();
+        let name = slf.get_type().name()?;
+        let (cancelled, cb, args) = slf.get().st.with(py, |s| {
+            (
+                s.cancelled,
+                s.callback.as_ref().map(|c| c.clone_ref(py)),
+                s.args.as_ref().map(|a| a.clone_ref(py)),
+            )
+        });
+        let mut out = format!("<{name}");
+        if cancelled {
+            out.push_str(" cancelled");
+        }
+        out.push_str(extra);
+        if let (Some(cb), Some(args)) = (cb, args) {
+            out.push(' ');
+            out.push_str(&format_callback(py, &cb, &args)?);
+        }
+        out.push('>');
+        Ok(out)
     }
 }
 
 #[pymethods]
 impl Handle {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.callback)?;
-        visit.call(&self.args)?;
-        visit.call(&self.context)?;
-        visit.call(&self.source_traceback)?;
+        let s = self.st.during_gc();
+        visit.call(&s.callback)?;
+        visit.call(&s.args)?;
+        visit.call(&s.context)?;
+        visit.call(&s.source_traceback)?;
         visit.call(&self.loop_)
     }
 
-    fn __clear__(&mut self) {
-        self.callback = None;
-        self.args = None;
-        self.context = None;
-        self.source_traceback = None;
+    fn __clear__(&self) {
+        // The GC holds the GIL while it clears; the values are dropped
+        // after the cell is left.
+        let taken = Python::attach(|py| {
+            self.st.with(py, |s| {
+                (
+                    s.callback.take(),
+                    s.args.take(),
+                    s.context.take(),
+                    s.source_traceback.take(),
+                )
+            })
+        });
+        drop(taken);
     }
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+        self.st
+            .with(py, |s| s.source_traceback.as_ref().map(|t| t.clone_ref(py)))
     }
 
     /// Cancels the callback; it will not run. Idempotent.
-    fn cancel(&mut self) {
-        self.mark_cancelled();
+    fn cancel(&self, py: Python<'_>) {
+        self.mark_cancelled(py);
     }
 
-    fn cancelled(&self) -> bool {
-        self.cancelled
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
     }
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.context.as_ref().map(|c| c.clone_ref(py))
+        self.st
+            .with(py, |s| s.context.as_ref().map(|c| c.clone_ref(py)))
     }
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.as_ref().map(|c| c.clone_ref(py))
+        self.st
+            .with(py, |s| s.callback.as_ref().map(|c| c.clone_ref(py)))
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.args.as_ref().map(|c| c.clone_ref(py))
+        self.st
+            .with(py, |s| s.args.as_ref().map(|c| c.clone_ref(py)))
     }
 
     #[getter]
@@ -107,44 +211,16 @@ impl Handle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        let name = slf.get_type().name()?;
-        let me = slf.borrow();
-        let mut s = format!("<{name}");
-        if me.cancelled {
-            s.push_str(" cancelled");
-        }
-        if let (Some(cb), Some(args)) = (&me.callback, &me.args) {
-            s.push(' ');
-            s.push_str(&format_callback(slf.py(), cb, args)?);
-        }
-        s.push('>');
-        Ok(s)
-    }
-}
-
-impl Handle {
-    /// Cancels from Rust (a replaced or removed reader or writer).
-    pub(crate) fn cancel_now(py: Python<'_>, h: &Py<Handle>) {
-        if let Ok(mut h) = h.bind(py).try_borrow_mut() {
-            h.mark_cancelled();
-        }
-    }
-
-    fn mark_cancelled(&mut self) {
-        if !self.cancelled {
-            self.cancelled = true;
-            self.callback = None;
-            self.args = None;
-        }
+        Handle::describe(slf, "")
     }
 }
 
 /// A callback at a point in time (asyncio's `events.TimerHandle`).
-#[pyclass(module = "rust_asyncio._core", extends = Handle, subclass)]
+#[pyclass(module = "rust_asyncio._core", extends = Handle, subclass, frozen)]
 pub struct TimerHandle {
     pub(crate) when: f64,
     /// The loop's key for its Rust timer; `None` once it ran or was cancelled.
-    pub(crate) key: Option<usize>,
+    pub(crate) key: GilCell<Option<usize>>,
 }
 
 #[pymethods]
@@ -153,23 +229,21 @@ impl TimerHandle {
         self.when
     }
 
-    fn cancel(mut slf: PyRefMut<'_, Self>) {
-        if slf.as_super().cancelled {
+    fn cancel(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let base: &Handle = slf.as_super().get();
+        if !base.mark_cancelled(py) {
             return;
         }
-        slf.as_super().mark_cancelled();
-        if let Some(key) = slf.key.take() {
-            let py = slf.py();
-            let lp = slf.as_super().loop_.clone_ref(py);
-            drop(slf);
-            if let Ok(core) = lp.bind(py).cast::<Core>() {
-                // From another thread (not thread-safe in asyncio either)
-                // the timer stays queued; marked cancelled, it will not run.
-                if let Ok(core) = core.try_borrow() {
-                    if core.owned_here() {
-                        core.cancel_timer(key);
-                    }
-                }
+        let Some(key) = slf.get().key.with(py, Option::take) else {
+            return;
+        };
+        if let Ok(core) = base.loop_.bind(py).cast::<Core>() {
+            // From another thread (not thread-safe in asyncio either) the
+            // timer stays queued; marked cancelled, it will not run.
+            let core = core.get();
+            if core.owned_here() {
+                core.cancel_timer(key);
             }
         }
     }
@@ -191,20 +265,8 @@ impl TimerHandle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        let name = slf.get_type().name()?;
-        let when = slf.borrow().when;
-        let me = slf.as_super().borrow();
-        let mut s = format!("<{name}");
-        if me.cancelled {
-            s.push_str(" cancelled");
-        }
-        s.push_str(&format!(" when={when}"));
-        if let (Some(cb), Some(args)) = (&me.callback, &me.args) {
-            s.push(' ');
-            s.push_str(&format_callback(slf.py(), cb, args)?);
-        }
-        s.push('>');
-        Ok(s)
+        let when = slf.get().when;
+        Handle::describe(slf.as_super(), &format!(" when={when}"))
     }
 }
 
@@ -236,35 +298,31 @@ fn format_callback(py: Python<'_>, cb: &Py<PyAny>, args: &Py<PyTuple>) -> PyResu
 /// `SystemExit` and `KeyboardInterrupt` stop the loop and come out of
 /// `run_forever`; any other exception goes to the exception handler.
 pub(crate) fn run(py: Python<'_>, handle: &Bound<'_, Handle>) {
-    let (cb, args, ctx, lp) = {
-        let mut h = handle.borrow_mut();
-        if h.cancelled {
-            return;
+    let h = handle.get();
+    let taken = h.st.with(py, |s| {
+        if s.cancelled {
+            return None;
         }
-        let (cb, args) = if h.repeat {
-            match (&h.callback, &h.args) {
-                (Some(c), Some(a)) => (c.clone_ref(py), a.clone_ref(py)),
-                _ => return,
-            }
+        let cb = if h.repeat {
+            s.callback.as_ref().map(|c| c.clone_ref(py))
         } else {
-            match (h.callback.take(), h.args.take()) {
-                (Some(c), Some(a)) => {
-                    // Kept for the exception handler's message.
-                    h.args = Some(a.clone_ref(py));
-                    (c, a)
-                }
-                _ => return,
-            }
+            s.callback.take()
         };
-        let ctx = h.context.as_ref().map(|c| c.clone_ref(py));
-        (cb, args, ctx, h.loop_.clone_ref(py))
+        Some((
+            cb?,
+            s.args.as_ref()?.clone_ref(py),
+            s.context.as_ref().map(|c| c.clone_ref(py)),
+        ))
+    });
+    let Some((cb, args, ctx)) = taken else {
+        return;
     };
     let result = match &ctx {
         Some(ctx) => call_in_context(py, ctx, &cb, &args),
         None => cb.bind(py).call1(args.bind(py)).map(drop),
     };
     if let Err(err) = result {
-        report(py, &lp, handle, &cb, &args, err);
+        report(py, &h.loop_, handle, &cb, &args, err);
     }
 }
 
@@ -299,7 +357,7 @@ fn report(
 ) {
     if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
         match lp.bind(py).cast::<Core>() {
-            Ok(core) => core.borrow().raise_out_of_run(err),
+            Ok(core) => core.get().raise_out_of_run(err),
             Err(_) => err.restore(py),
         }
         return;
@@ -310,9 +368,15 @@ fn report(
         .set_item("message", format!("Exception in callback {text}"))
         .and_then(|_| context.set_item("exception", err.value(py)))
         .and_then(|_| context.set_item("handle", handle))
-        .and_then(|_| match &handle.borrow().source_traceback {
-            Some(tb) => context.set_item("source_traceback", tb),
-            None => Ok(()),
+        .and_then(|_| {
+            let tb = handle
+                .get()
+                .st
+                .with(py, |s| s.source_traceback.as_ref().map(|t| t.clone_ref(py)));
+            match tb {
+                Some(tb) => context.set_item("source_traceback", tb),
+                None => Ok(()),
+            }
         });
     let called = filled.and_then(|_| {
         lp.bind(py)

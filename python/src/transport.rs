@@ -94,7 +94,7 @@ pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future
 
 /// A stream transport of ours, as Python sees it (asyncio's
 /// `transports.Transport` interface).
-#[pyclass(module = "rust_asyncio._core", weakref)]
+#[pyclass(module = "rust_asyncio._core", frozen, weakref)]
 pub struct SocketTransport {
     st: ThreadBound<TransportState>,
 }
@@ -112,6 +112,10 @@ pub struct TransportState {
     /// Between the protocol's `pause_writing` and `resume_writing`
     /// (asyncio's `_protocol_paused`, which its sendfile fallback reads).
     protocol_paused: std::cell::Cell<bool>,
+    /// A pipe transport: the Python pipe object is closed with it (the
+    /// transport closes a duplicate of its descriptor), as asyncio's pipe
+    /// transports close their pipe.
+    pipe: bool,
 }
 
 impl std::ops::Deref for SocketTransport {
@@ -145,7 +149,8 @@ impl SocketTransport {
         let py = slf.py();
         let me = slf.borrow();
         if let Some(sock) = me.sock.borrow_mut().take() {
-            let _ = sock.bind(py).call_method0("detach");
+            let how = if me.pipe { "close" } else { "detach" };
+            let _ = sock.bind(py).call_method0(how);
         }
         let server = me.server.borrow_mut().take();
         let face = me.face(py);
@@ -559,6 +564,7 @@ pub(crate) fn make_socket_transport(
                 server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
                 face: RefCell::new(None),
                 protocol_paused: std::cell::Cell::new(false),
+                pipe: false,
             }),
         },
     )?;
@@ -585,5 +591,62 @@ pub(crate) fn make_socket_transport(
     if let Some(server) = server {
         server.bind(py).call_method1("_attach", (&face,))?;
     }
+    Ok(face)
+}
+
+/// `loop._make_read_pipe_transport` / `_make_write_pipe_transport`: our
+/// pipe transport over a duplicate of the pipe's descriptor.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_pipe_transport(
+    lp: &Bound<'_, Core>,
+    pipe: &Bound<'_, PyAny>,
+    protocol: &Bound<'_, PyAny>,
+    waiter: Option<Py<PyAny>>,
+    extra: Option<&Bound<'_, PyDict>>,
+    face: &Bound<'_, PyAny>,
+    write: bool,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let fd: i32 = pipe.call_method0("fileno")?.extract()?;
+    // SAFETY: `fd` is the open descriptor of a live Python pipe object.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(PyErr::from(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `dup` was just made and nothing else owns it.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    let info = PyDict::new(py);
+    if let Some(extra) = extra {
+        info.update(extra.as_mapping())?;
+    }
+    info.set_item("pipe", pipe)?;
+    let obj = Py::new(
+        py,
+        SocketTransport {
+            st: ThreadBound::new(TransportState {
+                inner: RefCell::new(None),
+                extra: info.unbind(),
+                protocol: RefCell::new(Some(protocol.clone().unbind())),
+                sock: RefCell::new(Some(pipe.clone().unbind())),
+                server: RefCell::new(None),
+                face: RefCell::new(None),
+                protocol_paused: std::cell::Cell::new(false),
+                pipe: true,
+            }),
+        },
+    )?;
+    let bound = obj.bind(py);
+    let face = face.call1((bound, lp))?.unbind();
+    *bound.borrow().face.borrow_mut() = Some(face.clone_ref(py));
+    let adapter = Rc::new(PyProtocol::new(bound, protocol)?);
+    let core = lp.get();
+    let waiter = rust_waiter(core, waiter);
+    let made = if write {
+        core.base._make_write_pipe_transport(file, adapter, waiter)
+    } else {
+        core.base._make_read_pipe_transport(file, adapter, waiter)
+    };
+    let t = check(py, made)?;
+    *bound.borrow().inner.borrow_mut() = Some(t);
     Ok(face)
 }

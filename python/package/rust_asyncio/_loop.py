@@ -114,6 +114,16 @@ class EventLoop(_core.Core, unix_events._UnixSelectorEventLoop):
         self._transports[fd] = transport
         return transport
 
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
+                                  extra=None):
+        return self._rs_make_pipe_transport(pipe, protocol, waiter, extra,
+                                            ReadPipeTransport, False)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
+                                   extra=None):
+        return self._rs_make_pipe_transport(pipe, protocol, waiter, extra,
+                                            WritePipeTransport, True)
+
     async def _sendfile_native(self, transp, file, offset, count):
         rs = getattr(transp, "_rs", None)
         if rs is None:
@@ -210,6 +220,43 @@ class DatagramTransport(transports._FlowControlMixin,
                      "get_write_buffer_size", "get_extra_info",
                      "get_protocol", "set_protocol"):
             setattr(self, name, getattr(rs, name))
+
+    def __repr__(self):
+        return repr(self._rs)
+
+
+class ReadPipeTransport(transports.ReadTransport):
+    """An ``asyncio.ReadTransport`` over one of our read pipe transports."""
+
+    def __init__(self, rs, loop):
+        super().__init__(None)
+        self._rs = rs
+        self._loop = loop
+        for name in ("close", "is_closing", "is_reading", "pause_reading",
+                     "resume_reading", "get_extra_info", "get_protocol",
+                     "set_protocol"):
+            setattr(self, name, getattr(rs, name))
+
+    def __repr__(self):
+        return repr(self._rs)
+
+
+class WritePipeTransport(transports._FlowControlMixin,
+                         transports.WriteTransport):
+    """An ``asyncio.WriteTransport`` over one of our write pipe transports."""
+
+    def __init__(self, rs, loop):
+        self._rs = rs
+        self._loop = loop
+        for name in ("write", "writelines", "write_eof", "can_write_eof",
+                     "close", "abort", "is_closing", "get_write_buffer_size",
+                     "get_write_buffer_limits", "set_write_buffer_limits",
+                     "get_extra_info", "get_protocol", "set_protocol"):
+            setattr(self, name, getattr(rs, name))
+
+    @property
+    def _protocol_paused(self):
+        return self._rs._protocol_paused
 
     def __repr__(self):
         return repr(self._rs)
