@@ -23,6 +23,10 @@ fn skips() -> Vec<(&'static str, &'static str)> {
                 "test_sendfile::test_sock_sendfile_peer_closed_in_the_middle",
                 "select has no zero-copy sendfile on Windows (TransmitFile is iocp's)",
             ),
+            (
+                "test_sendfile::test_sendfile_prevents_bare_write",
+                "select has no zero-copy sendfile on Windows (TransmitFile is iocp's)",
+            ),
         ],
     ]
     .concat()

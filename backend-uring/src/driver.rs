@@ -752,10 +752,14 @@ impl Driver for UringDriver {
             self.disarm(t)?;
             if !readable && !writable {
                 // An armed poll holds the file: hand the kernel its removal
-                // now, so that `remove_reader(fd); close(fd)` closes the
-                // socket at once (a listener refuses connections), as it
-                // does on a selector.
+                // now, and let the cancelled poll complete (deferred task
+                // work runs only on an enter with GETEVENTS, which a second
+                // submit makes now that the TASKRUN flag is up), so that
+                // `remove_reader(fd); close(fd)` closes the socket at once
+                // (a listener refuses connections), as on a selector. The
+                // completion stays queued for the next poll.
                 self.submit_now()?;
+                let _ = self.ring.submit();
             }
         }
         if readable || writable {

@@ -36,11 +36,11 @@ use crate::thread_bound::ThreadBound;
 
 /// The backends this build has, best first.
 pub fn available() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    #[cfg(target_os = "linux")]
-    v.push("uring");
-    v.push("select");
-    v
+    if cfg!(target_os = "linux") {
+        vec!["uring", "select"]
+    } else {
+        vec!["select"]
+    }
 }
 
 fn make_loop(name: &str) -> loop_api::Result<(Rc<dyn BaseLoop>, &'static str)> {

@@ -2,7 +2,7 @@
 //!
 //! The package (`python/rust_asyncio`) makes this project's event loop an
 //! `asyncio.AbstractEventLoop`: `rust_asyncio.EventLoop` subclasses
-//! [`core::Core`] (scheduling, running, readiness, signals, transports,
+//! `core::Core` (scheduling, running, readiness, signals, transports,
 //! all in Rust) and asyncio's own Unix loop class for the orchestration
 //! asyncio writes in Python (`create_connection`, `create_server`,
 //! `start_tls` over `sslproto`, subprocesses over `base_subprocess`), so

@@ -343,6 +343,32 @@ pub fn test_timer_comparison(ctx: &Ctx) -> Result<()> {
 
 // ----- readiness --------------------------------------------------------------------
 
+/// `test_server_close` through readiness (asyncio's `_stop_serving`:
+/// `remove_reader(fd)`, then `close`): a listener watched for reading and
+/// then closed refuses connections at once, even where the watch holds
+/// the socket in the kernel (io_uring's poll requests) until its removal
+/// is processed.
+pub fn test_remove_reader_then_close_refuses(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Readiness)?;
+    use crate::util::RawOf;
+    let lp = ctx.new_loop();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let fd = listener.raw();
+    lp.add_reader_dyn(fd, Box::new(|| {}))?;
+    crate::util::run_once(&lp)?; // the watch is armed
+    assert!(lp.remove_reader(fd)?);
+    drop(listener);
+    let refused = std::net::TcpStream::connect(addr);
+    assert_eq!(
+        refused.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "a connection to the closed listener is refused"
+    );
+    lp.close()
+}
+
 /// `EventLoopTestsMixin.test_reader_callback`: the reader runs as data
 /// arrives, sees EOF, and removes itself.
 pub fn test_reader_callback(ctx: &Ctx) -> Result<()> {

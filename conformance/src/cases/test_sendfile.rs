@@ -991,6 +991,41 @@ pub fn test_sendfile_pre_and_post_data(ctx: &Ctx) -> Result<()> {
     lp.close()
 }
 
+/// `test_sendfile_prevents_bare_write`: while a zero-copy sendfile owns
+/// the socket, `write` is refused with asyncio's `RuntimeError`; after it,
+/// writes go on, and the peer gets exactly the file then what followed.
+pub fn test_sendfile_prevents_bare_write(ctx: &Ctx) -> Result<()> {
+    ctx.require(Feature::Readiness)?;
+    let lp = ctx.new_loop();
+    let data = pattern(DATA_LEN);
+    let f = TempFile::new(ctx, &data);
+    let (tr, peer) = transport_pair(&lp)?;
+    let reading = reader(&lp, peer)?;
+    let sending = lp.create_task(lp.sendfile(tr.clone(), f.file.clone(), 0, None, false))?;
+    crate::util::run_once(&lp)?;
+    if sending.done() {
+        // No zero-copy path (fallback refused): a skip, if declared.
+        let why = lp
+            .run_until_complete(sending)
+            .expect_err("a file bigger than the socket buffers cannot be sent in one iteration");
+        return Err(Error::NotSupported {
+            feature: "zero-copy sendfile",
+            reason: why.to_string(),
+        });
+    }
+    assert_eq!(
+        tr.write(b"between"),
+        Err(Error::runtime("unable to write; sendfile is in progress"))
+    );
+    assert_eq!(lp.run_until_complete(sending)?, DATA_LEN as u64);
+    tr.write(b"after")?;
+    tr.close();
+    let got = lp.run_until_complete(reading)?;
+    let expected = [&data[..], b"after"].concat();
+    assert_bytes(&got, &expected, "the peer got");
+    lp.close()
+}
+
 /// `test_sendfile_for_closing_transp`: `RuntimeError("Transport is
 /// closing")`; the peer gets nothing and the position is untouched.
 pub fn test_sendfile_for_closing_transp(ctx: &Ctx) -> Result<()> {
