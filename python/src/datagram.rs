@@ -12,14 +12,14 @@ use loop_api::protocols::{BaseProtocol, DatagramProtocol};
 use loop_api::Error;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use socket2::SockAddr;
 
 use crate::core::Core;
 use crate::errors::{check, raise_through_rust, to_py};
+use crate::front::{socket_extra, Front};
 use crate::thread_bound::ThreadBound;
-use crate::transport::{asyncio_attr, give_back, rust_waiter, socket_of};
+use crate::transport::{give_back, rust_waiter, socket_of};
 
 /// A datagram transport of ours, as Python sees it.
 #[pyclass(module = "rust_asyncio._core", frozen, weakref)]
@@ -30,10 +30,7 @@ pub struct DatagramTransport {
 /// What only the loop's thread touches.
 pub struct DatagramState {
     inner: RefCell<Option<Rc<dyn loop_api::transports::DatagramTransport>>>,
-    extra: Py<PyDict>,
-    protocol: RefCell<Option<Py<PyAny>>>,
-    sock: RefCell<Option<Py<PyAny>>>,
-    face: RefCell<Option<Py<PyAny>>>,
+    front: Front,
     family: i32,
 }
 
@@ -54,11 +51,7 @@ impl DatagramTransport {
     }
 
     fn face(&self, py: Python<'_>) -> Py<PyAny> {
-        self.face
-            .borrow()
-            .as_ref()
-            .map(|f| f.clone_ref(py))
-            .unwrap_or_else(|| py.None())
+        self.front.face(py)
     }
 }
 
@@ -124,27 +117,15 @@ fn py_addr<'py>(py: Python<'py>, addr: &SockAddr) -> PyResult<Bound<'py, PyAny>>
 #[pymethods]
 impl DatagramTransport {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        let Some(st) = self.st.try_get() else {
-            return Ok(());
-        };
-        visit.call(&st.extra)?;
-        for cell in [&st.protocol, &st.sock, &st.face] {
-            if let Ok(obj) = cell.try_borrow() {
-                if let Some(obj) = obj.as_ref() {
-                    visit.call(obj)?;
-                }
-            }
+        match self.st.try_get() {
+            Some(st) => st.front.traverse(&visit, &[]),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn __clear__(&self) {
         if let Some(st) = self.st.try_get() {
-            for cell in [&st.protocol, &st.face, &st.sock] {
-                if let Ok(mut obj) = cell.try_borrow_mut() {
-                    obj.take();
-                }
-            }
+            st.front.clear(&[]);
         }
     }
 
@@ -189,14 +170,11 @@ impl DatagramTransport {
         name: &str,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        if let Some(v) = self.extra.bind(py).get_item(name)? {
-            return Ok(v.unbind());
-        }
-        Ok(default.unwrap_or_else(|| py.None()))
+        self.front.extra_info(py, name, default)
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol.borrow().as_ref().map(|p| p.clone_ref(py))
+        self.front.protocol(py)
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
@@ -205,7 +183,7 @@ impl DatagramTransport {
             transport: RefCell::new(Some(slf.clone().unbind())),
         };
         let me = slf.borrow();
-        *me.protocol.borrow_mut() = Some(protocol.unbind());
+        *me.front.protocol.borrow_mut() = Some(protocol.unbind());
         if let Some(t) = me.inner.borrow().as_ref() {
             t.set_protocol(Rc::new(adapter));
         }
@@ -241,25 +219,9 @@ impl PyDatagramProtocol {
 
 impl BaseProtocol for PyDatagramProtocol {
     fn connection_lost(&self, exc: Option<Error>) {
-        Python::attach(|py| {
-            let exc = match exc {
-                Some(e) => to_py(py, &e).into_value(py).into_any(),
-                None => py.None(),
-            };
-            let called = self
-                .protocol
-                .bind(py)
-                .call_method1("connection_lost", (exc,));
+        crate::front::connection_lost(&self.protocol, exc, |py| {
             if let Some(t) = self.transport.borrow_mut().take() {
-                let t = t.borrow(py);
-                if let Some(sock) = t.sock.borrow_mut().take() {
-                    let _ = sock.bind(py).call_method0("detach");
-                }
-                t.protocol.borrow_mut().take();
-                t.face.borrow_mut().take();
-            }
-            if let Err(e) = called {
-                raise_through_rust(e);
+                t.get().front.let_go(py, false);
             }
         })
     }
@@ -320,23 +282,9 @@ pub(crate) fn make_datagram_transport(
     extra: Option<&Bound<'_, PyDict>>,
     face: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
-    static TRSOCK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = lp.py();
     let family: i32 = sock.getattr("family")?.extract()?;
-    let info = PyDict::new(py);
-    if let Some(extra) = extra {
-        info.update(extra.as_mapping())?;
-    }
-    let wrap = asyncio_attr(py, &TRSOCK, "asyncio.trsock", "TransportSocket")?;
-    info.set_item("socket", wrap.call1((sock,))?)?;
-    if let Ok(name) = sock.call_method0("getsockname") {
-        info.set_item("sockname", name)?;
-    }
-    if !info.contains("peername")? {
-        if let Ok(name) = sock.call_method0("getpeername") {
-            info.set_item("peername", name)?;
-        }
-    }
+    let info = socket_extra(sock, extra)?;
     let address = match address {
         Some(a) if !a.is_none() => Some(sockaddr_of(family, a)?),
         _ => None,
@@ -346,17 +294,14 @@ pub(crate) fn make_datagram_transport(
         DatagramTransport {
             st: ThreadBound::new(DatagramState {
                 inner: RefCell::new(None),
-                extra: info.unbind(),
-                protocol: RefCell::new(Some(protocol.clone().unbind())),
-                sock: RefCell::new(Some(sock.clone().unbind())),
-                face: RefCell::new(None),
+                front: Front::new(info, protocol, sock),
                 family,
             }),
         },
     )?;
     let bound = obj.bind(py);
     let face = face.call1((bound, lp))?.unbind();
-    *bound.borrow().face.borrow_mut() = Some(face.clone_ref(py));
+    *bound.get().front.face.borrow_mut() = Some(face.clone_ref(py));
     let adapter = Rc::new(PyDatagramProtocol {
         protocol: protocol.clone().unbind(),
         transport: RefCell::new(Some(obj.clone_ref(py))),

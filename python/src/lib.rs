@@ -13,6 +13,7 @@ mod bridge;
 mod core;
 mod datagram;
 mod errors;
+mod front;
 mod handles;
 mod thread_bound;
 mod transport;

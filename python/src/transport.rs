@@ -27,6 +27,7 @@ use socket2::Socket;
 
 use crate::core::Core;
 use crate::errors::{check, from_py, raise_through_rust, to_py};
+use crate::front::{socket_extra, Front};
 use crate::thread_bound::ThreadBound;
 
 /// An asyncio class, looked up once.
@@ -102,13 +103,8 @@ pub struct SocketTransport {
 /// What only the loop's thread touches.
 pub struct TransportState {
     inner: RefCell<Option<Rc<dyn Transport>>>,
-    extra: Py<PyDict>,
-    protocol: RefCell<Option<Py<PyAny>>>,
-    sock: RefCell<Option<Py<PyAny>>>,
+    front: Front,
     server: RefCell<Option<Py<PyAny>>>,
-    /// What protocols, servers and `loop._transports` see: the package's
-    /// `asyncio.Transport` subclass whose methods are this object's.
-    face: RefCell<Option<Py<PyAny>>>,
     /// Between the protocol's `pause_writing` and `resume_writing`
     /// (asyncio's `_protocol_paused`, which its sendfile fallback reads).
     protocol_paused: std::cell::Cell<bool>,
@@ -128,11 +124,36 @@ impl std::ops::Deref for SocketTransport {
 
 impl SocketTransport {
     pub(crate) fn face(&self, py: Python<'_>) -> Py<PyAny> {
-        self.face
-            .borrow()
-            .as_ref()
-            .map(|f| f.clone_ref(py))
-            .unwrap_or_else(|| py.None())
+        self.front.face(py)
+    }
+
+    /// The object and its front (made by `face(obj, lp)`), not connected
+    /// to a Rust transport yet.
+    fn create(
+        lp: &Bound<'_, Core>,
+        info: Bound<'_, PyDict>,
+        protocol: &Bound<'_, PyAny>,
+        file: &Bound<'_, PyAny>,
+        server: Option<&Py<PyAny>>,
+        face: &Bound<'_, PyAny>,
+        pipe: bool,
+    ) -> PyResult<(Py<SocketTransport>, Py<PyAny>)> {
+        let py = lp.py();
+        let obj = Py::new(
+            py,
+            SocketTransport {
+                st: ThreadBound::new(TransportState {
+                    inner: RefCell::new(None),
+                    front: Front::new(info, protocol, file),
+                    server: RefCell::new(server.map(|s| s.clone_ref(py))),
+                    protocol_paused: std::cell::Cell::new(false),
+                    pipe,
+                }),
+            },
+        )?;
+        let face = face.call1((&obj, lp))?.unbind();
+        *obj.get().front.face.borrow_mut() = Some(face.clone_ref(py));
+        Ok((obj, face))
     }
 
     pub(crate) fn inner(&self) -> PyResult<Rc<dyn Transport>> {
@@ -147,18 +168,9 @@ impl SocketTransport {
     /// and a server learns one connection fewer.
     fn lost(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let me = slf.borrow();
-        if let Some(sock) = me.sock.borrow_mut().take() {
-            let how = if me.pipe { "close" } else { "detach" };
-            let _ = sock.bind(py).call_method0(how);
-        }
+        let me = slf.get();
+        let face = me.front.let_go(py, me.pipe);
         let server = me.server.borrow_mut().take();
-        let face = me.face(py);
-        // What asyncio's `_call_connection_lost` lets go of: the protocol,
-        // and (here) the front, which refers back to this object.
-        me.protocol.borrow_mut().take();
-        me.face.borrow_mut().take();
-        drop(me);
         if let Some(server) = server {
             if let Err(e) = server.bind(py).call_method1("_detach", (face,)) {
                 e.write_unraisable(py, Some(server.bind(py)));
@@ -192,27 +204,15 @@ impl SocketTransport {
     // The garbage collector sees what this object holds, so a cycle
     // through it (transport -> protocol -> transport) is collected.
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        let Some(st) = self.st.try_get() else {
-            return Ok(());
-        };
-        visit.call(&st.extra)?;
-        for cell in [&st.protocol, &st.sock, &st.server, &st.face] {
-            if let Ok(obj) = cell.try_borrow() {
-                if let Some(obj) = obj.as_ref() {
-                    visit.call(obj)?;
-                }
-            }
+        match self.st.try_get() {
+            Some(st) => st.front.traverse(&visit, &[&st.server]),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn __clear__(&self) {
         if let Some(st) = self.st.try_get() {
-            for cell in [&st.protocol, &st.face, &st.sock, &st.server] {
-                if let Ok(mut obj) = cell.try_borrow_mut() {
-                    obj.take();
-                }
-            }
+            st.front.clear(&[&st.server]);
         }
     }
 
@@ -314,10 +314,7 @@ impl SocketTransport {
         name: &str,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        if let Some(v) = self.extra.bind(py).get_item(name)? {
-            return Ok(v.unbind());
-        }
-        Ok(default.unwrap_or_else(|| py.None()))
+        self.front.extra_info(py, name, default)
     }
 
     #[pyo3(signature = (exc = None))]
@@ -336,13 +333,13 @@ impl SocketTransport {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol.borrow().as_ref().map(|p| p.clone_ref(py))
+        self.front.protocol(py)
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let adapter = PyProtocol::new(slf, &protocol)?;
         let me = slf.borrow();
-        *me.protocol.borrow_mut() = Some(protocol.unbind());
+        *me.front.protocol.borrow_mut() = Some(protocol.unbind());
         if let Some(t) = me.inner.borrow().as_ref() {
             t.set_protocol(Rc::new(adapter));
         }
@@ -352,7 +349,8 @@ impl SocketTransport {
     fn __repr__(&self, py: Python<'_>) -> String {
         let state = if self.is_closing() { "closing" } else { "open" };
         let fd = self
-            .sock
+            .front
+            .file
             .borrow()
             .as_ref()
             .and_then(|s| s.bind(py).call_method0("fileno").ok())
@@ -403,21 +401,9 @@ impl PyProtocol {
 
 impl BaseProtocol for PyProtocol {
     fn connection_lost(&self, exc: Option<Error>) {
-        Python::attach(|py| {
-            let exc = match exc {
-                Some(e) => to_py(py, &e).into_value(py).into_any(),
-                None => py.None(),
-            };
-            let called = self
-                .protocol
-                .bind(py)
-                .call_method1("connection_lost", (exc,));
-            // The transport closes the descriptor when this returns.
+        crate::front::connection_lost(&self.protocol, exc, |py| {
             if let Some(t) = self.transport.borrow_mut().take() {
                 SocketTransport::lost(t.bind(py));
-            }
-            if let Err(e) = called {
-                raise_through_rust(e);
             }
         })
     }
@@ -537,40 +523,11 @@ pub(crate) fn make_socket_transport(
     server: Option<Py<PyAny>>,
     face: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
-    static TRSOCK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = lp.py();
-    let info = PyDict::new(py);
-    if let Some(extra) = extra {
-        info.update(extra.as_mapping())?;
-    }
-    let wrap = asyncio_attr(py, &TRSOCK, "asyncio.trsock", "TransportSocket")?;
-    info.set_item("socket", wrap.call1((sock,))?)?;
-    if let Ok(name) = sock.call_method0("getsockname") {
-        info.set_item("sockname", name)?;
-    }
-    if !info.contains("peername")? {
-        if let Ok(name) = sock.call_method0("getpeername") {
-            info.set_item("peername", name)?;
-        }
-    }
-    let obj = Py::new(
-        py,
-        SocketTransport {
-            st: ThreadBound::new(TransportState {
-                inner: RefCell::new(None),
-                extra: info.unbind(),
-                protocol: RefCell::new(Some(protocol.clone().unbind())),
-                sock: RefCell::new(Some(sock.clone().unbind())),
-                server: RefCell::new(server.as_ref().map(|s| s.clone_ref(py))),
-                face: RefCell::new(None),
-                protocol_paused: std::cell::Cell::new(false),
-                pipe: false,
-            }),
-        },
-    )?;
+    let info = socket_extra(sock, extra)?;
+    let (obj, face) =
+        SocketTransport::create(lp, info, protocol, sock, server.as_ref(), face, false)?;
     let bound = obj.bind(py);
-    let face = face.call1((bound, lp))?.unbind();
-    *bound.borrow().face.borrow_mut() = Some(face.clone_ref(py));
     let adapter = Rc::new(PyProtocol::new(bound, protocol)?);
     let core = lp.borrow();
     let rsock = socket_of(sock)?;
@@ -620,24 +577,8 @@ pub(crate) fn make_pipe_transport(
         info.update(extra.as_mapping())?;
     }
     info.set_item("pipe", pipe)?;
-    let obj = Py::new(
-        py,
-        SocketTransport {
-            st: ThreadBound::new(TransportState {
-                inner: RefCell::new(None),
-                extra: info.unbind(),
-                protocol: RefCell::new(Some(protocol.clone().unbind())),
-                sock: RefCell::new(Some(pipe.clone().unbind())),
-                server: RefCell::new(None),
-                face: RefCell::new(None),
-                protocol_paused: std::cell::Cell::new(false),
-                pipe: true,
-            }),
-        },
-    )?;
+    let (obj, face) = SocketTransport::create(lp, info, protocol, pipe, None, face, true)?;
     let bound = obj.bind(py);
-    let face = face.call1((bound, lp))?.unbind();
-    *bound.borrow().face.borrow_mut() = Some(face.clone_ref(py));
     let adapter = Rc::new(PyProtocol::new(bound, protocol)?);
     let core = lp.get();
     let waiter = rust_waiter(core, waiter);
