@@ -43,8 +43,15 @@ impl std::ops::Deref for DatagramTransport {
 }
 
 impl DatagramTransport {
+    /// The state, or `RuntimeError` on another thread (Python-facing
+    /// methods go through this).
+    fn state(&self) -> PyResult<&DatagramState> {
+        self.st.get()
+    }
+
     fn inner(&self) -> PyResult<Rc<dyn loop_api::transports::DatagramTransport>> {
-        self.inner
+        self.state()?
+            .inner
             .borrow()
             .clone()
             .ok_or_else(|| PyRuntimeError::new_err("transport is not connected"))
@@ -134,33 +141,40 @@ impl DatagramTransport {
         let py = data.py();
         let bytes = crate::transport::bytes_like(data)?;
         let addr = match addr {
-            Some(a) if !a.is_none() => Some(sockaddr_of(self.family, a)?),
+            Some(a) if !a.is_none() => Some(sockaddr_of(self.state()?.family, a)?),
             _ => None,
         };
         check(py, self.inner()?.sendto(&bytes, addr))
     }
 
-    fn close(&self) {
-        if let Some(t) = self.inner.borrow().clone() {
+    fn close(&self) -> PyResult<()> {
+        if let Some(t) = self.state()?.inner.borrow().clone() {
             t.close();
         }
+        Ok(())
     }
 
-    fn abort(&self) {
-        if let Some(t) = self.inner.borrow().clone() {
+    fn abort(&self) -> PyResult<()> {
+        if let Some(t) = self.state()?.inner.borrow().clone() {
             t.abort();
         }
+        Ok(())
     }
 
-    fn is_closing(&self) -> bool {
-        self.inner.borrow().as_ref().is_none_or(|t| t.is_closing())
+    fn is_closing(&self) -> PyResult<bool> {
+        let st = self.state()?;
+        let closing = st.inner.borrow().as_ref().is_none_or(|t| t.is_closing());
+        Ok(closing)
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.inner
+    fn get_write_buffer_size(&self) -> PyResult<usize> {
+        let st = self.state()?;
+        let size = st
+            .inner
             .borrow()
             .as_ref()
-            .map_or(0, |t| t.get_write_buffer_size())
+            .map_or(0, |t| t.get_write_buffer_size());
+        Ok(size)
     }
 
     #[pyo3(signature = (name, default = None))]
@@ -170,11 +184,11 @@ impl DatagramTransport {
         name: &str,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.front.extra_info(py, name, default)
+        self.state()?.front.extra_info(py, name, default)
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.front.protocol(py)
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.state()?.front.protocol(py))
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
@@ -182,7 +196,7 @@ impl DatagramTransport {
             protocol: protocol.clone().unbind(),
             transport: RefCell::new(Some(slf.clone().unbind())),
         };
-        let me = slf.borrow();
+        let me = slf.get().state()?;
         *me.front.protocol.borrow_mut() = Some(protocol.unbind());
         if let Some(t) = me.inner.borrow().as_ref() {
             t.set_protocol(Rc::new(adapter));
@@ -190,9 +204,13 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn __repr__(&self) -> String {
-        let state = if self.is_closing() { "closing" } else { "open" };
-        format!("<rust_asyncio.DatagramTransport {state}>")
+    fn __repr__(&self) -> PyResult<String> {
+        let state = if self.is_closing()? {
+            "closing"
+        } else {
+            "open"
+        };
+        Ok(format!("<rust_asyncio.DatagramTransport {state}>"))
     }
 }
 

@@ -8,10 +8,10 @@
 //! `unsendable` classes leak in that case and print an error. Here the
 //! state is handed back instead: freed on a foreign thread, it waits in a
 //! graveyard until its own thread next makes or runs a loop
-//! ([`bury_own`]). Used from a foreign thread, it panics with a message
-//! (pyo3 raises that as an exception), where asyncio's debug mode would
-//! raise "Non-thread-safe operation invoked on an event loop other than
-//! the current one".
+//! ([`bury_own`]). Used from a foreign thread, a transport method raises
+//! `RuntimeError` ([`ThreadBound::get`]) and a loop method `PanicException`
+//! (the `Deref`), where asyncio's debug mode would raise "Non-thread-safe
+//! operation invoked on an event loop other than the current one".
 
 use std::any::Any;
 use std::mem::ManuallyDrop;
@@ -26,6 +26,9 @@ fn thread_number() -> usize {
     // SAFETY: pthread_self has no preconditions and cannot fail.
     unsafe { libc::pthread_self() as usize }
 }
+
+const WRONG_THREAD: &str = "an event loop object was used from a thread other than its \
+                            loop's; use loop.call_soon_threadsafe()";
 
 /// State owned by the thread that made it.
 pub(crate) struct ThreadBound<T: 'static> {
@@ -52,6 +55,17 @@ impl<T> ThreadBound<T> {
         thread_number() == self.owner
     }
 
+    /// The value, or Python's `RuntimeError` on another thread: what a
+    /// Python-facing method uses, so that a call from the wrong thread (a
+    /// finalizer run by the GC there, say) raises instead of panicking.
+    pub(crate) fn get(&self) -> pyo3::PyResult<&T> {
+        if self.on_owner_thread() {
+            Ok(&self.value)
+        } else {
+            Err(pyo3::exceptions::PyRuntimeError::new_err(WRONG_THREAD))
+        }
+    }
+
     /// The value, on the owning thread; for the garbage collector's
     /// `__traverse__`/`__clear__`, which may run on any thread.
     pub(crate) fn try_get(&self) -> Option<&T> {
@@ -63,11 +77,11 @@ impl<T> Deref for ThreadBound<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        assert!(
-            self.on_owner_thread(),
-            "an event loop object was used from a thread other than its loop's; \
-             use loop.call_soon_threadsafe()"
-        );
+        if !self.on_owner_thread() {
+            // Unwound without the panic hook (no message on stderr): pyo3
+            // raises it in Python as a `PanicException`.
+            std::panic::resume_unwind(Box::new(WRONG_THREAD.to_string()));
+        }
         &self.value
     }
 }

@@ -156,8 +156,15 @@ impl SocketTransport {
         Ok((obj, face))
     }
 
+    /// The state, or `RuntimeError` on another thread (Python-facing
+    /// methods go through this).
+    fn state(&self) -> PyResult<&TransportState> {
+        self.st.get()
+    }
+
     pub(crate) fn inner(&self) -> PyResult<Rc<dyn Transport>> {
-        self.inner
+        self.state()?
+            .inner
             .borrow()
             .clone()
             .ok_or_else(|| PyRuntimeError::new_err("transport is not connected"))
@@ -255,24 +262,30 @@ impl SocketTransport {
         Ok(self.inner()?.can_write_eof())
     }
 
-    fn close(&self) {
-        if let Some(t) = self.inner.borrow().clone() {
+    fn close(&self) -> PyResult<()> {
+        if let Some(t) = self.state()?.inner.borrow().clone() {
             t.close();
         }
+        Ok(())
     }
 
-    fn abort(&self) {
-        if let Some(t) = self.inner.borrow().clone() {
+    fn abort(&self) -> PyResult<()> {
+        if let Some(t) = self.state()?.inner.borrow().clone() {
             t.abort();
         }
+        Ok(())
     }
 
-    fn is_closing(&self) -> bool {
-        self.inner.borrow().as_ref().is_none_or(|t| t.is_closing())
+    fn is_closing(&self) -> PyResult<bool> {
+        let st = self.state()?;
+        let closing = st.inner.borrow().as_ref().is_none_or(|t| t.is_closing());
+        Ok(closing)
     }
 
-    fn is_reading(&self) -> bool {
-        self.inner.borrow().as_ref().is_some_and(|t| t.is_reading())
+    fn is_reading(&self) -> PyResult<bool> {
+        let st = self.state()?;
+        let reading = st.inner.borrow().as_ref().is_some_and(|t| t.is_reading());
+        Ok(reading)
     }
 
     fn pause_reading(&self) -> PyResult<()> {
@@ -300,11 +313,14 @@ impl SocketTransport {
         Ok((low, high))
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.inner
+    fn get_write_buffer_size(&self) -> PyResult<usize> {
+        let st = self.state()?;
+        let size = st
+            .inner
             .borrow()
             .as_ref()
-            .map_or(0, |t| t.get_write_buffer_size())
+            .map_or(0, |t| t.get_write_buffer_size());
+        Ok(size)
     }
 
     #[pyo3(signature = (name, default = None))]
@@ -314,41 +330,47 @@ impl SocketTransport {
         name: &str,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.front.extra_info(py, name, default)
+        self.state()?.front.extra_info(py, name, default)
     }
 
     #[pyo3(signature = (exc = None))]
-    fn _force_close(&self, exc: Option<Bound<'_, PyAny>>) {
+    fn _force_close(&self, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let exc = exc
             .filter(|e| !e.is_none())
             .map(|e| from_py(PyErr::from_value(e)));
-        if let Some(t) = self.inner.borrow().clone() {
+        if let Some(t) = self.state()?.inner.borrow().clone() {
             t._force_close(exc);
         }
+        Ok(())
     }
 
     #[getter]
-    fn _protocol_paused(&self) -> bool {
-        self.protocol_paused.get()
+    fn _protocol_paused(&self) -> PyResult<bool> {
+        Ok(self.state()?.protocol_paused.get())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.front.protocol(py)
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.state()?.front.protocol(py))
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let st = slf.get().state()?;
         let adapter = PyProtocol::new(slf, &protocol)?;
-        let me = slf.borrow();
-        *me.front.protocol.borrow_mut() = Some(protocol.unbind());
-        if let Some(t) = me.inner.borrow().as_ref() {
+        *st.front.protocol.borrow_mut() = Some(protocol.unbind());
+        if let Some(t) = st.inner.borrow().as_ref() {
             t.set_protocol(Rc::new(adapter));
         }
         Ok(())
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let state = if self.is_closing() { "closing" } else { "open" };
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let state = if self.is_closing()? {
+            "closing"
+        } else {
+            "open"
+        };
         let fd = self
+            .state()?
             .front
             .file
             .borrow()
@@ -356,7 +378,7 @@ impl SocketTransport {
             .and_then(|s| s.bind(py).call_method0("fileno").ok())
             .and_then(|f| f.extract::<i64>().ok())
             .unwrap_or(-1);
-        format!("<rust_asyncio.SocketTransport fd={fd} {state}>")
+        Ok(format!("<rust_asyncio.SocketTransport fd={fd} {state}>"))
     }
 }
 

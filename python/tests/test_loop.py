@@ -277,6 +277,20 @@ class LoopTests:
             info = (tr.get_extra_info("peername"), tr.get_extra_info("socket").family)
             self.assertIsInstance(tr, asyncio.Transport)
             self.assertEqual(tr.get_write_buffer_size(), 0)
+            # From another thread: an error, not a crash or a data race.
+            raised = []
+
+            def poke():
+                try:
+                    tr.is_closing()
+                except RuntimeError as e:
+                    raised.append(str(e))
+
+            t = threading.Thread(target=poke)
+            t.start()
+            t.join()
+            self.assertEqual(len(raised), 1)
+            self.assertIn("call_soon_threadsafe", raised[0])
             tr.close()
             srv.close()
             await srv.wait_closed()
