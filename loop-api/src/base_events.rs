@@ -60,11 +60,9 @@ pub use base_loop::BaseLoop;
 /// front releases the interpreter lock for the wait and runs Python's
 /// signal handlers after it. Set with [`BaseLoop::set_poll_hook`].
 pub trait PollHook {
-    /// Called before the driver waits; `timeout` is what it will wait at
+    /// Runs `poll`, the driver's wait, once; `timeout` is what it waits at
     /// most (`Some(Duration::ZERO)`: it only looks, `None`: until an event).
-    fn before_poll(&self, timeout: Option<Duration>);
-    /// Called after the wait, before the events are dispatched.
-    fn after_poll(&self);
+    fn around_poll(&self, timeout: Option<Duration>, poll: &mut dyn FnMut());
 }
 
 use crate::contextvars::Context;
@@ -433,12 +431,11 @@ impl<D: Driver> BaseEventLoop<D> {
             let mut events = self.events.borrow_mut();
             events.clear();
             let hook = self.poll_hook.borrow().clone();
-            if let Some(h) = &hook {
-                h.before_poll(timeout);
-            }
-            let polled = self.driver.borrow_mut().poll(timeout, &mut events);
-            if let Some(h) = &hook {
-                h.after_poll();
+            let mut polled = Ok(());
+            let mut poll = || polled = self.driver.borrow_mut().poll(timeout, &mut events);
+            match &hook {
+                Some(h) => h.around_poll(timeout, &mut poll),
+                None => poll(),
             }
             match polled {
                 Ok(()) => {}

@@ -64,37 +64,54 @@ fn make_loop(name: &str) -> loop_api::Result<(Rc<dyn BaseLoop>, &'static str)> {
 
 type Pending = Rc<RefCell<Option<PyErr>>>;
 
-/// Releases the interpreter lock while the loop waits for the OS.
+/// Runs `f` with the GIL, from code the loop runs: callbacks, steps,
+/// timers, readiness, protocol methods. All of it runs inside
+/// `_rs_run_forever` or `_rs_close`, Python methods, so the GIL is held
+/// (it is released only around the driver's wait, where nothing of ours
+/// runs); this skips pyo3's thread-local check, a `__tls_get_addr` call
+/// per callback in a shared library.
+#[inline]
+pub(crate) fn on_loop<R>(f: impl FnOnce(Python<'_>) -> R) -> R {
+    // SAFETY: see above: the thread running the loop holds the GIL
+    // whenever the loop runs code of this crate.
+    f(unsafe { Python::assume_attached() })
+}
+
+/// Releases the interpreter lock while the loop waits for the OS, and
+/// runs Python's signal handlers after the wait.
 struct GilRelease {
-    saved: Cell<*mut ffi::PyThreadState>,
     pending: Pending,
     lp: Weak<dyn BaseLoop>,
 }
 
-impl PollHook for GilRelease {
-    fn before_poll(&self, timeout: Option<Duration>) {
-        // A poll that only looks is not worth two lock hand-overs.
-        if timeout != Some(Duration::ZERO) {
-            // SAFETY: the loop runs from `run_forever`, a Python method: this
-            // thread holds the GIL here, and `after_poll` restores it before
-            // any Python object is touched again.
-            self.saved.set(unsafe { ffi::PyEval_SaveThread() });
-        }
-    }
+/// The driver's wait, handed to `Python::detach`.
+struct Wait<'a>(&'a mut dyn FnMut());
 
-    fn after_poll(&self) {
-        let saved = self.saved.replace(std::ptr::null_mut());
-        if !saved.is_null() {
-            // SAFETY: `saved` came from `PyEval_SaveThread` on this thread.
-            unsafe { ffi::PyEval_RestoreThread(saved) };
-        }
-        // SAFETY: the GIL is held (restored above, or never released).
-        if unsafe { ffi::PyErr_CheckSignals() } < 0 {
-            Python::attach(|py| {
-                let err = PyErr::fetch(py);
-                stop_with(&self.pending, &self.lp, err);
-            });
-        }
+// SAFETY: `detach` runs the closure on this same thread (it only releases
+// the GIL around it); the wait touches no Python object, and what it drops
+// (a transport whose last reference was an operation in flight) drops its
+// Python references with pyo3's GIL count at zero, which defers them to
+// pyo3's pool until the GIL is back.
+unsafe impl Send for Wait<'_> {}
+
+impl PollHook for GilRelease {
+    fn around_poll(&self, timeout: Option<Duration>, poll: &mut dyn FnMut()) {
+        on_loop(|py| {
+            if timeout == Some(Duration::ZERO) {
+                // A poll that only looks is not worth two lock hand-overs.
+                poll();
+            } else {
+                let wait = Wait(poll);
+                py.detach(move || {
+                    let wait = wait;
+                    (wait.0)()
+                });
+            }
+            // SAFETY: the GIL is held (given back by `detach`).
+            if unsafe { ffi::PyErr_CheckSignals() } < 0 {
+                stop_with(&self.pending, &self.lp, PyErr::fetch(py));
+            }
+        })
     }
 }
 
@@ -271,13 +288,8 @@ impl Core {
         let handle = Self::handle(slf, callback, args, context, false)?;
         handle.set_source_traceback(py, tb);
         let h = Py::new(py, handle)?;
-        let run = h.clone_ref(py);
-        let me = slf.get();
-        let r = me.lp.call_soon_dyn(
-            Box::new(move || Python::attach(|py| handles::run(py, run.bind(py)))),
-            None,
-        );
-        check(py, r)?;
+        let step = Rc::new(handles::Scheduled(h.clone_ref(py)));
+        check(py, slf.get().lp.call_soon_step(step))?;
         Ok(h)
     }
 
@@ -316,7 +328,7 @@ impl Core {
         let timer = me.lp.call_at_dyn(
             when,
             Box::new(move || {
-                Python::attach(|py| {
+                on_loop(|py| {
                     let th = fire.bind(py);
                     if let Some(key) = th.get().key.with(py, Option::take) {
                         lp_obj.get().timers.borrow_mut().try_remove(key);
@@ -348,7 +360,6 @@ impl Core {
                 })
             })));
         me.base.set_poll_hook(Some(Rc::new(GilRelease {
-            saved: Cell::new(std::ptr::null_mut()),
             pending: me.pending.clone(),
             lp: Rc::downgrade(&me.base),
         })));
@@ -417,7 +428,7 @@ impl Core {
         let h = Py::new(py, Self::handle(slf, callback, args, None, true)?)?;
         let r = slf.get().lp.add_signal_handler_dyn(
             sig,
-            Box::new(move || Python::attach(|py| handles::run(py, h.bind(py)))),
+            Box::new(move || on_loop(|py| handles::run(py, h.bind(py)))),
         );
         check(py, r)
     }
@@ -519,7 +530,7 @@ impl Core {
         let run = h.clone_ref(py);
         let lp_obj = slf.clone().unbind();
         let cb = Box::new(move || {
-            Python::attach(|py| {
+            on_loop(|py| {
                 if run.get().is_cancelled(py) {
                     // Cancelled through the handle: stop watching, as the
                     // selector loop does when the event comes.
@@ -619,7 +630,7 @@ impl Remote {
         let run = h.clone_ref(py);
         let r = self
             .remote
-            .call_soon_threadsafe(move || Python::attach(|py| handles::run(py, run.bind(py))));
+            .call_soon_threadsafe(move || on_loop(|py| handles::run(py, run.bind(py))));
         check(py, r)?;
         Ok(h)
     }

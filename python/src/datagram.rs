@@ -226,7 +226,7 @@ impl PyDatagramProtocol {
         name: &str,
         args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyTuple>>,
     ) {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             let r = args(py).and_then(|a| self.protocol.bind(py).call_method1(name, a));
             if let Err(e) = r {
                 raise_through_rust(e);
@@ -255,7 +255,7 @@ impl BaseProtocol for PyDatagramProtocol {
 
 impl DatagramProtocol for PyDatagramProtocol {
     fn connection_made(&self, _transport: Rc<dyn loop_api::transports::DatagramTransport>) {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             let Some(face) = self
                 .transport
                 .borrow()

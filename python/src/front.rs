@@ -141,7 +141,7 @@ pub(crate) fn connection_lost(
     exc: Option<loop_api::Error>,
     after: impl FnOnce(Python<'_>),
 ) {
-    Python::attach(|py| {
+    crate::core::on_loop(|py| {
         let exc = match exc {
             Some(e) => crate::errors::to_py(py, &e).into_value(py).into_any(),
             None => py.None(),

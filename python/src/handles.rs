@@ -294,6 +294,25 @@ fn format_callback(py: Python<'_>, cb: &Py<PyAny>, args: &Py<PyTuple>) -> PyResu
     f.bind(py).call1((cb, args, false))?.extract::<String>()
 }
 
+/// A handle in the loop's ready queue: one allocation, run as a step.
+pub(crate) struct Scheduled(pub(crate) Py<Handle>);
+
+impl loop_api::events::Step for Scheduled {
+    fn run_step(self: std::rc::Rc<Self>) {
+        crate::core::on_loop(|py| run(py, self.0.bind(py)))
+    }
+
+    fn describe(&self) -> String {
+        Python::attach(|py| {
+            self.0
+                .bind(py)
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| "<Handle>".into())
+        })
+    }
+}
+
 /// Runs the handle's callback in its context, as asyncio's `Handle._run`:
 /// `SystemExit` and `KeyboardInterrupt` stop the loop and come out of
 /// `run_forever`; any other exception goes to the exception handler.

@@ -71,7 +71,7 @@ pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future
     let fut = Future::new(lp.lp.clone());
     fut.add_done_callback(
         move |f: &Future<()>| {
-            Python::attach(|py| {
+            crate::core::on_loop(|py| {
                 let w = waiter.bind(py);
                 if w.call_method0("cancelled")
                     .and_then(|c| c.is_truthy())
@@ -405,7 +405,7 @@ impl PyProtocol {
     }
 
     fn set_paused(&self, paused: bool) {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             if let Some(t) = self.transport.borrow().as_ref() {
                 t.borrow(py).protocol_paused.set(paused);
             }
@@ -413,7 +413,7 @@ impl PyProtocol {
     }
 
     fn call0(&self, name: &str) {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             if let Err(e) = self.protocol.bind(py).call_method0(name) {
                 raise_through_rust(e);
             }
@@ -443,7 +443,7 @@ impl BaseProtocol for PyProtocol {
 
 impl Protocol for PyProtocol {
     fn connection_made(&self, _transport: Rc<dyn Transport>) {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             let Some(face) = self
                 .transport
                 .borrow()
@@ -463,7 +463,7 @@ impl Protocol for PyProtocol {
     }
 
     fn data_received(&self, data: &[u8]) {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             let bytes = PyBytes::new(py, data);
             if let Err(e) = self
                 .protocol
@@ -476,7 +476,7 @@ impl Protocol for PyProtocol {
     }
 
     fn eof_received(&self) -> bool {
-        Python::attach(
+        crate::core::on_loop(
             |py| match self.protocol.bind(py).call_method0("eof_received") {
                 Ok(r) => r.is_truthy().unwrap_or(false),
                 Err(e) => raise_through_rust(e),
@@ -497,7 +497,7 @@ impl BufferedProtocol for PyProtocol {
     /// The Python protocol's buffer, as a Rust buffer of the same length
     /// for the transport to fill; `buffer_updated` copies it over.
     fn get_buffer(&self, sizehint: usize) -> Result<Vec<u8>, Error> {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             let buf = self
                 .protocol
                 .bind(py)
@@ -513,7 +513,7 @@ impl BufferedProtocol for PyProtocol {
     }
 
     fn buffer_updated(&self, buf: Vec<u8>, nbytes: usize) -> Result<(), Error> {
-        Python::attach(|py| {
+        crate::core::on_loop(|py| {
             let lent = self.lent.borrow_mut().take();
             if let Some(target) = lent {
                 let target = target.bind(py);
