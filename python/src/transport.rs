@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use loop_api::protocols::{BaseProtocol, BufferedProtocol, Protocol};
 use loop_api::transports::Transport;
@@ -98,6 +99,10 @@ pub(crate) fn rust_waiter(lp: &Core, waiter: Option<Py<PyAny>>) -> Option<Future
 #[pyclass(module = "rust_asyncio._core", frozen, weakref)]
 pub struct SocketTransport {
     st: ThreadBound<TransportState>,
+    /// Set once the connection is lost: then `is_closing`, `close` and
+    /// `abort` answer from any thread (a finalizer the GC runs on another
+    /// thread, such as `StreamWriter.__del__`, asks `is_closing`).
+    lost: AtomicBool,
 }
 
 /// What only the loop's thread touches.
@@ -142,6 +147,7 @@ impl SocketTransport {
         let obj = Py::new(
             py,
             SocketTransport {
+                lost: AtomicBool::new(false),
                 st: ThreadBound::new(TransportState {
                     inner: RefCell::new(None),
                     front: Front::new(info, protocol, file),
@@ -176,6 +182,7 @@ impl SocketTransport {
     fn lost(slf: &Bound<'_, Self>) {
         let py = slf.py();
         let me = slf.get();
+        me.lost.store(true, Ordering::Release);
         let face = me.front.let_go(py, me.pipe);
         let server = me.server.borrow_mut().take();
         if let Some(server) = server {
@@ -263,6 +270,9 @@ impl SocketTransport {
     }
 
     fn close(&self) -> PyResult<()> {
+        if self.lost.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(t) = self.state()?.inner.borrow().clone() {
             t.close();
         }
@@ -270,6 +280,9 @@ impl SocketTransport {
     }
 
     fn abort(&self) -> PyResult<()> {
+        if self.lost.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(t) = self.state()?.inner.borrow().clone() {
             t.abort();
         }
@@ -277,6 +290,9 @@ impl SocketTransport {
     }
 
     fn is_closing(&self) -> PyResult<bool> {
+        if self.lost.load(Ordering::Acquire) {
+            return Ok(true);
+        }
         let st = self.state()?;
         let closing = st.inner.borrow().as_ref().is_none_or(|t| t.is_closing());
         Ok(closing)

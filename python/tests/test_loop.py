@@ -273,7 +273,13 @@ class LoopTests:
             loop = asyncio.get_running_loop()
             srv = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
             port = srv.sockets[0].getsockname()[1]
-            tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            lost = loop.create_future()
+
+            class Client(asyncio.Protocol):
+                def connection_lost(self, exc):
+                    lost.set_result(exc)
+
+            tr, _ = await loop.create_connection(Client, "127.0.0.1", port)
             info = (tr.get_extra_info("peername"), tr.get_extra_info("socket").family)
             self.assertIsInstance(tr, asyncio.Transport)
             self.assertEqual(tr.get_write_buffer_size(), 0)
@@ -292,6 +298,14 @@ class LoopTests:
             self.assertEqual(len(raised), 1)
             self.assertIn("call_soon_threadsafe", raised[0])
             tr.close()
+            self.assertIsNone(await lost)
+            # Once the connection is lost, a finalizer on another thread
+            # (StreamWriter.__del__ asks is_closing) gets its answer.
+            closing = []
+            t = threading.Thread(target=lambda: closing.append(tr.is_closing()))
+            t.start()
+            t.join()
+            self.assertEqual(closing, [True])
             srv.close()
             await srv.wait_closed()
             return info, port
