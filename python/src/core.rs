@@ -486,15 +486,7 @@ impl Core {
         count: Option<u64>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let fd: i32 = file.call_method0("fileno")?.extract()?;
-        // SAFETY: `fd` is the open descriptor of a live Python file; the
-        // duplicate is ours to own and close.
-        let dup = unsafe { libc::dup(fd) };
-        if dup < 0 {
-            return Err(PyErr::from(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `dup` was just returned by dup(2) and nothing else owns it.
-        let file = Rc::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(dup) });
+        let file = Rc::new(crate::transport::dup_file(file)?);
         let t = transport.borrow().inner()?;
         let Some(fut) = t._sendfile_native(file, offset, count) else {
             return Err(to_py(

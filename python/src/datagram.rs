@@ -19,7 +19,7 @@ use crate::core::Core;
 use crate::errors::{check, raise_through_rust, to_py};
 use crate::front::{socket_extra, Front};
 use crate::thread_bound::ThreadBound;
-use crate::transport::{give_back, rust_waiter, socket_of};
+use crate::transport::{adopt_socket, rust_waiter};
 
 /// A datagram transport of ours, as Python sees it.
 #[pyclass(module = "rust_asyncio._core", frozen, weakref)]
@@ -324,21 +324,12 @@ pub(crate) fn make_datagram_transport(
         protocol: protocol.clone().unbind(),
         transport: RefCell::new(Some(obj.clone_ref(py))),
     });
-    let core = lp.borrow();
-    let rsock = socket_of(sock)?;
-    let waiter = rust_waiter(&core, waiter);
-    match core
-        .base
-        ._make_datagram_transport(rsock.clone(), adapter, address, waiter)
-    {
-        Ok(t) => {
-            drop(rsock);
-            *bound.borrow().inner.borrow_mut() = Some(t);
-        }
-        Err(e) => {
-            give_back(rsock);
-            return Err(to_py(py, &e));
-        }
-    }
+    let core = lp.get();
+    let waiter = rust_waiter(core, waiter);
+    let t = adopt_socket(sock, |rsock| {
+        core.base
+            ._make_datagram_transport(rsock, adapter, address, waiter)
+    })?;
+    *bound.get().inner.borrow_mut() = Some(t);
     Ok(face)
 }

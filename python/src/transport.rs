@@ -13,7 +13,7 @@
 //! may already be reused.
 
 use std::cell::RefCell;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,28 +42,45 @@ pub(crate) fn asyncio_attr<'py>(
         .map(|o| o.bind(py))
 }
 
-/// The Python socket's descriptor, handed to a Rust transport; `sock`
-/// stays the `socket` extra.
-pub(crate) fn socket_of(sock: &Bound<'_, PyAny>) -> PyResult<Rc<Socket>> {
-    let fd: i32 = sock.call_method0("fileno")?.extract()?;
+/// A Python file or socket object's descriptor.
+fn fd_of_file(obj: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let fd: i32 = obj.call_method0("fileno")?.extract()?;
     if fd < 0 {
-        return Err(pyo3::exceptions::PyOSError::new_err((
-            9,
-            "Bad file descriptor",
-        )));
+        return Err(PyErr::from(std::io::Error::from_raw_os_error(libc::EBADF)));
     }
-    // SAFETY: `fd` is the open descriptor of a live Python socket; the
-    // transport takes it over, and the Python socket is detached before
-    // the transport closes it (`SocketTransport::detach_socket`), or the
-    // descriptor is given back (`give_back`) if no transport was made.
-    Ok(Rc::new(unsafe { Socket::from_raw_fd(fd) }))
+    Ok(fd)
 }
 
-/// Gives back a descriptor no transport took, so the Python socket keeps it.
-pub(crate) fn give_back(sock: Rc<Socket>) {
-    if let Ok(s) = Rc::try_unwrap(sock) {
-        let _ = s.into_raw_fd();
-    }
+/// A close-on-exec duplicate of a Python file object's descriptor, ours to
+/// own and close (a pipe transport's, a sendfile's).
+pub(crate) fn dup_file(obj: &Bound<'_, PyAny>) -> PyResult<std::fs::File> {
+    let fd = fd_of_file(obj)?;
+    // SAFETY: `fd` is the open descriptor of a live Python object, borrowed
+    // only for the duplication.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    Ok(owned.into())
+}
+
+/// Hands the Python socket's descriptor to `make` (a Rust transport's
+/// constructor), which takes it over: the Python socket stays the `socket`
+/// extra and is detached just before the transport closes the descriptor
+/// ([`Front::let_go`]). If `make` fails, the descriptor goes back to the
+/// Python socket untouched.
+pub(crate) fn adopt_socket<T>(
+    sock: &Bound<'_, PyAny>,
+    make: impl FnOnce(Rc<Socket>) -> loop_api::Result<T>,
+) -> PyResult<T> {
+    let fd = fd_of_file(sock)?;
+    // SAFETY: `fd` is the open descriptor of a live Python socket; the
+    // transport made from it owns it from now on (see above), and if none
+    // is made, `into_raw_fd` gives it back unclosed.
+    let rsock = Rc::new(unsafe { Socket::from_raw_fd(fd) });
+    make(rsock.clone()).map_err(|e| {
+        if let Ok(s) = Rc::try_unwrap(rsock) {
+            let _ = s.into_raw_fd();
+        }
+        to_py(sock.py(), &e)
+    })
 }
 
 /// Forwards a Rust waiter's outcome to asyncio's waiter future.
@@ -567,22 +584,13 @@ pub(crate) fn make_socket_transport(
         SocketTransport::create(lp, info, protocol, sock, server.as_ref(), face, false)?;
     let bound = obj.bind(py);
     let adapter = Rc::new(PyProtocol::new(bound, protocol)?);
-    let core = lp.borrow();
-    let rsock = socket_of(sock)?;
-    let waiter = rust_waiter(&core, waiter);
-    let made = core
-        .base
-        ._make_socket_transport(rsock.clone(), adapter, waiter, None);
-    match made {
-        Ok(t) => {
-            drop(rsock);
-            *bound.borrow().inner.borrow_mut() = Some(t);
-        }
-        Err(e) => {
-            give_back(rsock);
-            return Err(to_py(py, &e));
-        }
-    }
+    let core = lp.get();
+    let waiter = rust_waiter(core, waiter);
+    let t = adopt_socket(sock, |rsock| {
+        core.base
+            ._make_socket_transport(rsock, adapter, waiter, None)
+    })?;
+    *bound.get().inner.borrow_mut() = Some(t);
     if let Some(server) = server {
         server.bind(py).call_method1("_attach", (&face,))?;
     }
@@ -602,14 +610,7 @@ pub(crate) fn make_pipe_transport(
     write: bool,
 ) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    let fd: i32 = pipe.call_method0("fileno")?.extract()?;
-    // SAFETY: `fd` is the open descriptor of a live Python pipe object.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(PyErr::from(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `dup` was just made and nothing else owns it.
-    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    let file = dup_file(pipe)?;
     let info = PyDict::new(py);
     if let Some(extra) = extra {
         info.update(extra.as_mapping())?;
