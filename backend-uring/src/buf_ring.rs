@@ -21,6 +21,14 @@
 //! the top of a stack of free ones: the next buffer offered is the one
 //! released last, whose memory is still in the caches.
 //!
+//! Memory follows the load. The buffers are one anonymous mapping, whose
+//! pages the kernel provides only when first written: a loop that never
+//! receives holds none of it, and a light load touches only the few
+//! buffers it cycles through. When the load falls ([`BufRing::trim`], once
+//! the loop has been idle a while), the number offered shrinks back, and
+//! buffers neither offered nor holding data give their pages back
+//! (`MADV_DONTNEED`; the next write faults in zeroed pages).
+//!
 //! The ring and the buffers are one allocation each, never moved, and
 //! outlive the registration: the driver drops its ring (which unregisters)
 //! before this, and leaks this if any operation that may still pick a
@@ -39,8 +47,10 @@ use io_uring::types::BufRingEntry;
 pub(crate) struct BufRing {
     ring: NonNull<BufRingEntry>,
     ring_layout: Layout,
+    /// `entries * buf_size` bytes, mapped (not allocated) so that pages
+    /// are only resident once written.
     bufs: NonNull<u8>,
-    bufs_layout: Layout,
+    bufs_len: usize,
     entries: u16,
     buf_size: usize,
     /// Our copy of the tail; the kernel reads the one in the ring.
@@ -61,13 +71,21 @@ pub(crate) struct BufRing {
     /// Buffers offered to the kernel that it has not finished filling.
     in_ring: Cell<u16>,
     /// How many buffers to keep offered; doubled each time the kernel
-    /// finds none left.
+    /// finds none left, halved by [`BufRing::trim`] while they are not.
     target: Cell<u16>,
+    /// The kernel ran short since the last trim.
+    grew: Cell<bool>,
+    /// Per buffer: its pages may be resident (it was offered since its
+    /// pages were last given back).
+    resident: Box<[Cell<bool>]>,
 }
 
 /// How many buffers are offered at first: few, so that the ones in use stay
 /// in the CPU's caches while the load is light.
 const INITIAL_OFFERED: u16 = 16;
+
+/// How few buffers [`BufRing::trim`] may go down to.
+const MIN_OFFERED: u16 = 2;
 
 /// The group id our receives name.
 pub(crate) const BGID: u16 = 0;
@@ -80,22 +98,37 @@ impl BufRing {
         let ring_layout =
             Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let bufs_layout = Layout::from_size_align(entries as usize * buf_size, 64)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: both layouts have a non-zero size.
+        let bufs_len = (entries as usize)
+            .checked_mul(buf_size)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer ring size"))?;
+        // SAFETY: the layout has a non-zero size.
         let ring = NonNull::new(unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>())
             .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        // SAFETY: as above.
-        let Some(bufs) = NonNull::new(unsafe { alloc_zeroed(bufs_layout) }) else {
+        // SAFETY: a fresh private anonymous mapping, at an address of the
+        // kernel's choice; no existing memory is affected.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bufs_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
             // SAFETY: allocated just above with this layout.
             unsafe { dealloc(ring.as_ptr().cast(), ring_layout) };
-            return Err(io::ErrorKind::OutOfMemory.into());
-        };
+            return Err(e);
+        }
+        let bufs = NonNull::new(addr.cast::<u8>()).expect("mmap returned a mapping");
         let r = BufRing {
             ring,
             ring_layout,
             bufs,
-            bufs_layout,
+            bufs_len,
             entries,
             buf_size,
             tail: Cell::new(0),
@@ -107,6 +140,8 @@ impl BufRing {
             free: RefCell::new((0..entries).rev().collect()),
             in_ring: Cell::new(0),
             target: Cell::new(INITIAL_OFFERED.min(entries)),
+            grew: Cell::new(false),
+            resident: (0..entries).map(|_| Cell::new(false)).collect(),
         };
         r.top_up();
         Ok(r)
@@ -178,7 +213,65 @@ impl BufRing {
     pub fn grow(&self) {
         let target = self.target.get().saturating_mul(2).min(self.entries);
         self.target.set(target);
+        self.grew.set(true);
         self.top_up();
+    }
+
+    /// The load fell (the driver calls this when the loop has waited a
+    /// while with nothing arriving): unless the kernel ran short since the
+    /// last call, offer half as many buffers from now on (down to
+    /// [`MIN_OFFERED`]), and give back the pages of every buffer that is
+    /// neither offered nor holding data. A buffer the kernel holds cannot
+    /// be taken back; it leaves the ring when filled, and a later trim
+    /// gives its pages back then.
+    ///
+    /// Returns the bytes given back.
+    pub fn trim(&self) -> usize {
+        if !self.grew.replace(false) {
+            self.target
+                .set((self.target.get() / 2).max(MIN_OFFERED.min(self.entries)));
+        }
+        let mut given = 0;
+        for &bid in self.free.borrow().iter() {
+            let i = bid as usize;
+            if !self.resident[i].replace(false) {
+                continue;
+            }
+            // SAFETY: buffer `bid` is inside the mapping; it is free (not
+            // offered to the kernel, no reaped data of it pending), so
+            // nothing reads or writes it until it is offered again, and
+            // then the kernel's writes fault in fresh zeroed pages.
+            let r = unsafe {
+                libc::madvise(
+                    self.bufs.as_ptr().add(i * self.buf_size).cast(),
+                    self.buf_size,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if r == 0 {
+                given += self.buf_size;
+            } else {
+                self.resident[i].set(true);
+            }
+        }
+        given
+    }
+
+    /// [`BufRing::trim`] has something to do: more buffers are to be
+    /// offered than an idle loop needs, or a free buffer may be resident.
+    pub fn can_trim(&self) -> bool {
+        self.target.get() > MIN_OFFERED.min(self.entries)
+            || self
+                .free
+                .borrow()
+                .iter()
+                .any(|&b| self.resident[b as usize].get())
+    }
+
+    /// How many buffers are offered to the kernel now.
+    #[cfg(test)]
+    fn offered(&self) -> u16 {
+        self.in_ring.get()
     }
 
     /// Offers free buffers, the most recently released first, until
@@ -190,6 +283,7 @@ impl BufRing {
                 break;
             };
             self.push(bid);
+            self.resident[bid as usize].set(true);
             self.in_ring.set(self.in_ring.get() + 1);
             pushed = true;
         }
@@ -242,12 +336,12 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts. The driver drops
+        // SAFETY: allocated and mapped in `new` with these sizes. The driver drops
         // this only after the ring that registered it is gone and nothing
         // in flight may pick a buffer (it leaks it otherwise).
         unsafe {
             dealloc(self.ring.as_ptr().cast(), self.ring_layout);
-            dealloc(self.bufs.as_ptr(), self.bufs_layout);
+            libc::munmap(self.bufs.as_ptr().cast(), self.bufs_len);
         }
     }
 }
@@ -306,6 +400,95 @@ mod tests {
             "no buffer beyond the first 16 was touched"
         );
         assert_eq!(r.outstanding(), 0);
+    }
+
+    /// Resident pages of buffer `bid` (`mincore`).
+    fn resident_pages(r: &BufRing, bid: u16) -> usize {
+        let page = 4096;
+        let pages = r.buf_size.div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is inside the mapping, page-aligned (the
+        // mapping is, and buffer sizes here are multiples of a page);
+        // `vec` has a byte per page.
+        let rc = unsafe {
+            libc::mincore(
+                r.bufs.as_ptr().add(bid as usize * r.buf_size).cast(),
+                r.buf_size,
+                vec.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    /// What the kernel does when it fills buffer `bid`: writes it.
+    fn fill(r: &BufRing, bid: u16) {
+        // SAFETY: in the mapping; nothing else uses it in these tests.
+        unsafe {
+            std::ptr::write_bytes(
+                r.bufs.as_ptr().add(bid as usize * r.buf_size),
+                7,
+                r.buf_size,
+            )
+        };
+    }
+
+    #[test]
+    fn a_new_ring_holds_no_resident_memory() {
+        let r = BufRing::new(64, 256 * 1024).unwrap();
+        let resident: usize = (0..64).map(|b| resident_pages(&r, b)).sum();
+        assert_eq!(resident, 0, "16 MiB of buffers, none of it touched");
+    }
+
+    #[test]
+    fn trimming_offers_fewer_and_gives_back_free_buffers() {
+        let r = BufRing::new(64, 64 * 1024).unwrap();
+        r.grow();
+        r.grow();
+        assert_eq!(r.offered(), 64);
+        // A load passes: the kernel fills buffers 0..8, which come back.
+        for bid in 0..8 {
+            fill(&r, bid);
+            receive(&r, bid);
+        }
+        assert_eq!(resident_pages(&r, 3), 16);
+        // The load ends: each trim halves what is offered, down to 2.
+        assert!(r.can_trim());
+        for _ in 0..6 {
+            r.trim();
+        }
+        assert_eq!(r.target.get(), MIN_OFFERED);
+        // The kernel still holds all 64 (it cannot be asked to give one
+        // back); as it fills them, they are not offered again...
+        for bid in 8..16 {
+            fill(&r, bid);
+            receive(&r, bid);
+        }
+        assert_eq!(r.offered(), 56);
+        assert_eq!(r.free.borrow().len(), 8);
+        // ...and the next trim gives their memory back.
+        assert_eq!(r.trim(), 8 * 64 * 1024);
+        for bid in 8..16 {
+            assert_eq!(resident_pages(&r, bid), 0, "buffer {bid} given back");
+        }
+        // A load again: they are offered again and written afresh.
+        for _ in 0..5 {
+            r.grow();
+        }
+        assert_eq!(r.offered(), 64);
+        fill(&r, 8);
+        assert_eq!(resident_pages(&r, 8), 16);
+    }
+
+    #[test]
+    fn a_run_short_since_the_last_trim_keeps_the_offer() {
+        let r = BufRing::new(64, 4096).unwrap();
+        r.grow();
+        assert_eq!(r.target.get(), 32);
+        r.trim();
+        assert_eq!(r.target.get(), 32, "the kernel ran short meanwhile");
+        r.trim();
+        assert_eq!(r.target.get(), 16);
     }
 
     #[test]

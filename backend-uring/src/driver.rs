@@ -68,6 +68,10 @@ const GENERATION_MASK: u32 = 0x3fff_ffff;
 /// How long closing waits for cancelled operations to complete.
 pub const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
+/// How long the loop waits with nothing arriving before the buffer ring
+/// gives memory back ([`BufRing::trim`]).
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
 /// How a [`UringDriver`] is set up.
 #[derive(Clone, Debug)]
 pub struct UringConfig {
@@ -702,13 +706,26 @@ impl Driver for UringDriver {
         }
         self.arm_all()?;
         // With completions waiting already, do not sleep: submit only.
-        let timeout = if self.ring.completion().is_empty() {
+        let mut timeout = if self.ring.completion().is_empty() {
             timeout
         } else {
             Some(Duration::ZERO)
         };
+        // About to sleep long while the buffer ring holds more than an
+        // idle loop needs: wake after `TRIM_AFTER` to give it back if
+        // nothing came (memory follows the load; a few extra wakeups once
+        // a load ends, none while idle and trimmed).
+        let trim_wait = timeout.is_none_or(|t| t > TRIM_AFTER)
+            && self.buf_ring.as_ref().is_some_and(|r| r.can_trim());
+        if trim_wait {
+            timeout = Some(TRIM_AFTER);
+        }
         let entered = self.enter(timeout);
-        self.reap(out);
+        if self.reap(out) == 0 && out.is_empty() && trim_wait {
+            if let Some(r) = &self.buf_ring {
+                r.trim();
+            }
+        }
         // Completions held back by an overflow come out by entering again.
         while self.ring.submission().cq_overflow() {
             if self.enter(Some(Duration::ZERO)).is_err() {

@@ -106,15 +106,21 @@ macro_rules! datagrams_on_readiness {
 /// What a completion-based owner (a transport, an accept loop) keeps
 /// between the driver's `poll`, which records completions, and its step on
 /// the ready queue, which handles them in the order they arrived.
+///
+/// Most steps find one completion, so the first waits in place and only
+/// the ones behind it take a queue: an idle connection holds no
+/// allocation for its inbox.
 pub struct Inbox<T> {
-    items: RefCell<VecDeque<T>>,
+    first: RefCell<Option<T>>,
+    rest: RefCell<VecDeque<T>>,
     scheduled: Cell<bool>,
 }
 
 impl<T> Default for Inbox<T> {
     fn default() -> Self {
         Inbox {
-            items: RefCell::new(VecDeque::new()),
+            first: RefCell::new(None),
+            rest: RefCell::new(VecDeque::new()),
             scheduled: Cell::new(false),
         }
     }
@@ -125,7 +131,14 @@ impl<T> Inbox<T> {
     /// it is scheduled already. Called from inside `poll`: it runs no user
     /// code.
     pub fn push(&self, item: T, lp: &dyn AbstractEventLoop, step: impl FnOnce() -> Rc<dyn Step>) {
-        self.items.borrow_mut().push_back(item);
+        {
+            let mut first = self.first.borrow_mut();
+            if first.is_none() {
+                *first = Some(item);
+            } else {
+                self.rest.borrow_mut().push_back(item);
+            }
+        }
         if !self.scheduled.replace(true) && lp.call_soon_step(step()).is_err() {
             self.scheduled.set(false);
         }
@@ -135,7 +148,10 @@ impl<T> Inbox<T> {
     /// marks it as running: what arrives from now on schedules it again.
     pub fn pop(&self) -> Option<T> {
         self.scheduled.set(false);
-        self.items.borrow_mut().pop_front()
+        let mut first = self.first.borrow_mut();
+        let item = first.take()?;
+        *first = self.rest.borrow_mut().pop_front();
+        Some(item)
     }
 }
 

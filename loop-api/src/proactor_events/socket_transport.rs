@@ -44,8 +44,12 @@ use crate::transports::{BaseTransport, ExtraInfo, ReadTransport, Transport, Writ
 
 /// Chunks kept for reuse: at most this many ...
 const SPARE_CHUNKS: usize = 4;
-/// ... of at most this capacity.
+/// ... of at most this capacity ...
 const SPARE_CAPACITY: usize = 1024 * 1024;
+/// ... and at least this one: smaller chunks come from memory the
+/// allocator keeps resident anyway, and keeping them would make every
+/// connection that ever wrote hold memory while idle.
+const SPARE_MIN_CAPACITY: usize = 16 * 1024;
 /// Small writes are appended to the last buffered chunk up to this size.
 const COALESCE: usize = 64 * 1024;
 
@@ -83,9 +87,11 @@ impl Outgoing {
         self.batch.chunks.push_back(chunk);
     }
 
-    /// Keeps a sent chunk for reuse, if there is room.
+    /// Keeps a sent chunk for reuse, if it is large and there is room.
     fn recycle(&mut self, mut chunk: Vec<u8>) {
-        if self.spare.len() < SPARE_CHUNKS && chunk.capacity() <= SPARE_CAPACITY {
+        if self.spare.len() < SPARE_CHUNKS
+            && (SPARE_MIN_CAPACITY..=SPARE_CAPACITY).contains(&chunk.capacity())
+        {
             chunk.clear();
             self.spare.push(chunk);
         }
@@ -369,7 +375,11 @@ impl<I: StreamIo> ProactorSocketTransport<I> {
         }
         let mut o = self.outgoing.borrow_mut();
         if unsent.is_empty() {
-            o.spare_list = unsent;
+            // Kept for the next send only where large chunks are (a bulk
+            // sender); an idle connection keeps no empty list.
+            if !o.spare.is_empty() {
+                o.spare_list = unsent;
+            }
         } else {
             let extra = unsent.iter().map(Vec::len).sum::<usize>() - head;
             for chunk in unsent.into_iter().rev() {
