@@ -26,7 +26,9 @@
 //! servers on a Unix socket, R rounds of bulk echo (20 connections, each
 //! echoing 8 MiB in 64 KiB writes while it reads, every byte checked, then
 //! closing), and the server's RSS after each round: memory a load leaves
-//! behind shows as growth from round to round. The servers are the same program: the
+//! behind shows as growth from round to round. The last column is the RSS
+//! after the server then sat idle for 3 seconds (uring's buffer ring gives
+//! memory back after a second with nothing arriving). The servers are the same program: the
 //! `EchoProtocol` on `create_server` (ours), tokio's README echo server
 //! (a task per connection reading into a 1 KiB array), asyncio's
 //! documented `EchoServerProtocol` (Python). All listen with a backlog of
@@ -140,8 +142,8 @@ asyncio.run(main(), loop_factory=factory)
             BULK_BYTES >> 20
         );
         let head: Vec<String> = (1..=rounds).map(|r| format!("round {r}")).collect();
-        println!("| server | baseline | {} |", head.join(" | "));
-        println!("|---|---|{}", "---|".repeat(rounds));
+        println!("| server | baseline | {} | idle 3 s |", head.join(" | "));
+        println!("|---|---|{}---|", "---|".repeat(rounds));
         for kind in servers.split(',') {
             let python_server = !matches!(kind, "select" | "uring" | "tokio");
             if python_server && !python_has(&python, kind) {
@@ -177,6 +179,8 @@ asyncio.run(main(), loop_factory=factory)
                 bulk_round(&path)?;
                 rss.push(rss_kib(pid)?);
             }
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            rss.push(rss_kib(pid)?);
             Ok(rss)
         })();
         let _ = child.kill();
