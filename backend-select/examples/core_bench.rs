@@ -465,29 +465,12 @@ fn tokio_timers(
 
 // ----- 4. create_task + await ---------------------------------------------------------
 
-fn ours_tasks(n: usize) -> Sample {
-    let lp = lp();
-    let t0 = thread_cpu();
-    let sum = lp
-        .run_until_complete(async move {
-            let mut sum = 0usize;
-            for i in 0..n {
-                let t = with_lp(|lp| lp.create_task(async move { Ok(black_box(i)) }))?;
-                sum = sum.wrapping_add(t.await?);
-            }
-            Ok(sum)
-        })
-        .expect("run");
-    let dt = thread_cpu() - t0;
-    assert_eq!(sum, (0..n).sum::<usize>());
-    (n, dt)
-}
-
-/// The same with `eager_start=True` (asyncio 3.12's eager task factory,
-/// 3.14's `eager_start`): `create_task` runs the task's first step at
-/// once, so a task that finishes without suspending is done when
-/// `create_task` returns and awaiting it does not suspend the awaiter.
-fn ours_eager_tasks(n: usize) -> Sample {
+/// A task creates a task and awaits it, `n` times. With `eager` set
+/// (asyncio 3.12's eager task factory, 3.14's `eager_start=True`),
+/// `create_task` runs the task's first step at once, so a task that
+/// finishes without suspending is done when `create_task` returns and
+/// awaiting it does not suspend the awaiter.
+fn ours_tasks(n: usize, eager: bool) -> Sample {
     let lp = lp();
     let t0 = thread_cpu();
     let sum = lp
@@ -495,7 +478,7 @@ fn ours_eager_tasks(n: usize) -> Sample {
             let mut sum = 0usize;
             for i in 0..n {
                 let options = loop_api::tasks::TaskOptions {
-                    eager_start: true,
+                    eager_start: eager,
                     ..Default::default()
                 };
                 let t =
@@ -798,13 +781,13 @@ fn main() {
             &format!("4 create_task + await N={n}"),
             "tokio",
             Target::Faster,
-            pair(reps, || ours_tasks(n), || tokio_tasks(n, &rt)),
+            pair(reps, || ours_tasks(n, false), || tokio_tasks(n, &rt)),
         );
         push(
             &format!("4 create_task eager + await N={n}"),
             "tokio",
             Target::Faster,
-            pair(reps, || ours_eager_tasks(n), || tokio_tasks(n, &rt)),
+            pair(reps, || ours_tasks(n, true), || tokio_tasks(n, &rt)),
         );
     }
     if want("threadsafe") {
