@@ -30,6 +30,10 @@
 //! fifth of the way in).
 
 #[cfg(target_os = "linux")]
+#[path = "shared/echo_protocol.rs"]
+mod echo_protocol;
+
+#[cfg(target_os = "linux")]
 fn main() {
     std::process::exit(soak::main());
 }
@@ -55,6 +59,8 @@ mod soak {
     use std::result::Result;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+
+    use crate::echo_protocol::EchoProtocol;
 
     const THREADSAFE_THREADS: usize = 4;
     const THREADSAFE_CALLS: usize = 250_000;
@@ -105,9 +111,9 @@ mod soak {
         static STATS: Rc<ServerStats> = Rc::default();
     }
 
-    /// The echo protocol, counting connections and how they end.
+    /// The shared `EchoProtocol`, counting connections and how they end.
     struct Echo {
-        transport: TransportCell,
+        echo: EchoProtocol,
         stats: Rc<ServerStats>,
     }
 
@@ -128,15 +134,11 @@ mod soak {
         }
 
         fn pause_writing(&self) {
-            if let Some(t) = self.transport.get() {
-                t.pause_reading();
-            }
+            self.echo.pause_writing();
         }
 
         fn resume_writing(&self) {
-            if let Some(t) = self.transport.get() {
-                t.resume_reading();
-            }
+            self.echo.resume_writing();
         }
     }
 
@@ -144,13 +146,11 @@ mod soak {
         fn connection_made(&self, transport: Rc<dyn Transport>) {
             self.stats.open.set(self.stats.open.get() + 1);
             self.stats.accepted.set(self.stats.accepted.get() + 1);
-            self.transport.set(transport);
+            self.echo.connection_made(transport);
         }
 
         fn data_received(&self, data: &[u8]) {
-            if let Some(t) = self.transport.get() {
-                let _ = t.write(data);
-            }
+            self.echo.data_received(data);
         }
     }
 
@@ -178,7 +178,7 @@ mod soak {
                 let server = lp.run_until_complete(lp.create_server(
                     move || {
                         Rc::new(Echo {
-                            transport: TransportCell::default(),
+                            echo: EchoProtocol::default(),
                             stats: stats.clone(),
                         })
                     },
