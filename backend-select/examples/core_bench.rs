@@ -13,9 +13,10 @@
 //! machine's noise out). Workload 5 needs two threads and is timed by the
 //! wall clock. What is compared:
 //!
-//! 1. `call_soon batch`: N `call_soon` then one iteration (`stop()` before
-//!    `run_forever()`), against pushing and popping the same N boxed
-//!    closures on a `VecDeque<Box<dyn FnOnce()>>` and calling them. Once
+//! 1. `call_soon batch`: N `call_soon` (the generic one a Rust caller
+//!    uses, each returning its `Handle`) then one iteration (`stop()`
+//!    before `run_forever()`), against pushing and popping the same N
+//!    closures boxed on a `VecDeque<Box<dyn FnOnce()>>` and calling them. Once
 //!    with all N = 1M in one batch (as asked: 1M live handles, so page
 //!    faults and cache misses weigh), and once as 1000 batches of 1000
 //!    (steady state: the allocator reuses memory). A tokio
@@ -165,20 +166,25 @@ struct Row {
 }
 
 /// Runs `ours` and `other` `reps` times, alternating; median ops/s of each.
+/// Every sample follows a warm-up run of the same side (allocator, page
+/// faults, queue capacities).
 fn pair(
     reps: usize,
     mut ours: impl FnMut() -> Sample,
     mut other: impl FnMut() -> Sample,
 ) -> (f64, f64, (f64, f64), f64) {
-    // One warm-up each (allocator, page faults, queue capacities).
-    ours();
-    other();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut ms = 0.0f64;
     for _ in 0..reps {
+        // Each sample runs right after an unmeasured run of its own side, so
+        // that neither inherits the other's heap: after a 1M batch glibc
+        // holds a million freed chunks of that side's size, and the other
+        // side's first allocation of another size pays for consolidating them.
+        ours();
         let s = ours();
         ms = ms.max(s.1.as_secs_f64() * 1e3);
         a.push(ops_per_sec(s));
+        other();
         let s = other();
         ms = ms.max(s.1.as_secs_f64() * 1e3);
         b.push(ops_per_sec(s));
@@ -202,12 +208,9 @@ fn ours_batch(n: usize, batch: usize) -> Sample {
     while i < n {
         let end = (i + batch).min(n);
         for i in i..end {
-            let h = lp.call_soon_dyn(
-                Box::new(move || {
-                    bump(i);
-                }),
-                None,
-            );
+            let h = lp.call_soon(move || {
+                bump(i);
+            });
             black_box(h.expect("call_soon"));
         }
         lp.stop();
@@ -263,25 +266,24 @@ fn tokio_batch(n: usize, rt: &tokio::runtime::Runtime) -> Sample {
 
 // ----- 2. chains ----------------------------------------------------------------------
 
-fn chain_cb(left: usize) -> Box<dyn FnOnce()> {
-    Box::new(move || {
+fn chain_cb(left: usize) -> impl FnOnce() {
+    move || {
         bump(left);
         with_lp(|lp| {
             if left == 0 {
                 lp.stop();
             } else {
-                lp.call_soon_dyn(chain_cb(left - 1), None)
-                    .expect("call_soon");
+                lp.call_soon(chain_cb(left - 1)).expect("call_soon");
             }
         });
-    })
+    }
 }
 
 fn ours_chain(n: usize) -> Sample {
     let lp = lp();
     reset_count();
     let t0 = thread_cpu();
-    lp.call_soon_dyn(chain_cb(n - 1), None).expect("call_soon");
+    lp.call_soon(chain_cb(n - 1)).expect("call_soon");
     lp.run_forever().expect("run");
     let dt = thread_cpu() - t0;
     assert_eq!(count(), n);

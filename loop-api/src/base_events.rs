@@ -74,8 +74,8 @@ use crate::events::options::{
 };
 use crate::events::{
     self, AbstractEventLoop, AbstractServer, Callback, DatagramPair, EventLoopExt,
-    ExceptionContext, ExceptionHandler, Handle, LocalBoxFuture, Loop, RawFd, RemoteLoop,
-    RepeatCallback, SendCallback, SoonKey, SoonSlab, Step, StreamPair, SubprocessPair,
+    ExceptionContext, ExceptionHandler, Handle, LocalBoxFuture, Loop, OnceEntry, RawFd, RemoteLoop,
+    RepeatCallback, Repr, SendCallback, SoonKey, SoonSlab, Step, StreamPair, SubprocessPair,
     ThreadsafeCaller, TimerHandle,
 };
 use crate::exceptions::{Error, Result};
@@ -111,6 +111,8 @@ fn next_loop_id() -> u64 {
 
 enum Ready {
     Handle(Handle),
+    /// A one-shot handle of its own allocation (the generic `call_soon`).
+    Once(Rc<dyn OnceEntry>),
     /// A `call_soon` callback: one reference to its entry in the loop's
     /// slab, which the queue gives back (see [`ReadyQueue`]).
     Soon(SoonKey),
@@ -367,6 +369,7 @@ impl<D: Driver> BaseEventLoop<D> {
         Ok(())
     }
 
+    #[inline]
     fn push_ready(&self, r: Ready) {
         self.ready.borrow_mut().push_back(r);
     }
@@ -398,6 +401,7 @@ impl<D: Driver> BaseEventLoop<D> {
     /// Scheduling on the loop's thread: calls queued by other threads come
     /// first, as in asyncio's one shared ready deque, so that a
     /// `call_soon_threadsafe` that happened before this call runs before it.
+    #[inline]
     fn push_ready_after_remote(&self, r: Ready) {
         self.drain_remote();
         self.push_ready(r);
@@ -552,12 +556,23 @@ impl<D: Driver> BaseEventLoop<D> {
                 });
                 return;
             }
+            Ready::Once(o) if !debug => {
+                if let Err((e, h)) = o.run_queued() {
+                    self.call_exception_handler(
+                        ExceptionContext::new(format!("Exception in callback {h:?}"))
+                            .with_exception(e)
+                            .with_handle(h),
+                    );
+                }
+                return;
+            }
             Ready::Soon(k) => Ready::Handle(self.soon.into_handle(k)),
+            Ready::Once(o) => Ready::Handle(Handle(Repr::Once(o))),
             item => item,
         };
         let start = debug.then(Instant::now);
         let label = match item {
-            Ready::Soon(_) => unreachable!("made a Handle above"),
+            Ready::Soon(_) | Ready::Once(_) => unreachable!("made a Handle above"),
             Ready::Handle(h) => {
                 if h.cancelled() {
                     return;
@@ -889,6 +904,19 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
         let (k, h) = self.soon.push_with_handle(callback, context);
         self.push_ready_after_remote(Ready::Soon(k));
         Ok(h)
+    }
+
+    #[inline]
+    fn call_soon_handle(&self, handle: &Handle) -> Result<()> {
+        self.check_closed()?;
+        self.drain_remote();
+        // The item is made where it is pushed: moving it through a parameter
+        // costs a store-forwarding stall on this path.
+        self.ready.borrow_mut().push_back(match &handle.0 {
+            Repr::Once(o) => Ready::Once(o.clone()),
+            _ => Ready::Handle(handle.clone()),
+        });
+        Ok(())
     }
 
     fn call_later_dyn(

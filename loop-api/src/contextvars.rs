@@ -28,6 +28,7 @@ type Map = HashMap<u64, Rc<dyn Any>>;
 type MapRef = Option<Rc<Map>>;
 
 /// True when `a` and `b` are the same mapping (both empty counts as same).
+#[inline]
 fn same_map(a: &MapRef, b: &MapRef) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -93,6 +94,7 @@ fn leave(saved: Saved) -> MapRef {
 pub(crate) struct Snapshot(MapRef);
 
 impl Snapshot {
+    #[inline]
     pub(crate) fn capture() -> Self {
         Snapshot(CURRENT.with(|c| c.borrow().map.clone()))
     }

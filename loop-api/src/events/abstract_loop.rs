@@ -155,6 +155,13 @@ pub trait AbstractEventLoop {
     /// Schedules `callback` for the next iteration, FIFO; in `context`, or a
     /// copy of the current context.
     fn call_soon_dyn(&self, callback: Callback, context: Option<Context>) -> Result<Handle>;
+    /// Schedules `handle` (another reference to it) for the next iteration,
+    /// FIFO (asyncio's private
+    /// `_add_callback`): what the generic
+    /// [`call_soon`](crate::events::EventLoopExt::call_soon) does with the
+    /// [`Handle::new`] it makes, so that an unboxed closure costs one
+    /// allocation. A cancelled handle is skipped when its turn comes.
+    fn call_soon_handle(&self, handle: &Handle) -> Result<()>;
     /// Schedules `callback` after `delay` seconds (zero or negative: due at once,
     /// still a [`TimerHandle`]).
     fn call_later_dyn(

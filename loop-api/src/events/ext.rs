@@ -88,13 +88,18 @@ pub trait EventLoopExt: AbstractEventLoop {
 
     /// `loop.call_soon(callback)`: runs `callback` in the next iteration,
     /// FIFO, in a copy of the current context.
+    #[inline]
     fn call_soon(&self, callback: impl FnOnce() + 'static) -> Result<Handle> {
-        self.call_soon_dyn(Box::new(callback), None)
+        let h = Handle::new(callback, None);
+        self.call_soon_handle(&h)?;
+        Ok(h)
     }
 
     /// `loop.call_soon(callback, context=context)`.
     fn call_soon_in(&self, context: Context, callback: impl FnOnce() + 'static) -> Result<Handle> {
-        self.call_soon_dyn(Box::new(callback), Some(context))
+        let h = Handle::new(callback, Some(context));
+        self.call_soon_handle(&h)?;
+        Ok(h)
     }
 
     /// `loop.call_later(delay, callback)`: `delay` in seconds (`f64`,

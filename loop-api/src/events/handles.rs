@@ -1,13 +1,16 @@
 //! `Handle` and `TimerHandle`: a scheduled callback, cancellable.
 //!
-//! Two representations share one public type:
+//! Three representations share one public type:
 //!
-//! * a reference-counted [`HandleInner`] of its own, for timers, repeating
-//!   handles (readers, writers, signals) and handles made with
-//!   [`Handle::new`];
-//! * an entry of the loop's [`SoonSlab`], for the one-shot callbacks of
-//!   `call_soon` and `call_soon_threadsafe`: no allocation per callback
-//!   besides the user's closure. The entry counts its references by hand
+//! * a [`OnceCell`]: a one-shot closure and its handle's state in one
+//!   reference-counted allocation, for [`Handle::new`] and the generic
+//!   `call_soon` (an unboxed closure costs one allocation, as boxing it
+//!   alone would);
+//! * a reference-counted [`HandleInner`], for timers and repeating handles
+//!   (readers, writers, signals);
+//! * an entry of the loop's [`SoonSlab`], for callbacks that come boxed
+//!   already (`call_soon_dyn`, `call_soon_threadsafe`): no allocation per
+//!   callback besides the box. The entry counts its references by hand
 //!   (every `Handle` to it and the ready queue's item each hold one) and its
 //!   slot is reused once the last one is gone.
 
@@ -42,6 +45,7 @@ enum HandleContext {
 }
 
 impl HandleContext {
+    #[inline]
     fn new(context: Option<Context>) -> Self {
         match context {
             Some(c) => HandleContext::Explicit(c),
@@ -103,6 +107,68 @@ pub(crate) struct HandleInner {
     pub(crate) timer: Option<TimerInfo>,
 }
 
+// ----- one-shot handles in one allocation ---------------------------------------
+
+/// A one-shot callback with its handle's state, in one allocation.
+pub(crate) struct OnceCell<F> {
+    cancelled: Cell<bool>,
+    /// `None` once taken to run, or cancelled.
+    body: Cell<Option<F>>,
+    context: RefCell<HandleContext>,
+}
+
+/// What the loop and [`Handle`] ask of a [`OnceCell`], whatever its closure.
+pub(crate) trait OnceEntry {
+    fn cancel(&self);
+    fn cancelled(&self) -> bool;
+    fn get_context(&self) -> Context;
+    fn run(&self) -> Result<(), Error>;
+    /// Runs the callback for the ready queue, which gives up its reference.
+    /// When no [`Handle`] is left the allocation is freed before the call
+    /// (nobody can cancel it or ask for its context any more). On a panic,
+    /// the error and a handle for the exception handler's context.
+    fn run_queued(self: Rc<Self>) -> Result<(), (Error, Handle)>;
+}
+
+impl<F: FnOnce() + 'static> OnceEntry for OnceCell<F> {
+    fn cancel(&self) {
+        if !self.cancelled.replace(true) {
+            drop(self.body.take());
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.get()
+    }
+
+    fn get_context(&self) -> Context {
+        self.context.borrow_mut().get_context()
+    }
+
+    fn run(&self) -> Result<(), Error> {
+        // `cancel()` takes the body: a cancelled cell has none.
+        let Some(f) = self.body.take() else {
+            return Ok(());
+        };
+        let ctx = self.context.borrow().share();
+        ctx.run_callback(f)
+    }
+
+    #[inline]
+    fn run_queued(self: Rc<Self>) -> Result<(), (Error, Handle)> {
+        match Rc::try_unwrap(self) {
+            Ok(cell) => {
+                let Some(f) = cell.body.into_inner() else {
+                    return Ok(());
+                };
+                let ctx = cell.context.into_inner();
+                ctx.run_callback(f).map_err(|e| (e, Handle::spent(ctx)))
+            }
+            Err(shared) => shared.run().map_err(|e| (e, Handle(Repr::Once(shared)))),
+        }
+    }
+}
+
 // ----- the loop's slab of one-shot entries -------------------------------------
 
 /// One `call_soon` callback, stored in the loop's [`SoonSlab`].
@@ -162,6 +228,7 @@ impl SoonSlab {
 
     /// Stores a new one-shot callback with one reference: the ready
     /// queue's (`call_soon_threadsafe` callbacks, whose handle nobody sees).
+    #[inline]
     pub(crate) fn push(&self, body: Callback, context: Option<Context>) -> SoonKey {
         SoonKey(self.insert(SoonEntry {
             refs: 1,
@@ -173,6 +240,7 @@ impl SoonSlab {
 
     /// Stores a new one-shot callback with two references: one for the
     /// ready queue and the [`Handle`] given to the caller.
+    #[inline]
     pub(crate) fn push_with_handle(
         self: &Rc<Self>,
         body: Callback,
@@ -192,6 +260,7 @@ impl SoonSlab {
     }
 
     /// Stores `entry`, whose `refs` counts the references the caller makes.
+    #[inline]
     fn insert(&self, entry: SoonEntry) -> u32 {
         let mut inner = self.inner.borrow_mut();
         if inner.free != NO_SLOT {
@@ -216,6 +285,7 @@ impl SoonSlab {
     /// Runs `f` on entry `key`, with the slab borrowed: `f` must not run
     /// user code nor drop anything user-owned (which could re-enter the
     /// slab).
+    #[inline]
     fn with<R>(&self, key: u32, f: impl FnOnce(&mut SoonEntry) -> R) -> R {
         let mut inner = self.inner.borrow_mut();
         match &mut inner.slots[key as usize] {
@@ -225,6 +295,7 @@ impl SoonSlab {
     }
 
     /// Gives back one reference to entry `key`; frees the entry with the last.
+    #[inline]
     fn release_key(&self, key: u32) {
         let last = self.with(key, |e| {
             e.refs -= 1;
@@ -251,6 +322,7 @@ impl SoonSlab {
     }
 
     /// Gives back the queue's reference without running the callback.
+    #[inline]
     pub(crate) fn release(&self, key: SoonKey) {
         self.release_key(key.0)
     }
@@ -401,6 +473,7 @@ impl Clone for SoonRef {
 }
 
 impl Drop for SoonRef {
+    #[inline]
     fn drop(&mut self) {
         self.slab.release_key(self.key);
     }
@@ -410,6 +483,7 @@ impl Drop for SoonRef {
 
 #[derive(Clone)]
 pub(crate) enum Repr {
+    Once(Rc<dyn OnceEntry>),
     Shared(Rc<HandleInner>),
     Soon(SoonRef),
 }
@@ -434,9 +508,33 @@ impl Handle {
         })))
     }
 
-    /// A one-shot handle, run in `context` (a copy of the current one if `None`).
-    pub fn new(callback: Callback, context: Option<Context>) -> Self {
-        Self::build(Body::Once(callback), context, None)
+    /// A one-shot handle, run in `context` (a copy of the current one if
+    /// `None`). The closure and the handle's state share one allocation.
+    #[inline]
+    pub fn new(callback: impl FnOnce() + 'static, context: Option<Context>) -> Self {
+        let mut cell = Rc::new_uninit();
+        Rc::get_mut(&mut cell)
+            .expect("a new Rc is unique")
+            .write(OnceCell {
+                cancelled: Cell::new(false),
+                body: Cell::new(Some(callback)),
+                context: RefCell::new(HandleContext::new(context)),
+            });
+        // SAFETY: written just above.
+        Handle(Repr::Once(unsafe { cell.assume_init() }))
+    }
+
+    /// A handle whose one-shot callback has run, in `context`: what stands
+    /// for a [`OnceCell`] freed before its callback ran, when that callback
+    /// panicked and the exception handler needs the handle.
+    #[cold]
+    fn spent(context: HandleContext) -> Self {
+        Handle(Repr::Shared(Rc::new(HandleInner {
+            body: RefCell::new(None),
+            cancelled: Cell::new(false),
+            context: RefCell::new(context),
+            timer: None,
+        })))
     }
 
     /// A handle that can run repeatedly until cancelled (readers, writers, signals).
@@ -450,6 +548,7 @@ impl Handle {
     pub fn cancel(&self) {
         let inner = match &self.0 {
             Repr::Shared(inner) => inner,
+            Repr::Once(o) => return o.cancel(),
             Repr::Soon(s) => return s.cancel(),
         };
         if inner.cancelled.replace(true) {
@@ -467,6 +566,7 @@ impl Handle {
     /// True once [`cancel`](Handle::cancel) was called.
     pub fn cancelled(&self) -> bool {
         match &self.0 {
+            Repr::Once(o) => o.cancelled(),
             Repr::Shared(inner) => inner.cancelled.get(),
             Repr::Soon(s) => s.cancelled(),
         }
@@ -475,6 +575,7 @@ impl Handle {
     /// The context the callback runs in.
     pub fn get_context(&self) -> Context {
         match &self.0 {
+            Repr::Once(o) => o.get_context(),
             Repr::Shared(inner) => inner.context.borrow_mut().get_context(),
             Repr::Soon(s) => s.get_context(),
         }
@@ -483,6 +584,7 @@ impl Handle {
     /// True when both name the same handle.
     pub fn ptr_eq(&self, other: &Handle) -> bool {
         match (&self.0, &other.0) {
+            (Repr::Once(a), Repr::Once(b)) => std::ptr::addr_eq(Rc::as_ptr(a), Rc::as_ptr(b)),
             (Repr::Shared(a), Repr::Shared(b)) => Rc::ptr_eq(a, b),
             // A key is reused only after every reference to it is gone, so
             // two live references with one key name one entry.
@@ -498,6 +600,7 @@ impl Handle {
     pub fn run(&self) -> Result<(), Error> {
         let inner = match &self.0 {
             Repr::Shared(inner) => inner,
+            Repr::Once(o) => return o.run(),
             Repr::Soon(s) => return s.run(),
         };
         if inner.cancelled.get() {
@@ -546,7 +649,7 @@ impl TimerHandle {
     pub(crate) fn timer(&self) -> &TimerInfo {
         match &self.0 .0 {
             Repr::Shared(inner) => inner.timer.as_ref(),
-            Repr::Soon(_) => None,
+            Repr::Once(_) | Repr::Soon(_) => None,
         }
         .expect("a TimerHandle has timer info")
     }
@@ -585,6 +688,7 @@ impl fmt::Debug for Handle {
                 ),
                 None => write!(f, "<Handle{state} {:p}>", Rc::as_ptr(inner)),
             },
+            Repr::Once(o) => write!(f, "<Handle{state} {:p}>", Rc::as_ptr(o).cast::<()>()),
             Repr::Soon(s) => write!(f, "<Handle{state} {:p}#{}>", Rc::as_ptr(&s.slab), s.key),
         }
     }
@@ -760,5 +864,92 @@ mod tests {
         assert!(!h.cancelled());
         drop(h);
         assert!(dropped.get());
+    }
+
+    /// The ready queue's reference to a [`Handle::new`] handle, as the
+    /// generic `call_soon` queues it.
+    fn queued(h: &Handle) -> Rc<dyn OnceEntry> {
+        match &h.0 {
+            Repr::Once(o) => o.clone(),
+            _ => unreachable!("Handle::new makes a OnceCell"),
+        }
+    }
+
+    #[test]
+    fn once_cell_alone_is_freed_before_its_callback_runs() {
+        type Slot = Rc<RefCell<Option<std::rc::Weak<dyn OnceEntry>>>>;
+        let cell: Slot = Rc::new(RefCell::new(None));
+        let alive_while_running = Rc::new(Cell::new(None));
+        let (c, alive) = (cell.clone(), alive_while_running.clone());
+        let h = Handle::new(
+            move || {
+                let weak = c.borrow().clone().expect("set before running");
+                alive.set(Some(weak.upgrade().is_some()));
+            },
+            None,
+        );
+        let q = queued(&h);
+        *cell.borrow_mut() = Some(Rc::downgrade(&q));
+        drop(h);
+        assert!(q.run_queued().is_ok());
+        assert_eq!(alive_while_running.get(), Some(false));
+    }
+
+    #[test]
+    fn once_cell_keeps_handle_state_after_running() {
+        let ran = Rc::new(Cell::new(0));
+        let r = ran.clone();
+        let h = Handle::new(move || r.set(r.get() + 1), None);
+        let h2 = h.clone();
+        assert!(h.ptr_eq(&h2));
+        let c = h.get_context();
+        assert!(queued(&h).run_queued().is_ok());
+        assert_eq!(ran.get(), 1);
+        // Running again (a second reference, or `Handle::run`) is a no-op.
+        assert!(h.run().is_ok());
+        assert_eq!(ran.get(), 1);
+        assert!(!h2.cancelled());
+        h.cancel();
+        assert!(h2.cancelled());
+        assert!(c.ptr_eq(&h2.get_context()));
+    }
+
+    #[test]
+    fn once_cell_cancel_drops_the_callback_at_once() {
+        let dropped = Rc::new(Cell::new(false));
+        let d = Dropped(dropped.clone());
+        let h = Handle::new(
+            move || {
+                let _d = &d;
+                panic!("must not run");
+            },
+            None,
+        );
+        let q = queued(&h);
+        h.cancel();
+        assert!(dropped.get());
+        assert!(h.cancelled());
+        assert!(q.run_queued().is_ok());
+    }
+
+    #[test]
+    fn once_cell_panic_reports_a_handle() {
+        // No handle left: a spent handle with the same context stands for it.
+        let h = Handle::new(|| panic!("boom"), None);
+        let c = h.get_context();
+        let q = queued(&h);
+        drop(h);
+        let Err((e, spent)) = q.run_queued() else {
+            panic!("the panic was lost")
+        };
+        assert!(matches!(e, Error::Panic(_)));
+        assert!(!spent.cancelled());
+        assert!(c.ptr_eq(&spent.get_context()));
+        // A handle left: that very handle.
+        let h = Handle::new(|| panic!("boom"), None);
+        let Err((_, same)) = queued(&h).run_queued() else {
+            panic!("the panic was lost")
+        };
+        assert!(h.ptr_eq(&same));
     }
 }

@@ -18,7 +18,7 @@ pub use exception_context::{ExceptionContext, ExceptionHandler};
 pub(crate) use ext::check_can_run;
 pub use ext::{Connected, Endpoint, EventLoopExt, Spawned};
 pub use handles::{Callback, Handle, RepeatCallback, SendCallback, TimerHandle};
-pub(crate) use handles::{SoonKey, SoonSlab};
+pub(crate) use handles::{OnceEntry, Repr, SoonKey, SoonSlab};
 pub use policy::AbstractEventLoopPolicy;
 pub use running::{_get_running_loop, _set_running_loop, get_running_loop, running_loop_id};
 pub use server::AbstractServer;
