@@ -374,6 +374,11 @@ impl<D: Driver> BaseEventLoop<D> {
         self.ready.borrow_mut().push_back(r);
     }
 
+    #[inline(never)]
+    fn push_other_handle(&self, handle: &Handle) {
+        self.push_ready(Ready::Handle(handle.clone()));
+    }
+
     /// Moves the calls queued by other threads to the ready queue.
     ///
     /// Lock-free when nothing came (the common case): a caller pushes before
@@ -910,12 +915,16 @@ impl<D: Driver> AbstractEventLoop for BaseEventLoop<D> {
     fn call_soon_handle(&self, handle: &Handle) -> Result<()> {
         self.check_closed()?;
         self.drain_remote();
-        // The item is made where it is pushed: moving it through a parameter
-        // costs a store-forwarding stall on this path.
-        self.ready.borrow_mut().push_back(match &handle.0 {
-            Repr::Once(o) => Ready::Once(o.clone()),
-            _ => Ready::Handle(handle.clone()),
-        });
+        // The item is made where it is pushed, and the other handles take
+        // a path of their own: moving the item through a parameter, or
+        // cloning the whole `Repr`, costs a store-forwarding stall here.
+        match &handle.0 {
+            Repr::Once(o) => {
+                let o = o.clone();
+                self.ready.borrow_mut().push_back(Ready::Once(o));
+            }
+            _ => self.push_other_handle(handle),
+        }
         Ok(())
     }
 
