@@ -166,24 +166,25 @@ struct Row {
 }
 
 /// Runs `ours` and `other` `reps` times, alternating; median ops/s of each.
-/// Every sample follows a warm-up run of the same side (allocator, page
-/// faults, queue capacities).
 fn pair(
     reps: usize,
     mut ours: impl FnMut() -> Sample,
     mut other: impl FnMut() -> Sample,
 ) -> (f64, f64, (f64, f64), f64) {
+    // One warm-up each (allocator, page faults, queue capacities).
+    ours();
+    other();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut ms = 0.0f64;
     for _ in 0..reps {
-        // Each sample runs right after an unmeasured run of its own side, so
-        // that neither inherits the other's heap: after a 1M batch glibc
-        // holds a million freed chunks of that side's size, and the other
-        // side's first allocation of another size pays for consolidating them.
-        ours();
         let s = ours();
         ms = ms.max(s.1.as_secs_f64() * 1e3);
         a.push(ops_per_sec(s));
+        // The comparison gets a warm-up of its own right before each
+        // sample, so that it does not inherit our heap: after a 1M batch
+        // glibc holds a million freed chunks of our size, and its first
+        // allocation of another size pays for consolidating them. (Ours
+        // runs after the comparison's sample, as it always did.)
         other();
         let s = other();
         ms = ms.max(s.1.as_secs_f64() * 1e3);
