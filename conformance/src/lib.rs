@@ -285,6 +285,7 @@ macro_rules! __cases {
                 test_running_loop_within_a_loop,
                 test_add_callback_cancelled_handle,
                 test_handle_cancel_in_same_batch,
+                test_call_soon_every_road_one_fifo,
                 test_run_once_schedule_handle,
                 test_call_later,
                 test_call_at_same_deadline_fifo,

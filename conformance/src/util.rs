@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use loop_api::events::ExceptionContext;
-use loop_api::{AbstractEventLoop, Loop};
+use loop_api::{AbstractEventLoop, EventLoopExt, Loop};
 
 /// An ordered record that callbacks append to.
 #[derive(Clone)]
@@ -53,6 +53,27 @@ pub fn capture_exceptions(lp: &Loop) -> Log<ExceptionContext> {
 pub fn soon(lp: &Loop, f: impl FnOnce() + 'static) -> loop_api::Result<loop_api::Handle> {
     lp.call_soon_dyn(Box::new(f), None)
 }
+
+/// One way to schedule a one-shot callback (`context`: `call_soon(...,
+/// context=)`).
+pub type SoonRoad = fn(
+    &Loop,
+    Box<dyn FnOnce()>,
+    Option<loop_api::contextvars::Context>,
+) -> loop_api::Result<loop_api::Handle>;
+
+/// The two ways to schedule a one-shot callback, which store it
+/// differently: `call_soon_dyn` (a boxed closure, kept in the loop's slab of
+/// one-shot entries) and the generic `call_soon` / `call_soon_in` (the
+/// closure and its handle's state in one allocation). The cases about
+/// handles run their body on each.
+pub const SOON_ROADS: [(&str, SoonRoad); 2] = [
+    ("call_soon_dyn", |lp, f, c| lp.call_soon_dyn(f, c)),
+    ("generic call_soon", |lp, f, c| match c {
+        Some(c) => lp.call_soon_in(c, f),
+        None => lp.call_soon(f),
+    }),
+];
 
 /// Stops `lp` after `secs` of loop time: a safety net for cases that run
 /// the loop forever, never the way a case synchronises.

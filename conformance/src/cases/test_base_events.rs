@@ -13,7 +13,7 @@ use loop_api::{Error, EventLoopExt, Handle, Loop, Result, TimerHandle};
 
 use crate::util::{
     busy_wait, capture_exceptions, expect_closed, expect_runtime, safety_net, soon, stop_after,
-    Log, LogCapture, RemoteWatchdog,
+    Log, LogCapture, RemoteWatchdog, SOON_ROADS,
 };
 use crate::Ctx;
 
@@ -303,41 +303,105 @@ pub fn test_running_loop_within_a_loop(ctx: &Ctx) -> Result<()> {
 // ----- the ready queue -------------------------------------------------------
 
 /// `BaseEventLoopTests.test__add_callback_cancelled_handle`: a handle
-/// cancelled before its turn never runs.
+/// cancelled before its turn never runs, and its callback (with what it
+/// captured) is dropped at once. On every road.
 pub fn test_add_callback_cancelled_handle(ctx: &Ctx) -> Result<()> {
-    let lp = ctx.new_loop();
-    let log = Log::new();
-    let l = log.clone();
-    let h = soon(&lp, move || l.push("cancelled"))?;
-    let l = log.clone();
-    soon(&lp, move || l.push("kept"))?;
-    h.cancel();
-    assert!(h.cancelled());
-    soon(&lp, stopper(&lp))?;
-    lp.run_forever()?;
-    assert_eq!(log.get(), vec!["kept"]);
-    lp.close()
+    for (road, call_soon) in SOON_ROADS {
+        let lp = ctx.new_loop();
+        let log = Log::new();
+        let captured = Rc::new(());
+        let (l, c) = (log.clone(), captured.clone());
+        let h = call_soon(
+            &lp,
+            Box::new(move || {
+                let _c = &c;
+                l.push("cancelled")
+            }),
+            None,
+        )?;
+        let l = log.clone();
+        call_soon(&lp, Box::new(move || l.push("kept")), None)?;
+        h.cancel();
+        assert!(h.cancelled(), "{road}");
+        assert_eq!(Rc::strong_count(&captured), 1, "{road}: dropped at cancel");
+        soon(&lp, stopper(&lp))?;
+        lp.run_forever()?;
+        assert_eq!(log.get(), vec!["kept"], "{road}");
+        assert!(h.cancelled(), "{road}");
+        lp.close()?;
+    }
+    Ok(())
 }
 
 /// A callback can cancel another one of the same batch, which then does
-/// not run.
+/// not run. On every road.
 pub fn test_handle_cancel_in_same_batch(ctx: &Ctx) -> Result<()> {
+    for (road, call_soon) in SOON_ROADS {
+        let lp = ctx.new_loop();
+        let log = Log::new();
+        let victim: Rc<std::cell::RefCell<Option<Handle>>> = Rc::default();
+        let (l, v) = (log.clone(), victim.clone());
+        call_soon(
+            &lp,
+            Box::new(move || {
+                l.push("killer");
+                v.borrow().as_ref().expect("victim scheduled").cancel();
+            }),
+            None,
+        )?;
+        let l = log.clone();
+        *victim.borrow_mut() = Some(call_soon(&lp, Box::new(move || l.push("victim")), None)?);
+        let l = log.clone();
+        call_soon(&lp, Box::new(move || l.push("after")), None)?;
+        soon(&lp, stopper(&lp))?;
+        lp.run_forever()?;
+        assert_eq!(log.get(), vec!["killer", "after"], "{road}");
+        lp.close()?;
+    }
+    Ok(())
+}
+
+/// Every way in shares one FIFO queue: the generic `call_soon`,
+/// `call_soon_dyn`, `call_soon_threadsafe` from the loop's thread, and
+/// `call_soon_handle` (asyncio's `_add_callback`) of a handle made
+/// elsewhere: a one-shot one runs once however often it is queued, a
+/// repeating one each time. A closed loop refuses each of them.
+pub fn test_call_soon_every_road_one_fifo(ctx: &Ctx) -> Result<()> {
     let lp = ctx.new_loop();
-    let log = Log::new();
-    let victim: Rc<std::cell::RefCell<Option<Handle>>> = Rc::default();
-    let (l, v) = (log.clone(), victim.clone());
-    soon(&lp, move || {
-        l.push("killer");
-        v.borrow().as_ref().expect("victim scheduled").cancel();
-    })?;
-    let l = log.clone();
-    *victim.borrow_mut() = Some(soon(&lp, move || l.push("victim"))?);
-    let l = log.clone();
-    soon(&lp, move || l.push("after"))?;
-    soon(&lp, stopper(&lp))?;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let push = |what: &'static str| {
+        let o = order.clone();
+        move || o.lock().unwrap().push(what)
+    };
+    lp.call_soon(push("generic"))?;
+    soon(&lp, push("dyn"))?;
+    lp.call_soon_threadsafe(push("threadsafe"))?;
+    let once = Handle::new(push("handle"), None);
+    lp.call_soon_handle(&once)?;
+    let repeating = Handle::new_repeating(Box::new(push("repeating")), None);
+    lp.call_soon_handle(&repeating)?;
+    lp.call_soon(push("generic again"))?;
+    lp.call_soon_handle(&once)?;
+    lp.call_soon_handle(&repeating)?;
+    lp.call_soon(stopper(&lp))?;
     lp.run_forever()?;
-    assert_eq!(log.get(), vec!["killer", "after"]);
-    lp.close()
+    assert_eq!(
+        *order.lock().unwrap(),
+        [
+            "generic",
+            "dyn",
+            "threadsafe",
+            "handle",
+            "repeating",
+            "generic again",
+            "repeating"
+        ]
+    );
+    lp.close()?;
+    expect_closed(lp.call_soon(|| ()));
+    expect_closed(lp.call_soon_handle(&Handle::new(|| (), None)));
+    expect_closed(soon(&lp, || ()));
+    Ok(())
 }
 
 /// `BaseEventLoopTests.test__run_once_schedule_handle`: a callback scheduled
@@ -781,37 +845,52 @@ pub fn test_default_exc_handler_callback(ctx: &Ctx) -> Result<()> {
 
 /// A panic in a callback reaches the handler as `Error::Panic` with the
 /// panic's message and the callback's handle; the callbacks after it in
-/// the same batch still run.
+/// the same batch still run. A callback whose handle nobody kept is
+/// reported with a handle that stands for it. On every road.
 pub fn test_callback_panic_reaches_handler(ctx: &Ctx) -> Result<()> {
-    let lp = ctx.new_loop();
-    let seen = capture_exceptions(&lp);
-    let log = Log::new();
-    let l = log.clone();
-    soon(&lp, move || l.push("before"))?;
-    let bad = soon(&lp, || panic!("boom {}", 42))?;
-    let l = log.clone();
-    soon(&lp, move || l.push("after"))?;
-    soon(&lp, stopper(&lp))?;
-    lp.run_forever()?;
-    assert_eq!(log.get(), vec!["before", "after"]);
-    let seen = seen.get();
-    assert_eq!(seen.len(), 1);
-    let c = &seen[0];
-    assert!(
-        c.message.starts_with("Exception in callback"),
-        "{}",
-        c.message
-    );
-    assert!(
-        matches!(&c.exception, Some(Error::Panic(m)) if m == "boom 42"),
-        "{:?}",
-        c.exception
-    );
-    assert!(c.handle.as_ref().is_some_and(|h| h.ptr_eq(&bad)));
-    assert!(c.future.is_none() && c.task.is_none());
-    // The loop is still usable.
-    assert_eq!(lp.run_until_complete(async { Ok(5) })?, 5);
-    lp.close()
+    for (road, call_soon) in SOON_ROADS {
+        let lp = ctx.new_loop();
+        let seen = capture_exceptions(&lp);
+        let log = Log::new();
+        let l = log.clone();
+        call_soon(&lp, Box::new(move || l.push("before")), None)?;
+        let bad = call_soon(&lp, Box::new(|| panic!("boom {}", 42)), None)?;
+        drop(call_soon(&lp, Box::new(|| panic!("unkept")), None)?);
+        let l = log.clone();
+        call_soon(&lp, Box::new(move || l.push("after")), None)?;
+        soon(&lp, stopper(&lp))?;
+        lp.run_forever()?;
+        assert_eq!(log.get(), vec!["before", "after"], "{road}");
+        let seen = seen.get();
+        assert_eq!(seen.len(), 2, "{road}");
+        for c in &seen {
+            assert!(
+                c.message.starts_with("Exception in callback <Handle"),
+                "{road}: {}",
+                c.message
+            );
+            assert!(c.future.is_none() && c.task.is_none(), "{road}");
+        }
+        assert!(
+            matches!(&seen[0].exception, Some(Error::Panic(m)) if m == "boom 42"),
+            "{road}: {:?}",
+            seen[0].exception
+        );
+        assert!(
+            seen[0].handle.as_ref().is_some_and(|h| h.ptr_eq(&bad)),
+            "{road}"
+        );
+        assert!(
+            matches!(&seen[1].exception, Some(Error::Panic(m)) if m == "unkept"),
+            "{road}: {:?}",
+            seen[1].exception
+        );
+        assert!(seen[1].handle.is_some(), "{road}");
+        // The loop is still usable.
+        assert_eq!(lp.run_until_complete(async { Ok(5) })?, 5);
+        lp.close()?;
+    }
+    Ok(())
 }
 
 /// `BaseEventLoopTests.test_set_exc_handler_broken`: a panic inside the

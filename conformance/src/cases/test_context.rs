@@ -8,7 +8,7 @@ use loop_api::contextvars::{copy_context, Context, ContextVar};
 use loop_api::tasks::TaskOptions;
 use loop_api::{current_task, Error, EventLoopExt, Result, Task};
 
-use crate::util::{run_once, run_until_done, Log};
+use crate::util::{run_once, run_until_done, Log, SOON_ROADS};
 use crate::Ctx;
 
 /// `test_context_var_new_1`: a variable has a name; without a default and
@@ -263,30 +263,42 @@ pub fn test_call_soon_default_context_is_a_copy(ctx: &Ctx) -> Result<()> {
 
 /// `test_handle_get_context` (3.12 `Handle.get_context`): the handle's
 /// context is the one given, or the copy the callback will run in: what
-/// the callback sets shows there.
+/// the callback sets shows there. On every road.
 pub fn test_handle_get_context(ctx: &Ctx) -> Result<()> {
-    let lp = ctx.new_loop();
-    let var = Rc::new(ContextVar::<u32>::new("var"));
-    let given = Context::new();
-    let h = lp.call_soon_dyn(Box::new(|| ()), Some(given.clone()))?;
-    assert!(h.get_context().ptr_eq(&given));
-    let th = lp.call_later_dyn(0.0, Box::new(|| ()), Some(given.clone()))?;
-    assert!(th.get_context().ptr_eq(&given));
+    for (road, call_soon) in SOON_ROADS {
+        let lp = ctx.new_loop();
+        let var = Rc::new(ContextVar::<u32>::new("var"));
+        let given = Context::new();
+        let h = call_soon(&lp, Box::new(|| ()), Some(given.clone()))?;
+        assert!(h.get_context().ptr_eq(&given), "{road}");
+        let th = lp.call_later_dyn(0.0, Box::new(|| ()), Some(given.clone()))?;
+        assert!(th.get_context().ptr_eq(&given));
 
-    let tok = var.set(5);
-    let v = var.clone();
-    let h = lp.call_soon_dyn(
-        Box::new(move || drop(v.set(v.get().unwrap_or(0) + 1))),
-        None,
-    )?;
-    var.reset(&tok)?;
-    let hctx = h.get_context();
-    assert_eq!(hctx.get(&*var), Some(5), "a copy taken at scheduling");
-    assert!(h.get_context().ptr_eq(&hctx), "the same context each time");
-    run_once(&lp)?;
-    assert_eq!(hctx.get(&*var), Some(6), "the callback ran in it");
-    assert_eq!(var.get(), None);
-    lp.close()
+        let tok = var.set(5);
+        let v = var.clone();
+        let h = call_soon(
+            &lp,
+            Box::new(move || drop(v.set(v.get().unwrap_or(0) + 1))),
+            None,
+        )?;
+        var.reset(&tok)?;
+        let hctx = h.get_context();
+        assert_eq!(
+            hctx.get(&*var),
+            Some(5),
+            "{road}: a copy taken at scheduling"
+        );
+        assert!(
+            h.get_context().ptr_eq(&hctx),
+            "{road}: the same context each time"
+        );
+        run_once(&lp)?;
+        assert_eq!(hctx.get(&*var), Some(6), "{road}: the callback ran in it");
+        assert!(h.get_context().ptr_eq(&hctx), "{road}: kept after running");
+        assert_eq!(var.get(), None);
+        lp.close()?;
+    }
+    Ok(())
 }
 
 /// `test_context_1`: a task runs in a copy of its creator's context: each
