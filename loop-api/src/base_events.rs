@@ -23,6 +23,8 @@
 mod base_loop;
 pub mod connect;
 pub mod datagram;
+#[cfg(test)]
+mod idle_memory_tests;
 pub(crate) mod pipe_base;
 pub mod pipes;
 pub mod resolver;
@@ -94,6 +96,9 @@ pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 /// ...and more than this fraction of them is cancelled.
 const MIN_CANCELLED_TIMER_HANDLES_FRACTION: f64 = 0.5;
+/// What an idle loop keeps of the memory a burst made it grow, in items of
+/// each store: the ready queue, the `call_soon` slab and the timer heap.
+const IDLE_KEEP: usize = 1024;
 /// Environment variable that turns debug mode on for new loops (any
 /// non-empty value), as `PYTHONASYNCIODEBUG` does.
 pub const DEBUG_ENV: &str = "RUST_ASYNCIO_DEBUG";
@@ -154,6 +159,13 @@ impl ReadyQueue {
     #[inline]
     fn pop_front(&mut self) -> Option<Ready> {
         self.items.pop_front()
+    }
+
+    /// Gives a past burst's memory back once the queue is empty.
+    fn trim(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > IDLE_KEEP {
+            self.items.shrink_to(IDLE_KEEP);
+        }
     }
 }
 
@@ -419,8 +431,12 @@ impl<D: Driver> BaseEventLoop<D> {
     fn run_once(&self) -> Result<()> {
         self.purge_cancelled_timers();
 
+        let nothing_ready = self.ready.borrow().is_empty();
+        if nothing_ready {
+            self.trim_idle();
+        }
         let mut deadline = None;
-        let timeout = if !self.ready.borrow().is_empty() || self.stopping.get() {
+        let timeout = if !nothing_ready || self.stopping.get() {
             Some(Duration::ZERO)
         } else if let Some(top) = self.scheduled.borrow().peek() {
             deadline = Some(top.when);
@@ -491,6 +507,21 @@ impl<D: Driver> BaseEventLoop<D> {
             self.run_ready(item);
         }
         Ok(())
+    }
+
+    /// Called when an iteration starts with nothing ready: gives back what a
+    /// burst of callbacks or timers made the queue, the slab and the heap
+    /// grow to, so that memory follows the load. Cheap when there is nothing
+    /// to give; a burst that comes back pays to regrow, a copy of each item
+    /// or fewer, small beside running it.
+    fn trim_idle(&self) {
+        self.ready.borrow_mut().trim();
+        self.soon.trim(IDLE_KEEP);
+        let mut heap = self.scheduled.borrow_mut();
+        if heap.capacity() > IDLE_KEEP && heap.len() <= heap.capacity() / 4 {
+            let keep = (heap.len() * 2).max(IDLE_KEEP);
+            heap.shrink_to(keep);
+        }
     }
 
     fn purge_cancelled_timers(&self) {

@@ -197,6 +197,8 @@ struct SlabInner {
     slots: Vec<Slot>,
     /// Head of the free list.
     free: u32,
+    /// How many slots are `Used`.
+    used: usize,
 }
 
 /// A loop's store of one-shot callbacks (`call_soon`): [`Handle`]s to them
@@ -222,6 +224,7 @@ impl SoonSlab {
             inner: RefCell::new(SlabInner {
                 slots: Vec::new(),
                 free: NO_SLOT,
+                used: 0,
             }),
         })
     }
@@ -263,6 +266,7 @@ impl SoonSlab {
     #[inline]
     fn insert(&self, entry: SoonEntry) -> u32 {
         let mut inner = self.inner.borrow_mut();
+        inner.used += 1;
         if inner.free != NO_SLOT {
             let key = inner.free;
             let slot = &mut inner.slots[key as usize];
@@ -314,11 +318,31 @@ impl SoonSlab {
             let free = inner.free;
             let old = std::mem::replace(&mut inner.slots[key as usize], Slot::Free { next: free });
             inner.free = key;
+            inner.used -= 1;
             old
         };
         // The callback and context are dropped with the slab released: their
         // destructors may schedule or drop other handles.
         drop(freed);
+    }
+
+    /// Gives the slots of a past burst back: once no entry is in use, at
+    /// most `keep` slots' memory is kept. An entry still referenced (a
+    /// kept [`Handle`], a queued callback) holds the slab at its length.
+    pub(crate) fn trim(&self, keep: usize) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.used == 0 && inner.slots.capacity() > keep {
+            // Every slot is free: nothing to drop but the free list.
+            inner.slots.clear();
+            inner.slots.shrink_to(keep);
+            inner.free = NO_SLOT;
+        }
+    }
+
+    /// The slots' memory, in slots (for tests).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.inner.borrow().slots.capacity()
     }
 
     /// Gives back the queue's reference without running the callback.
@@ -359,6 +383,7 @@ impl SoonSlab {
                 // and skips the generic drop glue on this hot path.
                 std::mem::forget(std::mem::replace(slot, Slot::Free { next: free }));
                 inner.free = key;
+                inner.used -= 1;
                 (body, ctx, true)
             } else if body.is_some() {
                 (body, e.context.share(), false)
@@ -733,6 +758,7 @@ mod tests {
             .iter()
             .filter(|s| matches!(s, Slot::Used(_)))
             .count();
+        assert_eq!(used, inner.used, "the count of used slots is kept");
         (used, inner.slots.len())
     }
 
