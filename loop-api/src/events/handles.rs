@@ -154,7 +154,6 @@ impl<F: FnOnce() + 'static> OnceEntry for OnceCell<F> {
         ctx.run_callback(f)
     }
 
-    #[inline]
     fn run_queued(self: Rc<Self>) -> Result<(), (Error, Handle)> {
         match Rc::try_unwrap(self) {
             Ok(cell) => {
