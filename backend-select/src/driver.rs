@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use loop_api::driver::{Driver, IoEvent, Notify};
 use loop_api::events::RawFd;
+use loop_api::idle_memory::trim_map;
 use loop_api::selector_events::SelectorIo;
 use loop_api::Error;
 use polling::{Event, Events, PollMode, Poller};
@@ -95,6 +96,10 @@ impl Driver for PollingDriver {
 
     fn notifier(&self) -> Arc<dyn Notify> {
         Arc::new(PollerNotify(self.poller.clone()))
+    }
+
+    fn trim(&mut self) {
+        trim_map(&mut self.interest);
     }
 
     fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<(), Error> {

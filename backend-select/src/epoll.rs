@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use loop_api::driver::{Driver, IoEvent, Notify};
 use loop_api::events::RawFd;
+use loop_api::idle_memory::trim_map;
 use loop_api::selector_events::SelectorIo;
 use loop_api::Error;
 use rustix::buffer::spare_capacity;
@@ -133,6 +134,10 @@ impl Driver for EpollDriver {
 
     fn notifier(&self) -> Arc<dyn Notify> {
         self.wake.clone()
+    }
+
+    fn trim(&mut self) {
+        trim_map(&mut self.interest);
     }
 
     fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> Result<(), Error> {

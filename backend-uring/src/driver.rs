@@ -45,6 +45,7 @@ use loop_api::base_events::BaseEventLoop;
 use loop_api::driver::{Driver, IoEvent, IoModel, Notify};
 use loop_api::events::LocalBoxFuture;
 use loop_api::futures::Future;
+use loop_api::idle_memory::trim_map;
 use loop_api::proactor_events::accept::{self, Acceptors};
 use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
 use loop_api::protocols::{Protocol, ProtocolFactory};
@@ -740,6 +741,11 @@ impl Driver for UringDriver {
 
     fn notifier(&self) -> Arc<dyn Notify> {
         self.wake.clone()
+    }
+
+    fn trim(&mut self) {
+        self.ops.trim();
+        trim_map(&mut self.watches);
     }
 
     fn flush(&mut self) -> io::Result<()> {

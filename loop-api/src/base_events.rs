@@ -83,6 +83,7 @@ use crate::events::{
 use crate::exceptions::{Error, Result};
 use crate::executor::{Executor, Job, ThreadPoolExecutor};
 use crate::futures::Future;
+use crate::idle_memory::{shrunk_capacity, trim_map, IDLE_KEEP};
 use crate::log::{self, Level};
 use crate::protocols::{
     DatagramProtocolFactory, Protocol, ProtocolFactory, SubprocessProtocolFactory,
@@ -96,9 +97,6 @@ pub const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 /// ...and more than this fraction of them is cancelled.
 const MIN_CANCELLED_TIMER_HANDLES_FRACTION: f64 = 0.5;
-/// What an idle loop keeps of the memory a burst made it grow, in items of
-/// each store: the ready queue, the `call_soon` slab and the timer heap.
-const IDLE_KEEP: usize = 1024;
 /// Environment variable that turns debug mode on for new loops (any
 /// non-empty value), as `PYTHONASYNCIODEBUG` does.
 pub const DEBUG_ENV: &str = "RUST_ASYNCIO_DEBUG";
@@ -510,18 +508,22 @@ impl<D: Driver> BaseEventLoop<D> {
     }
 
     /// Called when an iteration starts with nothing ready: gives back what a
-    /// burst of callbacks or timers made the queue, the slab and the heap
-    /// grow to, so that memory follows the load. Cheap when there is nothing
-    /// to give; a burst that comes back pays to regrow, a copy of each item
-    /// or fewer, small beside running it.
+    /// burst made the loop's stores and the driver's grow to (see
+    /// [`idle_memory`](crate::idle_memory)). Cheap when there is nothing to
+    /// give.
     fn trim_idle(&self) {
         self.ready.borrow_mut().trim();
         self.soon.trim(IDLE_KEEP);
-        let mut heap = self.scheduled.borrow_mut();
-        if heap.capacity() > IDLE_KEEP && heap.len() <= heap.capacity() / 4 {
-            let keep = (heap.len() * 2).max(IDLE_KEEP);
-            heap.shrink_to(keep);
+        {
+            let mut heap = self.scheduled.borrow_mut();
+            if let Some(keep) = shrunk_capacity(heap.len(), heap.capacity()) {
+                heap.shrink_to(keep);
+            }
         }
+        trim_map(&mut self.readers.borrow_mut());
+        trim_map(&mut self.writers.borrow_mut());
+        trim_map(&mut self.transports.borrow_mut());
+        self.driver.borrow_mut().trim();
     }
 
     fn purge_cancelled_timers(&self) {

@@ -147,6 +147,12 @@ pub trait Driver: Sized + 'static {
         Ok(())
     }
 
+    /// Gives back what a burst of I/O made the driver's own stores grow to
+    /// (operations in flight, per-descriptor state), as
+    /// [`idle_memory`](crate::idle_memory) describes. The loop calls it when
+    /// an iteration starts with nothing ready. The default keeps everything.
+    fn trim(&mut self) {}
+
     /// The loop's clock: `None` (the default) for the process's monotonic
     /// clock, or a virtual one that this driver moves.
     fn clock(&self) -> Option<Rc<VirtualClock>> {

@@ -32,6 +32,7 @@ pub mod executor;
 pub mod futures;
 #[cfg(feature = "hyper")]
 pub mod hyper_rt;
+pub mod idle_memory;
 pub mod log;
 pub mod proactor_events;
 pub mod protocols;

@@ -18,9 +18,11 @@
 //!    accepted. RSS again: the idle figure.
 //! 3. Every connection sends 64 bytes, then each reads its 64 back and
 //!    checks them. RSS again: the figure after one echo each.
+//! 4. Every connection closes; once the server's descriptor count is back
+//!    to its baseline, RSS again: what the server keeps of the load.
 //!
 //! Reported: KiB per connection over the baseline, idle and after the
-//! echo, and the baseline itself.
+//! echo, the baseline itself, and the MiB over it left after the close.
 //!
 //! Then a second table (`-- --rounds R`, default 5; 0 skips it): the same
 //! servers on a Unix socket, R rounds of bulk echo (20 connections, each
@@ -114,22 +116,26 @@ asyncio.run(main(), loop_factory=factory)
         println!(
             "memory per connection: {conns} connections, idle, then one {MESSAGE}-byte echo each"
         );
-        println!("| server | baseline RSS (MiB) | idle (KiB/conn) | after one echo (KiB/conn) |");
-        println!("|---|---|---|---|");
+        println!(
+            "| server | baseline RSS (MiB) | idle (KiB/conn) | after one echo (KiB/conn) \
+             | all closed (MiB over baseline) |"
+        );
+        println!("|---|---|---|---|---|");
         for kind in servers.split(',') {
             let python_server = !matches!(kind, "select" | "uring" | "tokio");
             if python_server && !python_has(&python, kind) {
-                println!("| {kind} | skipped: `{python}` cannot run it |||");
+                println!("| {kind} | skipped: `{python}` cannot run it ||||");
                 continue;
             }
             match measure(kind, &python, conns) {
                 Ok(m) => println!(
-                    "| {kind} | {:.1} | {:.2} | {:.2} |",
+                    "| {kind} | {:.1} | {:.2} | {:.2} | {:.1} |",
                     m.base as f64 / 1024.0,
                     (m.idle as f64 - m.base as f64) / conns as f64,
                     (m.echoed as f64 - m.base as f64) / conns as f64,
+                    (m.closed as f64 - m.base as f64) / 1024.0,
                 ),
-                Err(e) => println!("| {kind} | failed: {e} |||"),
+                Err(e) => println!("| {kind} | failed: {e} ||||"),
             }
         }
         if rounds == 0 {
@@ -250,6 +256,7 @@ asyncio.run(main(), loop_factory=factory)
         base: u64,
         idle: u64,
         echoed: u64,
+        closed: u64,
     }
 
     fn measure(kind: &str, python: &str, conns: usize) -> Result<Measured, String> {
@@ -268,6 +275,7 @@ asyncio.run(main(), loop_factory=factory)
             .map_err(|_| format!("the server printed {line:?}, not its port"))?;
         let pid = child.id();
         let base = rss_kib(pid)?;
+        let base_fds = fd_count(pid)?;
         let mut socks = Vec::with_capacity(conns);
         for i in 0..conns {
             let s = TcpStream::connect(("127.0.0.1", port))
@@ -290,7 +298,22 @@ asyncio.run(main(), loop_factory=factory)
             }
         }
         let echoed = rss_kib(pid)?;
-        Ok(Measured { base, idle, echoed })
+        drop(socks);
+        // The server has seen every close once its descriptors are back.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while fd_count(pid)? > base_fds {
+            if std::time::Instant::now() > deadline {
+                return Err("the server still held connections 30 s after they closed".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let closed = rss_kib(pid)?;
+        Ok(Measured {
+            base,
+            idle,
+            echoed,
+            closed,
+        })
     }
 
     fn message(i: usize) -> [u8; MESSAGE] {
@@ -347,6 +370,12 @@ asyncio.run(main(), loop_factory=factory)
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    fn fd_count(pid: u32) -> Result<usize, String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(Iterator::count)
+            .map_err(|e| format!("/proc/{pid}/fd: {e}"))
     }
 
     fn rss_kib(pid: u32) -> Result<u64, String> {

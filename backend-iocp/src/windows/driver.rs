@@ -28,6 +28,7 @@ use loop_api::base_events::BaseEventLoop;
 use loop_api::driver::{Driver, IoEvent, IoModel, Notify};
 use loop_api::events::{LocalBoxFuture, RawFd};
 use loop_api::futures::Future;
+use loop_api::idle_memory::trim_map;
 use loop_api::proactor_events::accept::{self, Acceptors};
 use loop_api::proactor_events::ops::{OpId, Operations, Owner, Proactor};
 use loop_api::protocols::{Protocol, ProtocolFactory};
@@ -374,6 +375,11 @@ impl Driver for IocpDriver {
         let afd = self.afd.as_mut().expect("opened above");
         afd.set_interest(fd, readable, writable)?;
         Ok(())
+    }
+
+    fn trim(&mut self) {
+        self.ops.trim();
+        trim_map(&mut self.by_address);
     }
 
     fn flush(&mut self) -> io::Result<()> {

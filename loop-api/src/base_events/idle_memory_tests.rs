@@ -6,8 +6,8 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::IDLE_KEEP;
 use crate::events::{AbstractEventLoop, EventLoopExt};
+use crate::idle_memory::IDLE_KEEP;
 use crate::test_utils::{new_test_loop, TestEventLoop};
 
 const BURST: usize = 50_000;

@@ -32,6 +32,7 @@ use slab::Slab;
 
 use crate::base_events::BaseEventLoop;
 use crate::driver::Driver;
+use crate::idle_memory::shrunk_capacity;
 
 /// An operation in flight: its slot in the driver's [`Operations`] and the
 /// slot's generation.
@@ -145,6 +146,15 @@ impl<M, C> Operations<M, C> {
     /// True when none is.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Gives back the slots of a past burst (see
+    /// [`idle_memory`](crate::idle_memory)). Only free slots past the last
+    /// one in use can go: an id in flight keeps naming its operation.
+    pub fn trim(&mut self) {
+        if shrunk_capacity(self.slots.len(), self.slots.capacity()).is_some() {
+            self.slots.shrink_to_fit();
+        }
     }
 
     /// Gives up on every operation still in flight without freeing its
@@ -283,6 +293,40 @@ mod tests {
     struct Sink;
     impl Owner<u32> for Sink {
         fn complete(self: Rc<Self>, _: u32) {}
+    }
+
+    #[test]
+    fn trim_gives_back_free_slots_past_the_last_in_use() {
+        use crate::idle_memory::IDLE_KEEP;
+        let mut ops: Operations<u32, u32> = Operations::new(u32::MAX);
+        let ids: Vec<_> = (0..20_000)
+            .map(|i| ops.insert(i, Rc::new(Sink), 0))
+            .collect();
+        // Two stay in flight: a low id and one in the middle.
+        let (low, mid) = (ids[3], ids[10_000]);
+        for &id in &ids {
+            if id != low && id != mid {
+                ops.remove(id).expect("in flight");
+            }
+        }
+        ops.trim();
+        // The middle one holds the slots up to it; the rest went.
+        let cap = ops.slots.capacity();
+        assert!((10_001..20_000).contains(&cap), "capacity {cap}");
+        assert_eq!(ops.get(mid).map(|op| op.memory), Some(10_000));
+        ops.remove(mid).expect("still named by its id");
+        ops.trim();
+        assert!(
+            ops.slots.capacity() <= IDLE_KEEP,
+            "capacity {}",
+            ops.slots.capacity()
+        );
+        assert_eq!(ops.get(low).map(|op| op.memory), Some(3));
+        // Slots are handed out again after a trim, and old ids stay stale.
+        let again = ops.insert(7, Rc::new(Sink), 0);
+        assert!(ops.get(ids[5]).is_none());
+        assert_eq!(ops.remove(again).map(|op| op.memory), Some(7));
+        assert_eq!(ops.len(), 1);
     }
 
     #[test]
