@@ -83,7 +83,7 @@ use crate::events::{
 use crate::exceptions::{Error, Result};
 use crate::executor::{Executor, Job, ThreadPoolExecutor};
 use crate::futures::Future;
-use crate::idle_memory::{shrunk_capacity, trim_map, IDLE_KEEP};
+use crate::idle_memory::{shrunk_capacity, trim_map};
 use crate::log::{self, Level};
 use crate::protocols::{
     DatagramProtocolFactory, Protocol, ProtocolFactory, SubprocessProtocolFactory,
@@ -159,10 +159,11 @@ impl ReadyQueue {
         self.items.pop_front()
     }
 
-    /// Gives a past burst's memory back once the queue is empty.
+    /// Gives a past burst's memory back (see
+    /// [`idle_memory`](crate::idle_memory)).
     fn trim(&mut self) {
-        if self.items.is_empty() && self.items.capacity() > IDLE_KEEP {
-            self.items.shrink_to(IDLE_KEEP);
+        if let Some(keep) = shrunk_capacity(self.items.len(), self.items.capacity()) {
+            self.items.shrink_to(keep);
         }
     }
 }
@@ -513,7 +514,7 @@ impl<D: Driver> BaseEventLoop<D> {
     /// give.
     fn trim_idle(&self) {
         self.ready.borrow_mut().trim();
-        self.soon.trim(IDLE_KEEP);
+        self.soon.trim();
         {
             let mut heap = self.scheduled.borrow_mut();
             if let Some(keep) = shrunk_capacity(heap.len(), heap.capacity()) {

@@ -9,6 +9,11 @@
 //! what it holds, or to [`IDLE_KEEP`]: a burst that comes back pays to grow
 //! again, a copy of each item or fewer, small beside the work itself.
 //!
+//! Stores whose keys are handed out cannot move an entry: the `call_soon`
+//! slab shrinks only once none of its entries is in use, and a completion
+//! driver's operation table only drops the free slots past the last one in
+//! use.
+//!
 //! [`Driver::trim`]: crate::driver::Driver::trim
 
 use std::collections::HashMap;

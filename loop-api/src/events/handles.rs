@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use crate::contextvars::{Context, Snapshot};
 use crate::exceptions::Error;
+use crate::idle_memory::IDLE_KEEP;
 
 /// A callback that runs once (`call_soon`, `call_later`, ...). asyncio's
 /// `callback, *args` become one closure that captures the arguments.
@@ -326,14 +327,15 @@ impl SoonSlab {
     }
 
     /// Gives the slots of a past burst back: once no entry is in use, at
-    /// most `keep` slots' memory is kept. An entry still referenced (a
-    /// kept [`Handle`], a queued callback) holds the slab at its length.
-    pub(crate) fn trim(&self, keep: usize) {
+    /// most [`IDLE_KEEP`] slots' memory is kept. An entry still referenced
+    /// (a kept [`Handle`], a queued callback) holds the slab at its length,
+    /// since keys cannot move.
+    pub(crate) fn trim(&self) {
         let mut inner = self.inner.borrow_mut();
-        if inner.used == 0 && inner.slots.capacity() > keep {
+        if inner.used == 0 && inner.slots.capacity() > IDLE_KEEP {
             // Every slot is free: nothing to drop but the free list.
             inner.slots.clear();
-            inner.slots.shrink_to(keep);
+            inner.slots.shrink_to(IDLE_KEEP);
             inner.free = NO_SLOT;
         }
     }
