@@ -16,7 +16,7 @@
 //!
 //! [`Driver::trim`]: crate::driver::Driver::trim
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 /// What an idle loop keeps of each store, in items.
@@ -32,6 +32,13 @@ pub fn shrunk_capacity(len: usize, capacity: usize) -> Option<usize> {
 pub fn trim_map<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
     if let Some(keep) = shrunk_capacity(map.len(), map.capacity()) {
         map.shrink_to(keep);
+    }
+}
+
+/// Shrinks `set` if a past burst left it worth shrinking.
+pub fn trim_set<T: Eq + Hash>(set: &mut HashSet<T>) {
+    if let Some(keep) = shrunk_capacity(set.len(), set.capacity()) {
+        set.shrink_to(keep);
     }
 }
 
@@ -62,5 +69,15 @@ mod tests {
         assert!(map.capacity() < 2 * IDLE_KEEP, "kept {}", map.capacity());
         assert_eq!(map.len(), 10);
         assert!((0..10).all(|k| map.contains_key(&k)));
+    }
+
+    #[test]
+    fn a_set_gives_back_its_burst() {
+        let mut set: HashSet<i32> = (0..100_000).collect();
+        set.retain(|&k| k < 10);
+        trim_set(&mut set);
+        assert!(set.capacity() < 2 * IDLE_KEEP, "kept {}", set.capacity());
+        assert_eq!(set.len(), 10);
+        assert!((0..10).all(|k| set.contains(&k)));
     }
 }

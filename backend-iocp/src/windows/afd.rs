@@ -29,6 +29,7 @@ use std::ptr;
 
 use loop_api::driver::IoEvent;
 use loop_api::events::RawFd;
+use loop_api::idle_memory::{trim_map, trim_set};
 use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
 use windows_sys::Wdk::Storage::FileSystem::{NtCancelIoFileEx, NtCreateFile, FILE_OPEN};
 use windows_sys::Wdk::System::IO::NtDeviceIoControlFile;
@@ -368,6 +369,12 @@ impl Afd {
             .filter(|&&p| unsafe { (*p).in_flight } != 0)
             .count();
         live + self.orphans.len()
+    }
+
+    /// Gives back what a burst of sockets made the state maps grow to.
+    pub(crate) fn trim(&mut self) {
+        trim_map(&mut self.states);
+        trim_set(&mut self.orphans);
     }
 
     /// Cancels every poll in flight (before the driver drains the port).

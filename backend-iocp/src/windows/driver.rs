@@ -105,6 +105,9 @@ pub struct IocpDriver {
     by_address: HashMap<usize, OpId>,
     /// Sockets this driver associated with the port (by handle value; see
     /// [`IocpDriver::associate`] for why a hit alone is not trusted).
+    /// Entries stay after their socket closes (the driver is not told), so
+    /// this holds one entry per handle value ever associated: Windows reuses
+    /// values, which bounds it near the peak count of sockets open at once.
     associated: HashSet<SOCKET>,
     /// The loop is closing: no new operations; completions are dropped.
     closing: bool,
@@ -380,6 +383,9 @@ impl Driver for IocpDriver {
     fn trim(&mut self) {
         self.ops.trim();
         trim_map(&mut self.by_address);
+        if let Some(afd) = self.afd.as_mut() {
+            afd.trim();
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
